@@ -1,0 +1,124 @@
+"""`bonsynth rm {slice,train,eval,score}`."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bonsynth.cli.common import echo_json
+
+FORMATS = click.Choice(["auto", "pairwise", "binary", "ranked", "prompts"])
+
+
+@click.group()
+def rm() -> None:
+    """Reward models: slice a base, train (pairwise, binary, ranked), evaluate, score.
+
+    \b
+    Example:
+      bonsynth rm slice --base gpt2 --layers 0:8 --out gpt2-8l
+      bonsynth rm train --base gpt2-8l --data pairs.jsonl --objective pairwise --out rm-pairs
+    """
+
+
+@rm.command("slice")
+@click.option("--base", required=True, help="Path or hub id of a causal LM or encoder.")
+@click.option("--layers", required=True, help="Layer range to keep, START:END (END exclusive), e.g. 0:8.")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
+def slice_cmd(base: str, layers: str, out: Path, trust_remote_code: bool) -> None:
+    """Keep a range of layers of a model and save it (same code as a mergekit passthrough merge).
+
+    \b
+    Example:
+      bonsynth rm slice --base gpt2 --layers 0:8 --out gpt2-8l
+    """
+    from bonsynth.rm.slice import slice_model
+
+    info = slice_model(base, layers, out, trust_remote_code=trust_remote_code)
+    click.echo(f"wrote {out} ({info['num_layers']} layers, {info['num_parameters'] / 1e6:.1f}M parameters)")
+
+
+@rm.command("train")
+@click.option("--base", required=True, help="Path or hub id of the base model.")
+@click.option("--data", "data", required=True, multiple=True, help="Training data file(s); repeatable.")
+@click.option("--objective", required=True, type=click.Choice(["pairwise", "binary", "ranked"]))
+@click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True, help="Override kind detection.")
+@click.option("--epochs", type=float, default=1.0, show_default=True)
+@click.option("--lr", type=float, default=5e-5, show_default=True)
+@click.option("--batch-size", type=int, default=8, show_default=True)
+@click.option("--grad-accum", type=int, default=1, show_default=True)
+@click.option("--max-length", type=int, default=512, show_default=True)
+@click.option("--lora-r", type=int, default=0, show_default=True, help="LoRA rank (0 = full fine-tune).")
+@click.option("--eval-split", type=float, default=0.1, show_default=True)
+@click.option("--seed", type=int, default=42, show_default=True)
+@click.option("--report-to", default="none", show_default=True, help="Trainer report_to (none, tensorboard, wandb).")
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
+def train_cmd(**kw) -> None:
+    """Train a reward model.
+
+    \b
+    Example:
+      bonsynth rm train --base gpt2-8l --data data/pairs.jsonl --objective pairwise --out rm-pairs --epochs 2
+    """
+    from bonsynth.rm.train import RMTrainConfig, train_reward_model
+
+    kw["data"] = list(kw["data"])
+    cfg = RMTrainConfig(**kw)
+    result = train_reward_model(cfg)
+    echo_json(result)
+
+
+@rm.command("eval")
+@click.option("--model", required=True, help="Reward model directory.")
+@click.option("--data", "data", required=True, multiple=True, help="Eval data file(s); one result per file.")
+@click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True)
+@click.option("--batch-size", type=int, default=16, show_default=True)
+@click.option("--max-length", type=int, default=None, help="Default: the length the RM was trained with.")
+@click.option("--k", "ndcg_k", type=int, default=None, help="k for NDCG@k on ranked data (default: group size).")
+@click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
+def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_length, ndcg_k, as_json: bool) -> None:
+    """Evaluate a reward model: accuracy, loss, rewards, margin (pairwise); AUC (binary); NDCG@k (ranked).
+
+    \b
+    Example:
+      bonsynth rm eval --model rm-pairs --data data/pairs.jsonl --json
+    """
+    import json
+
+    from bonsynth.rm.evaluate import evaluate_files
+
+    results = evaluate_files(model, list(data), fmt=fmt, batch_size=batch_size, max_length=max_length, ndcg_k=ndcg_k)
+    for res in results:
+        if as_json:
+            click.echo(json.dumps(res, sort_keys=True))
+        else:
+            click.echo(f"== {res['file']} ({res['kind']}, {res['num_examples']} examples)")
+            for key in sorted(res):
+                if key not in ("file", "kind", "num_examples"):
+                    click.echo(f"  {key:28s} {res[key]}")
+
+
+@rm.command("score")
+@click.option("--model", required=True, help="Reward model directory.")
+@click.option("--input", "input_path", required=True, help="Records to score (jsonl/json/parquet).")
+@click.option("--output", "output_path", required=True, type=click.Path(path_type=Path), help="Output jsonl.")
+@click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
+@click.option("--max-length", type=int, default=None)
+@click.option("--token-budget", type=int, default=None, help="Max padded tokens per batch (default: by device).")
+def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: str, dtype: str, max_length, token_budget) -> None:
+    """Score records with a reward model; writes each record back with a `reward` field.
+
+    \b
+    Example:
+      bonsynth rm score --model rm-pairs --input candidates.jsonl --output scored.jsonl
+    """
+    from bonsynth.rm.score_file import score_file
+
+    n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype,
+                   max_length=max_length, token_budget=token_budget)
+    click.echo(f"scored {n} records -> {output_path}")

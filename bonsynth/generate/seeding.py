@@ -1,0 +1,14 @@
+"""Per-prompt seeds: derived from the run seed and the prompt id, never from a position in a batch.
+
+That makes outputs independent of batch size, shard split and resume.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def prompt_seed(run_seed: int, prompt_id: str, salt: str = "") -> int:
+    """A 31-bit seed for one prompt (fits every engine's seed field)."""
+    digest = hashlib.sha256(f"{run_seed}\x00{prompt_id}\x00{salt}".encode()).digest()
+    return int.from_bytes(digest[:8], "big") & 0x7FFFFFFF
