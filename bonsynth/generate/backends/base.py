@@ -56,6 +56,7 @@ class GenerationBackend(ABC):
 
     def close(self) -> None:
         """Free the engine (GPU memory) so that a later step can use the device."""
+        return None
 
     def __enter__(self):
         return self

@@ -1,0 +1,115 @@
+"""The datasets `generate` writes, and the durable, resumable way it writes them.
+
+Files in OUT:
+- candidates.jsonl: every candidate with its reward(s), finish reason and token counts;
+- sft.jsonl: TRL prompt/completion rows (or `messages` for chat prompts);
+- dpo.jsonl: TRL prompt/chosen/rejected rows with their scores;
+- state.json: how far the run got (prompts done, byte length of each file) for `--resume`;
+- manifest.json: written at the end from the files themselves, so a resumed run gets the same one.
+
+Each batch is appended, flushed and fsync'ed, and only then is state.json replaced (atomically). A run
+killed at any moment resumes by cutting each file back to the lengths in state.json, so nothing is lost
+or duplicated.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from collections.abc import Iterable
+from pathlib import Path
+
+from bonsynth.data.records import PromptRecord
+
+CANDIDATES = "candidates.jsonl"
+SFT = "sft.jsonl"
+DPO = "dpo.jsonl"
+STATE = "state.json"
+MANIFEST = "manifest.json"
+DATA_FILES = (CANDIDATES, SFT, DPO)
+
+
+def dumps_row(row: dict) -> bytes:
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+
+
+def sft_row(rec: PromptRecord, text: str, reward: float) -> dict:
+    if rec.is_chat:
+        return {"id": rec.id, "messages": list(rec.prompt) + [{"role": "assistant", "content": text}], "reward": reward}
+    return {"id": rec.id, "prompt": rec.prompt, "completion": text, "reward": reward}
+
+
+def dpo_row(rec: PromptRecord, chosen: str, rejected: str, score_chosen: float, score_rejected: float) -> dict:
+    if rec.is_chat:
+        return {
+            "id": rec.id,
+            "prompt": list(rec.prompt),
+            "chosen": [{"role": "assistant", "content": chosen}],
+            "rejected": [{"role": "assistant", "content": rejected}],
+            "score_chosen": score_chosen,
+            "score_rejected": score_rejected,
+        }
+    return {"id": rec.id, "prompt": rec.prompt, "chosen": chosen, "rejected": rejected,
+            "score_chosen": score_chosen, "score_rejected": score_rejected}
+
+
+def fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+def write_json_atomic(path: Path, obj: dict) -> None:
+    tmp = path.with_name(path.name + ".tmp")
+    with open(tmp, "w", encoding="utf-8") as fh:
+        json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False)
+        fh.write("\n")
+        fh.flush()
+        os.fsync(fh.fileno())
+    os.replace(tmp, path)
+    fsync_dir(path.parent)
+
+
+class DurableWriter:
+    """Appends batches to the data files and records progress in state.json after each one."""
+
+    def __init__(self, out: Path, state: dict) -> None:
+        self.out = out
+        self.state = state
+        self.handles = {}
+        offsets = state.setdefault("offsets", {name: 0 for name in DATA_FILES})
+        for name in DATA_FILES:
+            path = out / name
+            # Cut back anything written after the last recorded batch (a crash between append and state).
+            with open(path, "ab") as fh:
+                fh.truncate(offsets.get(name, 0))
+            self.handles[name] = open(path, "ab")
+
+    def append_batch(self, rows: dict[str, Iterable[dict]], prompts_done: int) -> None:
+        for name in DATA_FILES:
+            fh = self.handles[name]
+            fh.write(b"".join(dumps_row(r) for r in rows.get(name, ())))
+            fh.flush()
+            os.fsync(fh.fileno())
+            self.state["offsets"][name] = fh.tell()
+        self.state["prompts_done"] = prompts_done
+        write_json_atomic(self.out / STATE, self.state)
+
+    def close(self) -> None:
+        for fh in self.handles.values():
+            fh.close()
+        self.handles = {}
+
+
+def iter_jsonl(path: Path):
+    with open(path, encoding="utf-8") as fh:
+        for line in fh:
+            if line.strip():
+                yield json.loads(line)

@@ -1,0 +1,266 @@
+"""`bonsynth generate`: best-of-N end to end.
+
+prompts -> backend (N candidates each) -> reward model(s) -> selection -> candidates/sft/dpo files -> manifest.
+Work goes in batches of prompts; each finished batch is durable, so `--resume` after a crash continues
+where the last batch ended and produces the same bytes as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+from bonsynth.data.records import PromptRecord
+from bonsynth.errors import ConfigError
+from bonsynth.generate import outputs
+from bonsynth.generate.backends.base import GenerationBackend, GenerationResult, SamplingConfig
+from bonsynth.generate.fingerprint import model_fingerprint, package_versions
+from bonsynth.generate.summary import summarize
+from bonsynth.select.selection import SelectionConfig, parse_select, select_candidates
+
+# Config fields that do not change what the run writes (a resume may change them).
+_NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options", "show_progress"}
+
+
+@dataclass
+class GenerateConfig:
+    policy: str
+    rewards: list[str]
+    prompts: str
+    out: str
+    n: int = 4
+    reward_weights: list[float] | None = None
+    backend: str = "auto"
+    temperature: float = 1.0
+    top_p: float = 1.0
+    max_new_tokens: int = 128
+    seed: int = 0
+    stop: list[str] = field(default_factory=list)
+    select: str = "best"
+    min_reward: float | None = None
+    min_margin: float | None = None
+    dedup: bool = False
+    length_normalize: bool = False
+    batch_size: int = 64
+    resume: bool = False
+    device: str = "auto"
+    dtype: str = "auto"
+    prompt_format: str = "auto"
+    limit: int | None = None
+    backend_options: dict = field(default_factory=dict)
+    show_progress: bool = True
+
+    def validate(self) -> None:
+        if self.n < 1:
+            raise ConfigError(f"--n must be >= 1 (got {self.n})")
+        mode, _ = parse_select(self.select)
+        if mode == "pairs" and self.n < 2:
+            raise ConfigError("--select pairs needs --n >= 2")
+        if self.temperature < 0:
+            raise ConfigError("--temperature must be >= 0")
+        if not 0 < self.top_p <= 1:
+            raise ConfigError("--top-p must be in (0, 1]")
+        if self.max_new_tokens < 1:
+            raise ConfigError("--max-new-tokens must be >= 1")
+        if self.batch_size < 1:
+            raise ConfigError("--batch-size must be >= 1")
+        if not self.rewards:
+            raise ConfigError("at least one --reward model is needed")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ConfigError(f"--reward-weights has {len(self.reward_weights)} values for {len(self.rewards)} --reward models")
+
+    def sampling(self) -> SamplingConfig:
+        return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
+                              max_new_tokens=self.max_new_tokens, seed=self.seed, stop=tuple(self.stop))
+
+    def selection(self) -> SelectionConfig:
+        mode, k = parse_select(self.select)
+        return SelectionConfig(mode=mode, k=k, min_reward=self.min_reward, min_margin=self.min_margin,
+                               dedup=self.dedup, length_normalize=self.length_normalize)
+
+    def fingerprint(self) -> str:
+        d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
+        return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def build_rows(
+    batch: list[PromptRecord],
+    results: list[GenerationResult],
+    rewards: list[float],
+    per_model: dict[str, list[float]],
+    selection: SelectionConfig,
+) -> dict[str, list[dict]]:
+    """Turn one batch's generations and rewards into rows for the three data files."""
+    rows: dict[str, list[dict]] = {name: [] for name in outputs.DATA_FILES}
+    k = 0
+    for rec, res in zip(batch, results, strict=True):
+        comps = res.completions
+        r = rewards[k : k + len(comps)]
+        per = {name: vals[k : k + len(comps)] for name, vals in per_model.items()}
+        k += len(comps)
+        texts = [c.text for c in comps]
+        sel = select_candidates(texts, r, [c.num_tokens for c in comps], selection)
+        dup = set(sel.duplicates)
+        cand_rows = []
+        for i, c in enumerate(comps):
+            cand_rows.append({
+                "index": i,
+                "text": c.text,
+                "reward": r[i],
+                "rewards": {name: vals[i] for name, vals in per.items()},
+                "finish_reason": c.finish_reason,
+                "num_tokens": c.num_tokens,
+                "duplicate": i in dup,
+            })
+        rows[outputs.CANDIDATES].append({
+            "id": rec.id,
+            "prompt": rec.prompt,
+            "prompt_tokens": res.prompt_tokens,
+            "candidates": cand_rows,
+            "selected": sel.selected,
+            "pair": list(sel.pair) if sel.pair else None,
+            "pair_skipped": sel.skipped_pair_reason,
+            "below_min_reward": sel.below_min_reward,
+        })
+        for i in sel.selected:
+            rows[outputs.SFT].append(outputs.sft_row(rec, texts[i], r[i]))
+        if sel.pair:
+            c, j = sel.pair
+            rows[outputs.DPO].append(outputs.dpo_row(rec, texts[c], texts[j], r[c], r[j]))
+    return rows
+
+
+def _prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
+    out = Path(cfg.out)
+    state_path = out / outputs.STATE
+    fp = cfg.fingerprint()
+    if state_path.exists():
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+        if not cfg.resume:
+            raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
+        if state.get("config_fingerprint") != fp:
+            old = state.get("config", {})
+            new = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+            raise ConfigError(f"--resume with a different config than the run in {out} (differs in: {', '.join(diff) or '?'})")
+        return out, state
+    if out.exists() and any(out.iterdir()):
+        raise ConfigError(f"{out} exists and is not empty; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    state = {
+        "config_fingerprint": fp,
+        "config": {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT},
+        "prompts_done": 0,
+        "offsets": {name: 0 for name in outputs.DATA_FILES},
+        "complete": False,
+    }
+    outputs.write_json_atomic(out / outputs.STATE, state)
+    return out, state
+
+
+def load_generation_prompts(cfg: GenerateConfig) -> list[PromptRecord]:
+    from bonsynth.data.readers import load_prompts
+
+    fmt = None if cfg.prompt_format == "auto" else cfg.prompt_format
+    prompts = load_prompts(cfg.prompts, fmt=fmt or "auto")
+    if cfg.limit is not None:
+        prompts = prompts[: cfg.limit]
+    return prompts
+
+
+def run_generate(
+    cfg: GenerateConfig,
+    *,
+    backend: GenerationBackend | None = None,
+    scorer=None,
+    prompts: list[PromptRecord] | None = None,
+    on_batch: Callable[[int, int], None] | None = None,
+) -> dict:
+    """Run best-of-N and return the manifest. `backend`/`scorer` may be passed in to reuse loaded engines."""
+    from tqdm.auto import tqdm
+
+    cfg.validate()
+    selection = cfg.selection()
+    sampling = cfg.sampling()
+    if prompts is None:
+        prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
+    if scorer is None:
+        from bonsynth.rm.ensemble import RewardEnsemble
+
+        scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, device=cfg.device, dtype=cfg.dtype)
+    own_backend = backend is None
+    if backend is None:
+        from bonsynth.generate.backends import make_backend, resolve_backend_name
+
+        name = resolve_backend_name(cfg.backend)
+        kw = dict(cfg.backend_options)
+        if name == "hf":
+            kw.setdefault("device", cfg.device)
+            kw.setdefault("dtype", cfg.dtype)
+        backend = make_backend(name, cfg.policy, **kw)
+
+    created = not Path(cfg.out).exists()
+    try:
+        out, state = _prepare_out_dir(cfg)
+    except Exception:
+        if own_backend:
+            backend.close()
+        raise
+    try:
+        start = int(state.get("prompts_done", 0))
+        if not state.get("complete"):
+            writer = outputs.DurableWriter(out, state)
+            try:
+                bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
+                           disable=not cfg.show_progress, dynamic_ncols=True)
+                for lo in range(start, len(prompts), cfg.batch_size):
+                    batch = prompts[lo : lo + cfg.batch_size]
+                    results = backend.generate(batch, sampling)
+                    flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
+                    flat_texts = [c.text for res in results for c in res.completions]
+                    scores = scorer.score(flat_prompts, flat_texts)
+                    rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
+                    writer.append_batch(rows, lo + len(batch))
+                    bar.update(len(batch))
+                    if on_batch is not None:
+                        on_batch(lo + len(batch), len(prompts))
+                bar.close()
+            finally:
+                writer.close()
+        manifest = build_manifest(cfg, out, backend, scorer)
+        outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
+        state["complete"] = True
+        outputs.write_json_atomic(out / outputs.STATE, state)
+        return manifest
+    except BaseException:
+        # A user error before any batch landed leaves no partial output behind.
+        if created and int(state.get("prompts_done", 0)) == 0 and Path(cfg.out).exists():
+            shutil.rmtree(cfg.out, ignore_errors=True)
+        raise
+    finally:
+        if own_backend:
+            backend.close()
+
+
+def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer) -> dict:
+    counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), cfg.n)
+    config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "show_progress")}
+    config["out"] = str(Path(cfg.out))
+    return {
+        "bonsynth_manifest": 1,
+        "config": config,
+        "backend": backend.describe(),
+        "models": {
+            "policy": model_fingerprint(cfg.policy),
+            "rewards": [dict(model_fingerprint(p), **d) for p, d in zip(cfg.rewards, scorer.describe(), strict=True)],
+        },
+        "seeds": {"run_seed": cfg.seed, "per_prompt": "sha256(run_seed, prompt id) -> 31-bit seed"},
+        "versions": package_versions(),
+        "counts": counts,
+        "summary": summary,
+        "files": {name: name for name in outputs.DATA_FILES},
+    }

@@ -1,0 +1,73 @@
+"""Several reward models as one scorer.
+
+With one RM the reward is its raw scalar. With several, each is z-normalised with the mean and std stored
+in its `bonsynth_rm.json` (measured on its eval split), then combined as a weighted sum, so RMs on different
+scales mix as the weights say.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from bonsynth.errors import ConfigError
+
+
+@dataclass
+class EnsembleScores:
+    combined: list[float]
+    per_model: dict[str, list[float]]  # raw rewards per RM name
+
+
+class RewardEnsemble:
+    def __init__(self, models: Sequence, names: Sequence[str], weights: Sequence[float] | None = None) -> None:
+        if not models:
+            raise ConfigError("at least one reward model is needed (--reward)")
+        if weights is None:
+            weights = [1.0 / len(models)] * len(models)
+        if len(weights) != len(models):
+            raise ConfigError(f"--reward-weights has {len(weights)} values for {len(models)} reward models")
+        if len(set(names)) != len(names):
+            raise ConfigError("two reward models share a name; pass distinct paths")
+        self.models = list(models)
+        self.names = list(names)
+        self.weights = [float(w) for w in weights]
+
+    @classmethod
+    def load(cls, paths: Sequence[str], weights: Sequence[float] | None = None, **load_kw) -> RewardEnsemble:
+        from bonsynth.rm.model import RewardModel
+
+        models = [RewardModel.load(p, **load_kw) for p in paths]
+        return cls(models, names=_short_names(paths), weights=weights)
+
+    def score(self, prompts: Sequence, responses: Sequence[str]) -> EnsembleScores:
+        items = list(zip(prompts, responses, strict=True))
+        per: dict[str, list[float]] = {}
+        for name, rm in zip(self.names, self.models, strict=True):
+            per[name] = [float(x) for x in rm.score(items)]
+        if len(self.models) == 1:
+            return EnsembleScores(combined=list(per[self.names[0]]), per_model=per)
+        combined = [0.0] * len(items)
+        for name, rm, w in zip(self.names, self.models, self.weights, strict=True):
+            mean, std = rm.meta.reward_mean, rm.meta.reward_std or 1.0
+            for i, r in enumerate(per[name]):
+                combined[i] += w * (r - mean) / std
+        return EnsembleScores(combined=combined, per_model=per)
+
+    def describe(self) -> list[dict]:
+        out = []
+        for name, rm, w in zip(self.names, self.models, self.weights, strict=True):
+            meta = rm.meta
+            out.append({"name": name, "weight": w, "objective": meta.objective,
+                        "reward_mean": meta.reward_mean, "reward_std": meta.reward_std})
+        return out
+
+
+def _short_names(paths: Sequence[str]) -> list[str]:
+    """Readable, unique names for RMs (the last path component, prefixed with its index on clashes)."""
+    from pathlib import PurePath
+
+    base = [PurePath(p.rstrip("/")).name or p for p in paths]
+    if len(set(base)) == len(base):
+        return base
+    return [f"{i}:{b}" for i, b in enumerate(base)]
