@@ -1,0 +1,82 @@
+"""`bonsynth generate`: best-of-N datasets."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import click
+
+from bonsynth.errors import ConfigError
+
+
+def _weights(value: str | None) -> list[float] | None:
+    if value is None:
+        return None
+    try:
+        return [float(x) for x in value.split(",") if x.strip()]
+    except ValueError:
+        raise ConfigError(f"--reward-weights must be comma-separated numbers, got {value!r}") from None
+
+
+@click.command()
+@click.option("--policy", required=True, help="Policy model: local path or hub id (or the served model name for openai).")
+@click.option("--reward", "rewards", required=True, multiple=True, help="Reward model directory; repeat for several.")
+@click.option("--reward-weights", default=None, help="Comma-separated weights for several RMs, e.g. 0.7,0.3.")
+@click.option("--prompts", required=True, help="Prompts file (jsonl/json/parquet/save_to_disk folder).")
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--n", "n", type=int, default=4, show_default=True, help="Candidates per prompt.")
+@click.option("--backend", type=click.Choice(["auto", "vllm", "hf", "openai"]), default="auto", show_default=True,
+              help="auto: vllm when installed with a GPU, else hf.")
+@click.option("--temperature", type=float, default=1.0, show_default=True)
+@click.option("--top-p", type=float, default=1.0, show_default=True)
+@click.option("--max-new-tokens", type=int, default=128, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--stop", multiple=True, help="Stop string; repeatable.")
+@click.option("--select", "select", default="best", show_default=True, help="best | top-k:K | pairs")
+@click.option("--min-reward", type=float, default=None, help="Never select a candidate below this reward.")
+@click.option("--min-margin", type=float, default=None, help="Skip a DPO pair whose reward margin is below this.")
+@click.option("--dedup", is_flag=True, help="Drop exact and near-duplicate candidates before selecting.")
+@click.option("--length-normalize", is_flag=True, help="Rank candidates by reward per token.")
+@click.option("--batch-size", type=int, default=64, show_default=True, help="Prompts per durable batch.")
+@click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT.")
+@click.option("--format", "prompt_format", type=click.Choice(["auto", "prompts"]), default="auto", show_default=True)
+@click.option("--limit", type=int, default=None, help="Use only the first LIMIT prompts.")
+@click.option("--device", default="auto", show_default=True, help="Device for the hf backend and the RMs.")
+@click.option("--dtype", default="auto", show_default=True, help="auto = bf16 on a GPU, fp32 on the CPU.")
+@click.option("--gen-batch-size", type=int, default=None, help="hf backend: prompts per generate() call.")
+@click.option("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs per engine.")
+@click.option("--gpu-memory-utilization", type=float, default=None, help="vllm backend.")
+@click.option("--base-url", default=None, help="openai backend (default: $BONSYNTH_OPENAI_BASE_URL or $OPENAI_BASE_URL).")
+@click.option("--concurrency", type=int, default=None, help="openai backend: requests in flight.")
+@click.option("--quiet", is_flag=True, help="No progress bar.")
+def generate(**kw) -> None:
+    """Generate N candidates per prompt, score them with the RM(s), select, and write datasets.
+
+    Writes OUT/candidates.jsonl, OUT/sft.jsonl, OUT/dpo.jsonl and OUT/manifest.json.
+
+    \b
+    Example:
+      bonsynth generate --policy Qwen/Qwen2.5-0.5B-Instruct --reward rm/ --prompts prompts.jsonl \\
+          --n 8 --select pairs --min-margin 0.5 --out out/
+    """
+    from bonsynth.generate.pipeline import GenerateConfig, run_generate
+    from bonsynth.generate.report import summary_table
+
+    backend_options = {}
+    for opt, key in (("gen_batch_size", "batch_size"), ("tensor_parallel_size", "tensor_parallel_size"),
+                     ("gpu_memory_utilization", "gpu_memory_utilization"), ("base_url", "base_url"),
+                     ("concurrency", "concurrency")):
+        value = kw.pop(opt)
+        if value is not None:
+            backend_options[key] = value
+    cfg = GenerateConfig(
+        policy=kw["policy"], rewards=list(kw["rewards"]), reward_weights=_weights(kw["reward_weights"]),
+        prompts=kw["prompts"], out=str(kw["out"]), n=kw["n"], backend=kw["backend"],
+        temperature=kw["temperature"], top_p=kw["top_p"], max_new_tokens=kw["max_new_tokens"], seed=kw["seed"],
+        stop=list(kw["stop"]), select=kw["select"], min_reward=kw["min_reward"], min_margin=kw["min_margin"],
+        dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
+        resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
+        limit=kw["limit"], backend_options=backend_options, show_progress=not kw["quiet"],
+    )
+    manifest = run_generate(cfg)
+    click.echo(summary_table(manifest, cfg.out))

@@ -1,0 +1,87 @@
+"""Shared fixtures: tiny models built from configs with a tokenizer trained on the spot (offline)."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("HF_DATASETS_OFFLINE", "1")
+
+REPO = Path(__file__).resolve().parents[1]
+
+WORDS = (
+    "the captain ship sails storm sea crew gold map island wizard spell tower potion knight dragon castle "
+    "sword robot coffee station orbit star detective clue case rain city night friend hello thanks please "
+    "yes no maybe i you we they are is was will can cannot help story tell me about your day"
+).split()
+
+
+def corpus(n: int = 400, seed: int = 0) -> list[str]:
+    import random
+
+    rng = random.Random(seed)
+    return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) for _ in range(n)]
+
+
+@pytest.fixture(scope="session")
+def tiny_tokenizer():
+    from bonsynth.demo.models import train_tokenizer
+
+    texts = corpus() + ["\n\nHuman: hi\n\nAssistant: hello", "\n\nSystem: be kind"]
+    return train_tokenizer(texts, vocab_size=400)
+
+
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from bonsynth.demo.models import save_model, tiny_causal_lm
+
+    out = tmp_path_factory.mktemp("policy")
+    return save_model(tiny_causal_lm(tiny_tokenizer, seed=1), tiny_tokenizer, out)
+
+
+@pytest.fixture(scope="session")
+def tiny_rm_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    from bonsynth.demo.models import save_model, tiny_reward_model
+    from bonsynth.rm.meta import RMMeta
+
+    out = tmp_path_factory.mktemp("rm")
+    save_model(tiny_reward_model(tiny_tokenizer, num_labels=1, seed=2), tiny_tokenizer, out)
+    RMMeta(objective="pairwise", reward_mean=0.1, reward_std=2.0).save(out)
+    return out
+
+
+@pytest.fixture(scope="session")
+def tiny_rm2_dir(tmp_path_factory, tiny_tokenizer) -> Path:
+    """A 2-label classifier RM (thumbs-up style)."""
+    from bonsynth.demo.models import save_model, tiny_reward_model
+    from bonsynth.rm.meta import RMMeta
+
+    out = tmp_path_factory.mktemp("rm2")
+    save_model(tiny_reward_model(tiny_tokenizer, num_labels=2, seed=3), tiny_tokenizer, out)
+    RMMeta(objective="binary", num_labels=2, label_mapping={"0": "bad", "1": "good"},
+           reward_mean=-0.3, reward_std=0.5).save(out)
+    return out
+
+
+def write_jsonl(path: Path, rows) -> Path:
+    path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
+    return path
+
+
+@pytest.fixture()
+def prompts_file(tmp_path) -> Path:
+    texts = corpus(12, seed=5)
+    return write_jsonl(tmp_path / "prompts.jsonl", [{"id": f"q{i}", "prompt": t} for i, t in enumerate(texts)])
+
+
+@pytest.fixture()
+def chat_prompts_file(tmp_path) -> Path:
+    texts = corpus(6, seed=6)
+    rows = [{"id": f"c{i}", "messages": [{"role": "system", "content": "You are a pirate."},
+                                         {"role": "user", "content": t}]} for i, t in enumerate(texts)]
+    return write_jsonl(tmp_path / "chat_prompts.jsonl", rows)
