@@ -1,0 +1,240 @@
+"""`bonsynth generate` end to end on tiny models: outputs, rewards, selection, errors, resume."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from bonsynth.generate.backends.base import SamplingConfig
+from bonsynth.generate.pipeline import GenerateConfig, run_generate
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "bonsynth", *args], capture_output=True, text=True, timeout=300)
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def _cfg(policy, rm, prompts, out, **kw) -> GenerateConfig:
+    base = dict(policy=str(policy), rewards=[str(rm)], prompts=str(prompts), out=str(out), n=4,
+                backend="hf", max_new_tokens=12, seed=7, batch_size=5, device="cpu", show_progress=False)
+    base.update(kw)
+    return GenerateConfig(**base)
+
+
+def test_generate_outputs_rewards_and_summary(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    from bonsynth.rm.model import RewardModel
+
+    out = tmp_path / "out"
+    manifest = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out))
+    cands = _rows(out / "candidates.jsonl")
+    assert [r["id"] for r in cands] == [f"q{i}" for i in range(12)]
+    assert all(len(r["candidates"]) == 4 for r in cands)
+
+    # Rewards equal an independent scoring of the same texts.
+    rm = RewardModel.load(str(tiny_rm_dir), device="cpu")
+    items = [(r["prompt"], c["text"]) for r in cands for c in r["candidates"]]
+    expected = rm.score(items)
+    got = [c["reward"] for r in cands for c in r["candidates"]]
+    assert got == pytest.approx(expected, abs=1e-5)
+
+    # best = argmax; sft/dpo rows follow the selection.
+    sft = _rows(out / "sft.jsonl")
+    dpo = _rows(out / "dpo.jsonl")
+    assert len(sft) == 12
+    for row, s in zip(cands, sft, strict=True):
+        rewards = [c["reward"] for c in row["candidates"]]
+        best = max(range(4), key=lambda i: (rewards[i], -i))
+        assert row["selected"] == [best]
+        assert s["completion"] == row["candidates"][best]["text"] and s["prompt"] == row["prompt"]
+    for d in dpo:
+        assert d["score_chosen"] > d["score_rejected"] and d["chosen"] != d["rejected"]
+
+    all_r = [c["reward"] for r in cands for c in r["candidates"]]
+    sel_r = [r["candidates"][r["selected"][0]]["reward"] for r in cands]
+    s = manifest["summary"]
+    assert s["mean_reward_all"] == pytest.approx(sum(all_r) / len(all_r))
+    assert s["mean_reward_selected"] == pytest.approx(sum(sel_r) / len(sel_r))
+    assert s["bon_gain"] == pytest.approx(s["mean_reward_selected"] - s["mean_reward_all"])
+    assert s["bon_gain"] > 0
+    assert manifest["counts"]["candidates"] == 48
+    assert json.loads((out / "manifest.json").read_text()) == manifest
+    assert manifest["models"]["policy"]["sha256"]
+    assert "torch" in manifest["versions"]
+
+
+def test_same_seed_same_outputs_whatever_the_batch_size(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, tmp_path / "a", batch_size=12))
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, tmp_path / "b", batch_size=3,
+                      backend_options={"batch_size": 2}))
+    a = _rows(tmp_path / "a" / "candidates.jsonl")
+    b = _rows(tmp_path / "b" / "candidates.jsonl")
+    assert [[c["text"] for c in r["candidates"]] for r in a] == [[c["text"] for c in r["candidates"]] for r in b]
+    for ra, rb in zip(a, b, strict=True):
+        assert [c["reward"] for c in ra["candidates"]] == pytest.approx([c["reward"] for c in rb["candidates"]], abs=1e-5)
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, tmp_path / "c", seed=8))
+    c = _rows(tmp_path / "c" / "candidates.jsonl")
+    assert [r["candidates"][0]["text"] for r in a] != [r["candidates"][0]["text"] for r in c]
+
+
+def test_hf_backend_per_prompt_seeding_and_finish_reasons(tiny_policy_dir):
+    from bonsynth.data.records import PromptRecord
+    from bonsynth.generate.backends.hf import HFBackend
+
+    be = HFBackend(str(tiny_policy_dir), device="cpu", batch_size=3)
+    recs = [PromptRecord(id=f"p{i}", prompt="the captain " * (i + 1)) for i in range(5)]
+    sampling = SamplingConfig(n=3, max_new_tokens=6, seed=1)
+    first = be.generate(recs, sampling)
+    again = be.generate(list(reversed(recs)), sampling)[::-1]
+    assert [[c.text for c in r.completions] for r in first] == [[c.text for c in r.completions] for r in again]
+    for r in first:
+        assert len(r.completions) == 3
+        for c in r.completions:
+            assert c.finish_reason in ("stop", "length")
+            assert 1 <= c.num_tokens <= 6
+            assert (c.finish_reason == "length") == (c.num_tokens == 6 and not c.text.endswith("<|endoftext|>"))
+    greedy = be.generate(recs[:1], SamplingConfig(n=2, max_new_tokens=6, temperature=0.0))
+    assert greedy[0].completions[0].text == greedy[0].completions[1].text
+
+
+def test_chat_prompts_write_trl_conversational_rows(tmp_path, tiny_policy_dir, tiny_rm_dir, chat_prompts_file):
+    out = tmp_path / "chat"
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, chat_prompts_file, out, select="pairs"))
+    sft = _rows(out / "sft.jsonl")
+    assert sft[0]["messages"][-1]["role"] == "assistant"
+    assert sft[0]["messages"][:2][0]["content"] == "You are a pirate."
+    dpo = _rows(out / "dpo.jsonl")
+    assert dpo and dpo[0]["chosen"][0]["role"] == "assistant"
+
+
+def test_two_reward_models_are_z_normalised_and_weighted(tmp_path, tiny_policy_dir, tiny_rm_dir, tiny_rm2_dir, prompts_file):
+    out = tmp_path / "two"
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out, rewards=[str(tiny_rm_dir), str(tiny_rm2_dir)],
+                      reward_weights=[0.7, 0.3]))
+    for row in _rows(out / "candidates.jsonl"):
+        for c in row["candidates"]:
+            r1, r2 = c["rewards"][tiny_rm_dir.name], c["rewards"][tiny_rm2_dir.name]
+            assert c["reward"] == pytest.approx(0.7 * (r1 - 0.1) / 2.0 + 0.3 * (r2 + 0.3) / 0.5, abs=1e-5)
+
+
+def test_outputs_load_in_datasets_and_trl(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file, tiny_tokenizer):
+    datasets = pytest.importorskip("datasets")
+    trl = pytest.importorskip("trl")
+    from transformers import AutoModelForCausalLM
+
+    out = tmp_path / "trl"
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out))
+    sft = datasets.load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
+    dpo = datasets.load_dataset("json", data_files=str(out / "dpo.jsonl"), split="train")
+    cands = datasets.load_dataset("json", data_files=str(out / "candidates.jsonl"), split="train")
+    assert len(sft) == 12 and len(cands) == 12 and len(dpo) > 0
+
+    model = AutoModelForCausalLM.from_pretrained(str(tiny_policy_dir))
+    common = dict(output_dir=str(tmp_path / "ck"), max_steps=1, per_device_train_batch_size=2, report_to="none",
+                  save_strategy="no", use_cpu=True, logging_steps=1)
+    sft_trainer = trl.SFTTrainer(model=model, args=trl.SFTConfig(**common, max_length=64), train_dataset=sft,
+                                 processing_class=tiny_tokenizer)
+    assert sft_trainer.train().training_loss > 0
+    dpo_trainer = trl.DPOTrainer(model=model, args=trl.DPOConfig(**common, max_length=64), train_dataset=dpo,
+                                 processing_class=tiny_tokenizer)
+    assert dpo_trainer.train().training_loss > 0
+
+
+def test_bad_input_exit_2_and_no_output(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    out = tmp_path / "never"
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"id": "x", "prompt": "ok"}\n{"id": "y", "prompt": ""}\n', encoding="utf-8")
+    common = ["--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir), "--out", str(out), "--backend", "hf"]
+    r = _cli("generate", *common, "--prompts", str(bad))
+    assert r.returncode == 2, r.stderr
+    assert "bad.jsonl:2" in r.stderr and "prompt" in r.stderr and "Traceback" not in r.stderr
+    assert not out.exists()
+    r = _cli("generate", *common, "--prompts", str(tmp_path / "missing.jsonl"))
+    assert r.returncode == 2 and "missing.jsonl" in r.stderr and not out.exists()
+    r = _cli("generate", "--policy", str(tiny_policy_dir), "--reward", str(tmp_path / "nope"), "--out", str(out),
+             "--prompts", str(prompts_file), "--backend", "hf")
+    assert r.returncode == 2 and "nope" in r.stderr and not out.exists()
+    r = _cli("generate", *common, "--prompts", str(prompts_file), "--select", "worst")
+    assert r.returncode == 2 and "--select" in r.stderr and not out.exists()
+
+
+def test_existing_output_is_never_overwritten_and_resume_checks_config(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    out = tmp_path / "o"
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out))
+    before = (out / "candidates.jsonl").read_bytes()
+    common = ["--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir), "--prompts", str(prompts_file),
+              "--out", str(out), "--backend", "hf", "--n", "4", "--max-new-tokens", "12"]
+    r = _cli("generate", *common, "--seed", "7")
+    assert r.returncode == 2 and "--resume" in r.stderr
+    r = _cli("generate", *common, "--seed", "9", "--resume")
+    assert r.returncode == 2 and "seed" in r.stderr
+    assert (out / "candidates.jsonl").read_bytes() == before
+
+
+def _start(args: list[str]) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    return subprocess.Popen([sys.executable, "-m", "bonsynth", *args], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+
+
+def _state(out: Path) -> dict:
+    try:
+        return json.loads((out / "state.json").read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+@pytest.mark.slow
+def test_sigkill_at_several_points_then_resume_is_byte_identical(tmp_path, tiny_policy_dir, tiny_rm_dir, tiny_tokenizer):
+    from tests.conftest import corpus, write_jsonl
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"k{i}", "prompt": t} for i, t in enumerate(corpus(40, seed=9))])
+    args = ["generate", "--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir), "--prompts", str(prompts),
+            "--backend", "hf", "--n", "4", "--max-new-tokens", "24", "--seed", "3", "--batch-size", "2",
+            "--select", "pairs", "--quiet"]
+    ref = tmp_path / "ref"
+    assert _cli(*args, "--out", str(ref)).returncode == 0
+
+    out = tmp_path / "killed"
+    # Kill points: as soon as the run dir appears, after a few batches, while a batch is being appended.
+    kill_when = [
+        lambda: (out / "state.json").exists(),
+        lambda: _state(out).get("prompts_done", 0) >= 6,
+        lambda: (out / "candidates.jsonl").exists()
+        and (out / "candidates.jsonl").stat().st_size > _state(out).get("offsets", {}).get("candidates.jsonl", 0),
+        lambda: _state(out).get("prompts_done", 0) >= 30,
+    ]
+    kills = 0
+    for cond in kill_when:
+        proc = _start([*args, "--out", str(out), "--resume"])
+        deadline = time.time() + 120
+        while proc.poll() is None and time.time() < deadline and not cond():
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        if _state(out).get("complete"):
+            break
+    assert kills >= 2
+    r = _cli(*args, "--out", str(out), "--resume")
+    assert r.returncode == 0, r.stderr
+    for name in ("candidates.jsonl", "sft.jsonl", "dpo.jsonl", "manifest.json"):
+        a, b = (ref / name).read_bytes(), (out / name).read_bytes()
+        if name == "manifest.json":
+            ja, jb = json.loads(a), json.loads(b)
+            ja["config"].pop("out"), jb["config"].pop("out")
+            assert ja == jb
+        else:
+            assert a == b, name
+    ids = [r["id"] for r in _rows(out / "candidates.jsonl")]
+    assert ids == [f"k{i}" for i in range(40)]
