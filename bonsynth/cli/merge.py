@@ -11,11 +11,14 @@ import click
 @click.argument("config", type=click.Path(path_type=Path))
 @click.argument("out", type=click.Path(path_type=Path))
 @click.option("--device", type=click.Choice(["cpu", "cuda"]), default="cpu", show_default=True)
-@click.option("--random-seed", type=int, default=None, help="Seed for DARE's random drop.")
+@click.option("--random-seed", type=int, default=None, help="Seed for DARE's random drop (default: drawn and reported).")
 @click.option("--out-shard-size", default="5B", show_default=True, help="Max output shard size (e.g. 5B, 500M).")
 @click.option("--dtype", default=None, help="Override the config's dtype for the merge arithmetic.")
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
-def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str, dtype, trust_remote_code: bool) -> None:
+@click.option("--allow-pickle", is_flag=True, help="Also read pytorch_model.bin weights (torch.load, weights_only).")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str, dtype, trust_remote_code: bool,
+          allow_pickle: bool, overwrite: bool) -> None:
     """Merge models from a mergekit-style YAML (passthrough, linear, task_arithmetic, ties, dare_*, slerp).
 
     Reward models with mixed heads (none, 1-label, 2-label) merge into one scalar reward head.
@@ -28,6 +31,19 @@ def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str
 
     summary = run_merge(
         config, out, device=device, random_seed=random_seed, out_shard_size=out_shard_size, dtype=dtype,
-        trust_remote_code=trust_remote_code,
+        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, overwrite=overwrite,
     )
-    click.echo(f"merged {summary['num_tensors']} tensors with {summary['merge_method']} -> {out}")
+    for note in summary.get("notes", []):
+        click.echo(f"note: {note}", err=True)
+    if summary.get("left_out"):
+        click.echo(f"note: left out LM head tensors (not part of a reward model): {', '.join(summary['left_out'])}",
+                   err=True)
+    if summary.get("converted_heads"):
+        click.echo(f"note: 2-label heads converted to logit1 - logit0: {', '.join(summary['converted_heads'])}", err=True)
+    if summary.get("averaged_without_base"):
+        click.echo("note: absent from the base, averaged over the fine-tuned models: "
+                   f"{', '.join(summary['averaged_without_base'])}", err=True)
+    if "random_seed" in summary:
+        click.echo(f"random seed: {summary['random_seed']}", err=True)
+    kind = f" ({summary['architecture']}, reward model)" if summary.get("reward_model") else ""
+    click.echo(f"merged {summary['num_tensors']} tensors with {summary['merge_method']} -> {out}{kind}")

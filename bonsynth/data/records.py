@@ -10,10 +10,10 @@ import hashlib
 import itertools
 import json
 from dataclasses import dataclass, field
-from typing import Literal, Union
+from typing import Literal
 
 Message = dict[str, str]
-Prompt = Union[str, list[Message]]
+Prompt = str | list[Message]
 Kind = Literal["pairwise", "binary", "ranked", "prompts"]
 
 
@@ -94,7 +94,7 @@ class PromptRecord:
         return isinstance(self.prompt, list)
 
 
-Record = Union[PairRecord, BinaryRecord, RankedGroup, PromptRecord]
+Record = PairRecord | BinaryRecord | RankedGroup | PromptRecord
 
 
 def content_id(prompt: Prompt) -> str:
