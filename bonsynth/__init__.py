@@ -7,7 +7,7 @@ from __future__ import annotations
 
 __version__ = "0.1.0"
 
-__all__ = ["RewardModel", "__version__"]
+__all__ = ["BestOfN", "RewardModel", "__version__"]
 
 
 def __getattr__(name: str):
@@ -16,4 +16,8 @@ def __getattr__(name: str):
         from bonsynth.rm.model import RewardModel
 
         return RewardModel
+    if name == "BestOfN":
+        from bonsynth.generate.api import BestOfN
+
+        return BestOfN
     raise AttributeError(name)

@@ -238,3 +238,44 @@ def test_sigkill_at_several_points_then_resume_is_byte_identical(tmp_path, tiny_
             assert a == b, name
     ids = [r["id"] for r in _rows(out / "candidates.jsonl")]
     assert ids == [f"k{i}" for i in range(40)]
+
+
+def test_long_prompts_are_truncated_or_skipped_never_dropped(tmp_path, tiny_policy_dir, tiny_rm_dir):
+    from tests.conftest import write_jsonl
+
+    # The tiny policy has a 512-token context; with 12 new tokens a prompt may hold 500.
+    long_text = "the captain " * 400
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": "short", "prompt": "hello there"},
+                                                 {"id": "long", "prompt": long_text}])
+    out = tmp_path / "trunc"
+    m = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, out))
+    rows = {r["id"]: r for r in _rows(out / "candidates.jsonl")}
+    assert rows["long"]["prompt_truncated"] is True and rows["long"]["prompt_tokens"] == 500
+    assert len(rows["long"]["candidates"]) == 4 and rows["short"]["prompt_truncated"] is False
+    assert m["counts"]["prompts_truncated"] == 1
+
+    out = tmp_path / "skip"
+    m = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, out, long_prompt="skip"))
+    rows = {r["id"]: r for r in _rows(out / "candidates.jsonl")}
+    assert rows["long"]["skipped"] == "prompt-too-long" and rows["long"]["candidates"] == []
+    assert len(rows["short"]["candidates"]) == 4
+    assert m["counts"]["prompts_skipped"] == 1 and m["counts"]["prompts"] == 2
+    assert [r["id"] for r in _rows(out / "sft.jsonl")] == ["short"]
+
+
+def test_best_of_n_library_matches_the_cli_path(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    from bonsynth import BestOfN
+
+    out_cli = tmp_path / "cli"
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out_cli))
+    prompts = [json.loads(line) for line in prompts_file.read_text().splitlines()]
+    with BestOfN(policy=str(tiny_policy_dir), reward=str(tiny_rm_dir), n=4, backend="hf", max_new_tokens=12,
+                 seed=7, device="cpu", batch_size=5) as bon:
+        records = list(bon.run(prompts))
+        assert [r["id"] for r in records] == [p["id"] for p in prompts]
+        manifest = bon.write(tmp_path / "lib")
+    assert (tmp_path / "lib" / "candidates.jsonl").read_bytes() == (out_cli / "candidates.jsonl").read_bytes()
+    assert (tmp_path / "lib" / "sft.jsonl").read_bytes() == (out_cli / "sft.jsonl").read_bytes()
+    assert manifest["summary"] == json.loads((out_cli / "manifest.json").read_text())["summary"]
+    with pytest.raises(TypeError):
+        BestOfN(policy=str(tiny_policy_dir), reward=str(tiny_rm_dir), bogus=1)

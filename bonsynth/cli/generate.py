@@ -37,6 +37,8 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--min-margin", type=float, default=None, help="Skip a DPO pair whose reward margin is below this.")
 @click.option("--dedup", is_flag=True, help="Drop exact and near-duplicate candidates before selecting.")
 @click.option("--length-normalize", is_flag=True, help="Rank candidates by reward per token.")
+@click.option("--long-prompts", "long_prompt", type=click.Choice(["truncate", "skip"]), default="truncate",
+              show_default=True, help="A prompt longer than the context: left-truncate it, or skip it (reported either way).")
 @click.option("--batch-size", type=int, default=64, show_default=True, help="Prompts per durable batch.")
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT.")
 @click.option("--format", "prompt_format", type=click.Choice(["auto", "prompts"]), default="auto", show_default=True)
@@ -73,7 +75,7 @@ def generate(**kw) -> None:
         policy=kw["policy"], rewards=list(kw["rewards"]), reward_weights=_weights(kw["reward_weights"]),
         prompts=kw["prompts"], out=str(kw["out"]), n=kw["n"], backend=kw["backend"],
         temperature=kw["temperature"], top_p=kw["top_p"], max_new_tokens=kw["max_new_tokens"], seed=kw["seed"],
-        stop=list(kw["stop"]), select=kw["select"], min_reward=kw["min_reward"], min_margin=kw["min_margin"],
+        stop=list(kw["stop"]), long_prompt=kw["long_prompt"], select=kw["select"], min_reward=kw["min_reward"], min_margin=kw["min_margin"],
         dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
         resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
         limit=kw["limit"], backend_options=backend_options, show_progress=not kw["quiet"],

@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import shutil
+import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -40,6 +41,7 @@ class GenerateConfig:
     max_new_tokens: int = 128
     seed: int = 0
     stop: list[str] = field(default_factory=list)
+    long_prompt: str = "truncate"
     select: str = "best"
     min_reward: float | None = None
     min_margin: float | None = None
@@ -66,6 +68,8 @@ class GenerateConfig:
             raise ConfigError("--top-p must be in (0, 1]")
         if self.max_new_tokens < 1:
             raise ConfigError("--max-new-tokens must be >= 1")
+        if self.long_prompt not in ("truncate", "skip"):
+            raise ConfigError("--long-prompts must be truncate or skip")
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be >= 1")
         if not self.rewards:
@@ -75,7 +79,8 @@ class GenerateConfig:
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
-                              max_new_tokens=self.max_new_tokens, seed=self.seed, stop=tuple(self.stop))
+                              max_new_tokens=self.max_new_tokens, seed=self.seed, stop=tuple(self.stop),
+                              long_prompt=self.long_prompt)
 
     def selection(self) -> SelectionConfig:
         mode, k = parse_select(self.select)
@@ -120,6 +125,8 @@ def build_rows(
             "id": rec.id,
             "prompt": rec.prompt,
             "prompt_tokens": res.prompt_tokens,
+            "prompt_truncated": res.prompt_truncated,
+            "skipped": res.skipped,
             "candidates": cand_rows,
             "selected": sel.selected,
             "pair": list(sel.pair) if sel.pair else None,
@@ -134,7 +141,7 @@ def build_rows(
     return rows
 
 
-def _prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
+def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
     out = Path(cfg.out)
     state_path = out / outputs.STATE
     fp = cfg.fingerprint()
@@ -205,7 +212,7 @@ def run_generate(
 
     created = not Path(cfg.out).exists()
     try:
-        out, state = _prepare_out_dir(cfg)
+        out, state = prepare_out_dir(cfg)
     except Exception:
         if own_backend:
             backend.close()
@@ -215,6 +222,7 @@ def run_generate(
         if not state.get("complete"):
             writer = outputs.DurableWriter(out, state)
             try:
+                n_cands, t_start = 0, time.perf_counter()
                 bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
                            disable=not cfg.show_progress, dynamic_ncols=True)
                 for lo in range(start, len(prompts), cfg.batch_size):
@@ -225,7 +233,9 @@ def run_generate(
                     scores = scorer.score(flat_prompts, flat_texts)
                     rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
                     writer.append_batch(rows, lo + len(batch))
+                    n_cands += len(flat_texts)
                     bar.update(len(batch))
+                    bar.set_postfix(cand_per_s=f"{n_cands / max(1e-9, time.perf_counter() - t_start):.1f}")
                     if on_batch is not None:
                         on_batch(lo + len(batch), len(prompts))
                 bar.close()

@@ -30,6 +30,10 @@ def summary_table(manifest: dict, out: str | Path) -> str:
         ("SFT rows", c["selected"]),
         ("DPO pairs", c["pairs"]),
     ]
+    if c.get("prompts_truncated"):
+        rows.append(("prompts left-truncated (too long)", c["prompts_truncated"]))
+    if c.get("prompts_skipped"):
+        rows.append(("prompts skipped (too long)", c["prompts_skipped"]))
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]
     lines.append("")

@@ -33,6 +33,8 @@ def summarize(rows: Iterable[dict], n: int) -> tuple[dict, dict]:
     sel_texts: list[str] = []
     for row in rows:
         counts["prompts"] += 1
+        counts["prompts_truncated"] += int(bool(row.get("prompt_truncated")))
+        counts["prompts_skipped"] += int(bool(row.get("skipped")))
         cands = row["candidates"]
         counts["candidates"] += len(cands)
         for c in cands:
@@ -75,6 +77,7 @@ def summarize(rows: Iterable[dict], n: int) -> tuple[dict, dict]:
     out_counts = dict(counts)
     out_counts["finish_reasons"] = dict(sorted(finish.items()))
     out_counts["pairs_skipped"] = dict(sorted(skipped.items()))
-    for key in ("prompts", "candidates", "selected", "pairs", "duplicates", "below_min_reward", "prompts_without_selection"):
+    for key in ("prompts", "candidates", "selected", "pairs", "duplicates", "below_min_reward", "prompts_without_selection",
+                "prompts_truncated", "prompts_skipped"):
         out_counts.setdefault(key, 0)
     return out_counts, summary

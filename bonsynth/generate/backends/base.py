@@ -20,6 +20,9 @@ class SamplingConfig:
     max_new_tokens: int = 64
     seed: int = 0
     stop: tuple[str, ...] = ()
+    # A prompt longer than the model's context minus max_new_tokens is "truncate"d from the left, or
+    # "skip"ped; either way it is reported in the outputs, never dropped silently.
+    long_prompt: str = "truncate"
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -39,6 +42,8 @@ class GenerationResult:
     prompt_text: str  # the exact text the model continued (after the chat template)
     prompt_tokens: int
     completions: tuple[Completion, ...] = field(default_factory=tuple)
+    prompt_truncated: bool = False  # left-truncated to fit the context
+    skipped: str | None = None  # why no completions were generated (e.g. "prompt-too-long")
 
 
 class GenerationBackend(ABC):

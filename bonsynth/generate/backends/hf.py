@@ -102,6 +102,18 @@ class HFBackend(GenerationBackend):
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
         self._torch = torch
 
+    def prompt_budget(self, sampling: SamplingConfig) -> int:
+        """How many prompt tokens fit in the context next to `max_new_tokens`."""
+        from bonsynth.errors import ConfigError
+
+        cfg = self.model.config
+        limit = getattr(cfg, "n_positions", None) or getattr(cfg, "max_position_embeddings", None) or 1 << 30
+        budget = limit - sampling.max_new_tokens
+        if budget < 1:
+            raise ConfigError(f"--max-new-tokens {sampling.max_new_tokens} leaves no room for the prompt in the "
+                              f"policy's context of {limit} tokens")
+        return budget
+
     def describe(self) -> dict:
         return {"backend": self.name, "model": self.model_path, "device": self.device,
                 "dtype": str(self.torch_dtype).replace("torch.", ""), "batch_size": self.batch_size}
@@ -120,6 +132,15 @@ class HFBackend(GenerationBackend):
         templated = [r.is_chat and has_chat_template(tok) for r in batch]
         # Chat templates already carry BOS and friends; plain prompts get the tokenizer's usual specials.
         encoded = [tok(t, add_special_tokens=not tmpl)["input_ids"] for t, tmpl in zip(texts, templated, strict=True)]
+        budget = self.prompt_budget(sampling)
+        too_long = [len(ids) > budget for ids in encoded]
+        if any(too_long) and sampling.long_prompt == "skip":
+            keep = [i for i, t in enumerate(too_long) if not t]
+            kept = self._generate_batch([batch[i] for i in keep], sampling) if keep else []
+            by_index = dict(zip(keep, kept, strict=True))
+            return [by_index.get(i) or GenerationResult(prompt_text=texts[i], prompt_tokens=len(encoded[i]),
+                                                        skipped="prompt-too-long") for i in range(len(batch))]
+        encoded = [ids[-budget:] if t else ids for ids, t in zip(encoded, too_long, strict=True)]
         width = max(len(ids) for ids in encoded)
         pad = tok.pad_token_id
         input_ids = [[pad] * (width - len(ids)) + ids for ids in encoded]
@@ -156,7 +177,8 @@ class HFBackend(GenerationBackend):
             comps = []
             for j in range(n):
                 comps.append(self._decode(new_tokens[i * n + j], sampling, eos, pad))
-            results.append(GenerationResult(prompt_text=texts[i], prompt_tokens=len(encoded[i]), completions=tuple(comps)))
+            results.append(GenerationResult(prompt_text=texts[i], prompt_tokens=len(encoded[i]),
+                                            completions=tuple(comps), prompt_truncated=too_long[i]))
         return results
 
     def _decode(self, ids: list[int], sampling: SamplingConfig, eos: int | None, pad: int | None) -> Completion:

@@ -1,0 +1,132 @@
+"""`bonsynth.BestOfN`: best-of-N from Python, for batch jobs.
+
+    bon = BestOfN(policy="Qwen/Qwen2.5-0.5B-Instruct", reward="rm/", n=8)
+    for rec in bon.run(["Tell me a joke.", [{"role": "user", "content": "Hi!"}]]):
+        print(rec["id"], rec["candidates"][rec["selected"][0]]["text"])
+    bon.write("out/")   # candidates/sft/dpo.jsonl + manifest.json, exactly as `bonsynth generate` writes them
+
+Engines are loaded once, on first use, and reused across `run` calls. Same code as the CLI underneath.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Iterable, Iterator, Sequence
+from pathlib import Path
+
+from bonsynth.data.records import Location, PromptRecord
+from bonsynth.generate import outputs
+from bonsynth.generate.pipeline import GenerateConfig, build_manifest, build_rows, prepare_out_dir
+
+
+def to_prompt_records(prompts: Iterable) -> list[PromptRecord]:
+    """Accept strings, chat message lists, prompt dicts (`prompt`/`messages` [+ `id`]) or PromptRecords."""
+    from bonsynth.data.normalize import normalize_rows
+
+    rows: list[tuple[Location, dict]] = []
+    ready: dict[int, PromptRecord] = {}
+    for i, p in enumerate(prompts):
+        if isinstance(p, PromptRecord):
+            ready[i] = p
+            rows.append((Location("<prompts>", i + 1), {"id": p.id, "prompt": p.prompt} if isinstance(p.prompt, str)
+                         else {"id": p.id, "messages": p.prompt}))
+        elif isinstance(p, str):
+            rows.append((Location("<prompts>", i + 1), {"prompt": p}))
+        elif isinstance(p, list):
+            rows.append((Location("<prompts>", i + 1), {"messages": p}))
+        else:
+            rows.append((Location("<prompts>", i + 1), dict(p)))
+    loaded = normalize_rows(rows, "prompts", "<prompts>")  # validates and checks ids are unique
+    return [ready.get(i, rec) for i, rec in enumerate(loaded.records)]
+
+
+class BestOfN:
+    """Generate N candidates per prompt, score with the RM(s), select; as an iterator of records."""
+
+    def __init__(
+        self,
+        policy: str,
+        reward: str | Sequence[str],
+        n: int = 4,
+        backend: str = "auto",
+        **options,
+    ) -> None:
+        rewards = [reward] if isinstance(reward, (str, Path)) else [str(r) for r in reward]
+        known = {f.name for f in dataclasses.fields(GenerateConfig)} - {"policy", "rewards", "n", "backend", "prompts", "out"}
+        unknown = sorted(set(options) - known)
+        if unknown:
+            raise TypeError(f"unknown BestOfN option(s): {', '.join(unknown)}")
+        options.setdefault("show_progress", False)
+        self.config = GenerateConfig(policy=str(policy), rewards=[str(r) for r in rewards], prompts="<in-memory>",
+                                     out="", n=n, backend=backend, **options)
+        self.config.validate()
+        self._backend = None
+        self._scorer = None
+        self._rows: dict[str, list[dict]] = {name: [] for name in outputs.DATA_FILES}
+
+    @property
+    def backend(self):
+        if self._backend is None:
+            from bonsynth.generate.backends import make_backend, resolve_backend_name
+
+            name = resolve_backend_name(self.config.backend)
+            kw = dict(self.config.backend_options)
+            if name == "hf":
+                kw.setdefault("device", self.config.device)
+                kw.setdefault("dtype", self.config.dtype)
+            self._backend = make_backend(name, self.config.policy, **kw)
+        return self._backend
+
+    @property
+    def scorer(self):
+        if self._scorer is None:
+            from bonsynth.rm.ensemble import RewardEnsemble
+
+            self._scorer = RewardEnsemble.load(self.config.rewards, self.config.reward_weights,
+                                               device=self.config.device, dtype=self.config.dtype)
+        return self._scorer
+
+    def run(self, prompts: Iterable) -> Iterator[dict]:
+        """Yield one record per prompt (the rows of candidates.jsonl), batch by batch."""
+        records = to_prompt_records(prompts)
+        self._rows = {name: [] for name in outputs.DATA_FILES}
+        sampling, selection = self.config.sampling(), self.config.selection()
+        for lo in range(0, len(records), self.config.batch_size):
+            batch = records[lo : lo + self.config.batch_size]
+            results = self.backend.generate(batch, sampling)
+            flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
+            flat_texts = [c.text for res in results for c in res.completions]
+            scores = self.scorer.score(flat_prompts, flat_texts)
+            rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
+            for name in outputs.DATA_FILES:
+                self._rows[name].extend(rows[name])
+            yield from rows[outputs.CANDIDATES]
+
+    def write(self, out_dir: str | Path, prompts: Iterable | None = None) -> dict:
+        """Write the last `run` (or run `prompts` first) to `out_dir`; returns the manifest."""
+        if prompts is not None:
+            for _ in self.run(prompts):
+                pass
+        cfg = dataclasses.replace(self.config, out=str(out_dir), resume=False)
+        out, state = prepare_out_dir(cfg)
+        writer = outputs.DurableWriter(out, state)
+        try:
+            writer.append_batch(self._rows, len(self._rows[outputs.CANDIDATES]))
+        finally:
+            writer.close()
+        manifest = build_manifest(cfg, out, self.backend, self.scorer)
+        outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
+        state["complete"] = True
+        outputs.write_json_atomic(out / outputs.STATE, state)
+        return manifest
+
+    def close(self) -> None:
+        if self._backend is not None:
+            self._backend.close()
+            self._backend = None
+
+    def __enter__(self) -> BestOfN:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

