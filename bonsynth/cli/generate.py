@@ -50,6 +50,7 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--gpu-memory-utilization", type=float, default=None, help="vllm backend.")
 @click.option("--base-url", default=None, help="openai backend (default: $BONSYNTH_OPENAI_BASE_URL or $OPENAI_BASE_URL).")
 @click.option("--concurrency", type=int, default=None, help="openai backend: requests in flight.")
+@click.option("--shard", default=None, help="I/K: process only shard I (0-based) of K, for array jobs; merge with `bonsynth gather`.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(**kw) -> None:
     """Generate N candidates per prompt, score them with the RM(s), select, and write datasets.
@@ -78,7 +79,29 @@ def generate(**kw) -> None:
         stop=list(kw["stop"]), long_prompt=kw["long_prompt"], select=kw["select"], min_reward=kw["min_reward"], min_margin=kw["min_margin"],
         dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
         resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
-        limit=kw["limit"], backend_options=backend_options, show_progress=not kw["quiet"],
+        limit=kw["limit"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],
     )
     manifest = run_generate(cfg)
     click.echo(summary_table(manifest, cfg.out))
+
+
+@click.command()
+@click.argument("shard_dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Merged output directory.")
+@click.option("--prompts", default=None, help="The prompts file, if not at the path the shards recorded.")
+def gather(shard_dirs: tuple[Path, ...], out: Path, prompts) -> None:
+    """Merge the outputs of `generate --shard I/K` jobs; checks every prompt appears exactly once.
+
+    \b
+    Example:
+      for i in 0 1 2 3; do bonsynth generate ... --shard $i/4 --out shards/$i; done
+      bonsynth gather shards/0 shards/1 shards/2 shards/3 --out merged/
+    """
+    from bonsynth.generate.gather import gather as gather_shards
+    from bonsynth.generate.report import summary_table
+
+    manifest = gather_shards(list(shard_dirs), out, prompts=prompts)
+    click.echo(summary_table(manifest, out))
+
+
+EXTRA_COMMANDS = (gather,)

@@ -53,6 +53,7 @@ class GenerateConfig:
     dtype: str = "auto"
     prompt_format: str = "auto"
     limit: int | None = None
+    shard: str | None = None  # "I/K": this job's deterministic slice (0-based I) of the prompts
     backend_options: dict = field(default_factory=dict)
     show_progress: bool = True
 
@@ -72,6 +73,8 @@ class GenerateConfig:
             raise ConfigError("--long-prompts must be truncate or skip")
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be >= 1")
+        if self.shard is not None:
+            parse_shard(self.shard)
         if not self.rewards:
             raise ConfigError("at least one --reward model is needed")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
@@ -90,6 +93,28 @@ class GenerateConfig:
     def fingerprint(self) -> str:
         d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def parse_shard(spec: str) -> tuple[int, int]:
+    """`I/K` with 0 <= I < K."""
+    try:
+        i, k = (int(x) for x in spec.split("/"))
+    except ValueError:
+        raise ConfigError(f"--shard must look like I/K (e.g. 0/4), got {spec!r}") from None
+    if not (k >= 1 and 0 <= i < k):
+        raise ConfigError(f"--shard {spec}: need 0 <= I < K")
+    return i, k
+
+
+def shard_range(num_prompts: int, batch_size: int, index: int, count: int) -> tuple[int, int]:
+    """The prompts [lo, hi) of shard `index` of `count`.
+
+    Shards are contiguous runs of whole batches, so every batch (and therefore every RM scoring batch)
+    is the same as in a single run: shards gathered back together equal the single run byte for byte.
+    """
+    batches = -(-num_prompts // batch_size)
+    lo_b, hi_b = batches * index // count, batches * (index + 1) // count
+    return min(num_prompts, lo_b * batch_size), min(num_prompts, hi_b * batch_size)
 
 
 def build_rows(
@@ -195,6 +220,13 @@ def run_generate(
     sampling = cfg.sampling()
     if prompts is None:
         prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
+    shard_info = None
+    if cfg.shard is not None:
+        index, count = parse_shard(cfg.shard)
+        lo, hi = shard_range(len(prompts), cfg.batch_size, index, count)
+        shard_info = {"index": index, "count": count, "range": [lo, hi], "total_prompts": len(prompts),
+                      "batch_size": cfg.batch_size}
+        prompts = prompts[lo:hi]
     if scorer is None:
         from bonsynth.rm.ensemble import RewardEnsemble
 
@@ -242,6 +274,8 @@ def run_generate(
             finally:
                 writer.close()
         manifest = build_manifest(cfg, out, backend, scorer)
+        if shard_info is not None:
+            manifest["shard"] = shard_info
         outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
         state["complete"] = True
         outputs.write_json_atomic(out / outputs.STATE, state)
@@ -257,19 +291,25 @@ def run_generate(
 
 
 def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer) -> dict:
-    counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), cfg.n)
-    config = {k: v for k, v in asdict(cfg).items() if k not in ("resume", "show_progress")}
-    config["out"] = str(Path(cfg.out))
+    models = {
+        "policy": model_fingerprint(cfg.policy),
+        "rewards": [dict(model_fingerprint(p), **d) for p, d in zip(cfg.rewards, scorer.describe(), strict=True)],
+    }
+    return compose_manifest(asdict(cfg), out, backend.describe(), models, package_versions())
+
+
+def compose_manifest(config: dict, out: Path, backend: dict, models: dict, versions: dict) -> dict:
+    """The manifest, with counts and summary recomputed from OUT/candidates.jsonl (also used by gather)."""
+    counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), config["n"])
+    config = {k: v for k, v in config.items() if k not in ("resume", "show_progress")}
+    config["out"] = str(Path(config["out"]))
     return {
         "bonsynth_manifest": 1,
         "config": config,
-        "backend": backend.describe(),
-        "models": {
-            "policy": model_fingerprint(cfg.policy),
-            "rewards": [dict(model_fingerprint(p), **d) for p, d in zip(cfg.rewards, scorer.describe(), strict=True)],
-        },
-        "seeds": {"run_seed": cfg.seed, "per_prompt": "sha256(run_seed, prompt id) -> 31-bit seed"},
-        "versions": package_versions(),
+        "backend": backend,
+        "models": models,
+        "seeds": {"run_seed": config["seed"], "per_prompt": "sha256(run_seed, prompt id) -> 31-bit seed"},
+        "versions": versions,
         "counts": counts,
         "summary": summary,
         "files": {name: name for name in outputs.DATA_FILES},
