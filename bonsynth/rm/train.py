@@ -1,0 +1,547 @@
+"""`bonsynth rm train`: train a reward model (pairwise, binary or ranked) and save it as a plain HF model.
+
+* pairwise: Bradley–Terry loss -log σ(r⁺ - r⁻ - margin) through TRL's `RewardTrainer`, fed pre-tokenized
+  `chosen_ids`/`rejected_ids` (TRL would tokenize the whole text and drop over-long pairs; we cut the prompt
+  instead, with the same ids the scorer uses).
+* binary: a 2-label classifier (label 1 = good) through transformers' `Trainer`, like Chai's thumbs-up RMs.
+* ranked: every group is expanded into its strictly ordered pairs and trained with the pairwise loss; the
+  eval split is made of whole groups, so NDCG is measured on groups the model never saw.
+
+Model set-up follows open-instruct: dropout off, right padding, a pad token added when the tokenizer has none,
+and a fresh score head drawn with std = 1/sqrt(hidden + 1). LoRA (peft) is optional and merged before saving,
+so the output directory is always a plain model that `AutoModelForSequenceClassification` and
+`pipeline("text-classification")` load unchanged, with `bonsynth_rm.json` beside it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import random
+import sys
+import time
+import warnings
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from bonsynth.errors import ConfigError, InputError
+from bonsynth.rm.meta import RMMeta, file_sha256
+
+TRAIN_OBJECTIVES = ("pairwise", "binary", "ranked")
+LABEL_MAPPINGS = {
+    "pairwise": {"0": "reward"},
+    "ranked": {"0": "reward"},
+    "binary": {"0": "bad", "1": "good"},
+}
+_STATS_SAMPLE = 512  # examples scored for mean/std (and train metrics) when there is no eval split
+
+
+@dataclass
+class RMTrainConfig:
+    """Options of `bonsynth rm train` (the CLI passes its flags by name)."""
+
+    base: str
+    data: list[str]
+    objective: str
+    out: str | Path
+    fmt: str = "auto"
+    epochs: float = 1.0
+    lr: float = 5e-5
+    batch_size: int = 8
+    grad_accum: int = 1
+    max_length: int = 512
+    lora_r: int = 0
+    eval_split: float = 0.1
+    seed: int = 42
+    report_to: str = "none"
+    trust_remote_code: bool = False
+    # not on the command line: library / benchmark knobs
+    lora_alpha: int | None = None  # default 2 * lora_r
+    lora_dropout: float = 0.0
+    lora_target_modules: list[str] | str | None = None  # default: peft's choice for the architecture
+    weight_decay: float = 0.0
+    warmup_ratio: float = 0.0
+    lr_scheduler_type: str = "linear"
+    logging_steps: int = 10
+    eval_batch_size: int | None = None
+    gradient_checkpointing: bool = False
+    center_rewards_coefficient: float | None = None
+    disable_tqdm: bool | None = None
+    extra: dict = field(default_factory=dict)  # free-form notes stored in bonsynth_rm.json
+
+    def __post_init__(self) -> None:
+        if isinstance(self.data, (str, Path)):
+            self.data = [str(self.data)]
+        self.data = [str(d) for d in self.data]
+        checks = [
+            (self.objective in TRAIN_OBJECTIVES, f"unknown objective {self.objective!r}; expected one of {', '.join(TRAIN_OBJECTIVES)}"),
+            (bool(self.data), "no training data: give at least one --data file"),
+            (self.epochs > 0, f"--epochs must be positive, got {self.epochs}"),
+            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
+            (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
+            (self.lora_r >= 0, f"--lora-r must be 0 (off) or positive, got {self.lora_r}"),
+            (0 <= self.eval_split < 1, f"--eval-split must be in [0, 1), got {self.eval_split}"),
+            (self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}"),
+        ]
+        for ok, message in checks:
+            if not ok:
+                raise ConfigError(message)
+
+    @property
+    def num_labels(self) -> int:
+        return 2 if self.objective == "binary" else 1
+
+
+def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
+    """Train, merge, save (model + tokenizer + bonsynth_rm.json) and return a summary with eval metrics."""
+    start = time.perf_counter()
+    report_to = _report_to(cfg.report_to)
+    records, hashes = _load_data(cfg)  # user errors in the data surface before any model is loaded
+    train_recs, eval_recs = split_records(records, cfg.eval_split, cfg.seed)
+    if not train_recs:
+        raise InputError(
+            f"only {len(records)} example(s): nothing left to train on after the eval split "
+            f"(--eval-split {cfg.eval_split})",
+            path=cfg.data[0],
+        )
+
+    import transformers
+
+    transformers.set_seed(cfg.seed)
+    model, tokenizer, max_length = load_base_model(cfg)
+    from bonsynth.rm.model import RewardModel
+
+    meta = RMMeta(
+        objective=cfg.objective,
+        num_labels=cfg.num_labels,
+        label_mapping=dict(LABEL_MAPPINGS[cfg.objective]),
+        data_hashes=hashes,
+        base_model=str(cfg.base),
+        max_length=max_length,
+    )
+    encoder = RewardModel.from_model(model, tokenizer, meta, max_length=max_length)
+    dataset, counts = build_train_dataset(cfg.objective, train_recs, encoder)
+
+    lora = cfg.lora_r > 0
+    if lora:
+        model = _wrap_lora(model, cfg)
+    out = Path(cfg.out)
+    # Trainer chatter (log dicts) goes to stderr: stdout carries the JSON summary the CLI prints.
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer = _make_trainer(cfg, model, tokenizer, dataset, out, report_to)
+        train_output = trainer.train()
+    model = trainer.model
+    if lora:
+        model = model.merge_and_unload()
+    model.eval()
+
+    scorer = RewardModel.from_model(model, tokenizer, meta, max_length=max_length)
+    split_name, stat_recs = ("eval", eval_recs) if eval_recs else ("train", _sample(train_recs, cfg.seed))
+    metrics, rewards = evaluate_split(scorer, cfg.objective, stat_recs, cfg.eval_batch_size)
+    meta.reward_mean, meta.reward_std = reward_stats(rewards)
+    prefixed = {f"{split_name}_{k}": v for k, v in metrics.items()}
+    with contextlib.redirect_stdout(sys.stderr):
+        trainer.log({k: float(v) for k, v in prefixed.items() if isinstance(v, (int, float)) and math.isfinite(v)})
+
+    seconds = time.perf_counter() - start
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "objective": cfg.objective,
+        "base": str(cfg.base),
+        "num_train": len(train_recs),
+        "num_eval": len(eval_recs),
+        **counts,
+        "max_length": max_length,
+        "lora_r": cfg.lora_r,
+        "train_loss": float(train_output.training_loss),
+        "reward_mean": meta.reward_mean,
+        "reward_std": meta.reward_std,
+        "stats_split": split_name,
+        **prefixed,
+        "seconds": round(seconds, 2),
+    }
+    meta.extra = {
+        **cfg.extra,
+        "training": {
+            k: v
+            for k, v in asdict(cfg).items()
+            if k not in ("base", "data", "out", "extra", "disable_tqdm", "report_to")
+        },
+        "summary": {k: v for k, v in summary.items() if k not in ("out", "base", "objective")},
+    }
+    save_reward_model(model, tokenizer, meta, out)
+    return _json_safe(summary)
+
+
+# ---------------------------------------------------------------------------------------------------- data
+
+
+def _load_data(cfg: RMTrainConfig) -> tuple[list, dict[str, str]]:
+    from bonsynth.data.readers import load_records
+
+    records: list = []
+    hashes: dict[str, str] = {}
+    for path in cfg.data:
+        data = load_records(path, cfg.fmt)
+        if data.kind != cfg.objective:
+            hint = (
+                "it holds prompts only; training needs pairwise, binary or ranked data"
+                if data.kind == "prompts"
+                else f"use --objective {data.kind}"
+            )
+            raise InputError(f"{data.kind} data does not fit --objective {cfg.objective} ({hint})", path=path)
+        if not data.records:
+            raise InputError("no examples", path=path)
+        records.extend(data.records)
+        p = Path(path)
+        hashes[str(path)] = file_sha256(p) if p.exists() else "hub:" + str(path)
+    return records, hashes
+
+
+def split_records(records: list, eval_split: float, seed: int) -> tuple[list, list]:
+    """A seeded shuffle, then the last `eval_split` share (at least one when > 0) held out for evaluation.
+
+    Ranked data is split by group, so a prompt's responses are never on both sides.
+    """
+    order = list(range(len(records)))
+    random.Random(seed).shuffle(order)
+    n_eval = 0
+    if eval_split > 0 and len(records) >= 2:
+        n_eval = min(len(records) - 1, max(1, round(len(records) * eval_split)))
+    train = [records[i] for i in order[: len(records) - n_eval]]
+    held = [records[i] for i in order[len(records) - n_eval :]]
+    return train, held
+
+
+def _sample(records: list, seed: int) -> list:
+    if len(records) <= _STATS_SAMPLE:
+        return records
+    return random.Random(seed + 1).sample(records, _STATS_SAMPLE)
+
+
+def build_train_dataset(objective: str, records: list, encoder: Any) -> tuple[Any, dict[str, int]]:
+    """A `datasets.Dataset` of token ids for the trainer, and how many examples were truncated / dropped."""
+    from datasets import Dataset
+
+    from bonsynth.rm.encode import encode_binary, encode_groups, encode_pairs
+
+    counts = {"num_truncated": 0, "num_dropped": 0}
+    if objective == "binary":
+        encs = encode_binary(encoder, records)
+        rows = {"input_ids": [], "labels": []}
+        for rec, e in zip(records, encs, strict=True):
+            counts["num_truncated"] += e.truncated
+            if not e.fits:
+                counts["num_dropped"] += 1
+                continue
+            rows["input_ids"].append(e.input_ids)
+            rows["labels"].append(int(rec.label))
+    else:
+        rows = {"chosen_ids": [], "rejected_ids": [], "margin": []}
+        if objective == "pairwise":
+            chosen, rejected = encode_pairs(encoder, records)
+            examples = [
+                ([(c, r, p.margin)], c.truncated or r.truncated)
+                for p, c, r in zip(records, chosen, rejected, strict=True)
+            ]
+        else:  # ranked: one example = one group, expanded into its ordered pairs
+            examples = []
+            for group, encs in zip(records, encode_groups(encoder, records), strict=True):
+                pairs = [
+                    (encs[i], encs[j], 0.0)
+                    for i in range(len(encs))
+                    for j in range(len(encs))
+                    if group.scores[i] > group.scores[j]
+                ]
+                examples.append((pairs, any(e.truncated for e in encs)))
+        for pairs, truncated in examples:
+            counts["num_truncated"] += bool(truncated)
+            kept = [(c, r, m) for c, r, m in pairs if c.fits and r.fits]
+            if len(kept) < len(pairs) or not pairs:
+                counts["num_dropped"] += 1
+            for c, r, m in kept:
+                rows["chosen_ids"].append(c.input_ids)
+                rows["rejected_ids"].append(r.input_ids)
+                rows["margin"].append(float(m))
+        if objective == "ranked":
+            counts["num_train_pairs"] = len(rows["chosen_ids"])
+        if not any(rows["margin"]):
+            del rows["margin"]  # TRL then uses the plain -log σ(r⁺ - r⁻)
+    n = len(rows["input_ids"] if objective == "binary" else rows["chosen_ids"])
+    if n == 0:
+        raise InputError(
+            "no trainable examples: every response is longer than --max-length on its own"
+            if counts["num_dropped"]
+            else "no trainable pairs (every ranked group is a tie)"
+        )
+    return Dataset.from_dict(rows), counts
+
+
+# ---------------------------------------------------------------------------------------------------- model
+
+
+def load_base_model(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
+    """The base as a sequence classifier set up the open-instruct way; returns (model, tokenizer, max_length)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
+
+    from bonsynth.rm.encode import model_length_limit, prepare_tokenizer
+
+    base = str(cfg.base)
+    path = Path(base).expanduser()
+    if not path.exists() and (base.startswith((".", "/", "~")) or base.count("/") > 1):
+        raise ConfigError(f"base model not found: {base}")
+    if path.is_dir() and not (path / "config.json").exists():
+        raise ConfigError(f"base model not found: {base} (no config.json in the directory)")
+    trc = cfg.trust_remote_code
+    try:
+        config = AutoConfig.from_pretrained(base, trust_remote_code=trc)
+        tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trc)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"cannot load base model {base}: {_first_line(e)}") from None
+    if getattr(config, "num_labels", None) != cfg.num_labels:
+        config.num_labels = cfg.num_labels  # also resets id2label to LABEL_0.. (what Chai-style callers read)
+    _zero_dropout_config(config)
+    try:
+        with _quiet_transformers():  # the "score.weight newly initialized" report is expected here
+            model, info = AutoModelForSequenceClassification.from_pretrained(
+                base,
+                config=config,
+                trust_remote_code=trc,
+                use_safetensors=True,
+                dtype=torch.float32,
+                ignore_mismatched_sizes=True,
+                output_loading_info=True,
+            )
+    except OSError as e:
+        raise ConfigError(f"cannot load base model {base} (safetensors weights only): {_first_line(e)}") from None
+    except ValueError as e:
+        raise ConfigError(f"{base} cannot be loaded as a sequence classifier: {_first_line(e)}") from None
+
+    if prepare_tokenizer(tokenizer):
+        model.resize_token_embeddings(len(tokenizer))
+    model.config.pad_token_id = tokenizer.pad_token_id
+    disable_dropout(model)
+    fresh = {k.rsplit(".", 1)[0] for k in (*info.get("missing_keys", ()), *_mismatched(info))}
+    init_score_head(model, cfg.num_labels, fresh)
+
+    limit = model_length_limit(model.config, tokenizer)
+    max_length = min(cfg.max_length, limit) if limit else cfg.max_length
+    return model, tokenizer, max_length
+
+
+@contextlib.contextmanager
+def _quiet_transformers():
+    from transformers.utils import logging as hf_logging
+
+    level = hf_logging.get_verbosity()
+    hf_logging.set_verbosity_error()
+    try:
+        yield
+    finally:
+        hf_logging.set_verbosity(level)
+
+
+def _mismatched(info: dict) -> list[str]:
+    out = []
+    for item in info.get("mismatched_keys", ()):
+        out.append(item[0] if isinstance(item, (tuple, list)) else item)
+    return out
+
+
+def _zero_dropout_config(config: Any) -> None:
+    """Dropout off in the config too: some attention code reads the rate from the config, not a module."""
+    for name, value in list(vars(config).items()):
+        if isinstance(value, float) and not isinstance(value, bool) and ("dropout" in name or name.endswith("pdrop")):
+            setattr(config, name, 0.0)
+
+
+def disable_dropout(model: Any) -> None:
+    """Every dropout module to p=0: an RM's reward must not depend on a random mask (Ziegler et al. 2019)."""
+    import torch
+
+    for module in model.modules():
+        if isinstance(module, torch.nn.Dropout):
+            module.p = 0.0
+
+
+def find_score_head(model: Any, num_labels: int, fresh: set[str] | None = None) -> Any:
+    """The output Linear of the classifier: a newly initialised one if known, else the last with num_labels outputs."""
+    import torch
+
+    candidates = [
+        (name, m)
+        for name, m in model.named_modules()
+        if isinstance(m, torch.nn.Linear) and m.out_features == num_labels
+    ]
+    for name, m in candidates:
+        if fresh and name in fresh:
+            return m
+    return candidates[-1][1] if candidates else None
+
+
+def init_score_head(model: Any, num_labels: int, fresh: set[str]) -> bool:
+    """Draw a new head with std = 1/sqrt(hidden + 1) (Stiennon et al. 2020); keep an already trained one."""
+    import torch
+
+    head = find_score_head(model, num_labels, fresh)
+    if head is None:
+        return False
+    names = {name for name, m in model.named_modules() if m is head}
+    if fresh and not names & fresh:
+        return False  # the base already has a trained head of this shape: fine-tune it as it is
+    with torch.no_grad():
+        head.weight.normal_(mean=0.0, std=1.0 / math.sqrt(head.in_features + 1))
+        if head.bias is not None:
+            head.bias.zero_()
+    return True
+
+
+def _wrap_lora(model: Any, cfg: RMTrainConfig) -> Any:
+    try:
+        from peft import LoraConfig, TaskType, get_peft_model
+    except ImportError:
+        raise ConfigError("--lora-r needs the peft package: pip install 'bonsynth[lora]'") from None
+    target = cfg.lora_target_modules
+    lcfg = LoraConfig(
+        task_type=TaskType.SEQ_CLS,
+        r=cfg.lora_r,
+        lora_alpha=cfg.lora_alpha or 2 * cfg.lora_r,
+        lora_dropout=cfg.lora_dropout,
+        target_modules=target,
+    )
+    with warnings.catch_warnings():
+        # GPT-2's Conv1D layers: peft switches fan_in_fan_out on by itself and says so
+        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")
+        try:
+            return get_peft_model(model, lcfg)
+        except ValueError:
+            if target is not None:
+                raise ConfigError(f"LoRA target modules {target!r} do not match this model") from None
+            lcfg.target_modules = "all-linear"  # an architecture peft has no default for
+            return get_peft_model(model, lcfg)
+
+
+def _report_to(value: str | list[str] | None) -> list[str]:
+    """Trainer `report_to`, checked up front: a missing integration is a clear error, not a traceback later."""
+    if value is None:
+        return []
+    names = [v.strip() for v in (value.split(",") if isinstance(value, str) else value) if v.strip()]
+    if not names or names == ["none"]:
+        return []
+    from transformers.integrations import get_available_reporting_integrations
+
+    available = get_available_reporting_integrations()
+    if names == ["all"]:
+        return list(available)
+    for name in names:
+        if name not in available:
+            raise ConfigError(
+                f"--report-to {name}: not available (installed: {', '.join(available) or 'none'}); "
+                f"install the {name} package or use --report-to none"
+            )
+    return names
+
+
+def _training_kwargs(cfg: RMTrainConfig, out: Path, report_to: list[str]) -> dict[str, Any]:
+    import torch
+
+    cuda = torch.cuda.is_available()
+    return {
+        "output_dir": str(out),
+        "num_train_epochs": cfg.epochs,
+        "learning_rate": cfg.lr,
+        "per_device_train_batch_size": cfg.batch_size,
+        "per_device_eval_batch_size": cfg.eval_batch_size or cfg.batch_size,
+        "gradient_accumulation_steps": cfg.grad_accum,
+        "weight_decay": cfg.weight_decay,
+        "warmup_steps": cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
+        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "seed": cfg.seed,
+        "data_seed": cfg.seed,
+        "report_to": report_to or "none",
+        "logging_steps": cfg.logging_steps,
+        "save_strategy": "no",
+        "eval_strategy": "no",
+        "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
+        "fp16": False,
+        "gradient_checkpointing": cfg.gradient_checkpointing,
+        "disable_tqdm": cfg.disable_tqdm,
+        "dataloader_num_workers": 0,
+        "dataloader_pin_memory": cuda,
+        "remove_unused_columns": False,
+        "run_name": Path(out).name,
+    }
+
+
+def _make_trainer(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any, out: Path, report_to: list[str]) -> Any:
+    kwargs = _training_kwargs(cfg, out, report_to)
+    if cfg.objective == "binary":
+        from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
+
+        return Trainer(
+            model=model,
+            args=TrainingArguments(**kwargs),
+            train_dataset=dataset,
+            data_collator=DataCollatorWithPadding(tokenizer, padding="longest"),
+            processing_class=tokenizer,
+        )
+    from trl import RewardConfig, RewardTrainer
+
+    args = RewardConfig(
+        **kwargs,
+        max_length=None,  # already encoded to fit: TRL would otherwise drop long pairs
+        disable_dropout=True,
+        center_rewards_coefficient=cfg.center_rewards_coefficient,
+    )
+    return RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------- eval + save
+
+
+def evaluate_split(scorer: Any, objective: str, records: list, batch_size: int | None = None) -> tuple[dict, list[float]]:
+    """Metrics on held-out records, plus every reward scored (for the normalisation statistics)."""
+    from bonsynth.rm import evaluate as ev
+
+    if not records:
+        return {}, []
+    if objective == "pairwise":
+        chosen, rejected = ev.score_pairs(scorer, records, batch_size)
+        return ev.pairwise_metrics(chosen, rejected, [p.margin for p in records]), chosen + rejected
+    if objective == "binary":
+        rewards = ev.score_items(scorer, [ev.binary_item(r) for r in records], batch_size)
+        return ev.binary_metrics(rewards, [r.label for r in records]), rewards
+    per_group = ev.score_groups(scorer, records, batch_size)
+    return ev.ranked_metrics(records, per_group), [r for g in per_group for r in g]
+
+
+def reward_stats(rewards: list[float]) -> tuple[float, float]:
+    """Mean and (population) std for z-normalising; std 1.0 when it cannot be measured."""
+    if not rewards:
+        return 0.0, 1.0
+    mean = sum(rewards) / len(rewards)
+    std = math.sqrt(sum((r - mean) ** 2 for r in rewards) / len(rewards))
+    return float(mean), float(std) if std > 0 else 1.0
+
+
+def save_reward_model(model: Any, tokenizer: Any, meta: RMMeta, out: str | Path) -> Path:
+    """Weights (safetensors), tokenizer and bonsynth_rm.json; a plain HF model directory."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(out, safe_serialization=True)
+    tokenizer.save_pretrained(out)
+    meta.save(out)
+    return out
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    return text.splitlines()[0] if text else type(e).__name__
+
+
+def _json_safe(summary: dict[str, Any]) -> dict[str, Any]:
+    return {k: (None if isinstance(v, float) and math.isnan(v) else v) for k, v in summary.items()}
