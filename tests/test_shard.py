@@ -24,7 +24,7 @@ def test_shard_ranges_cover_every_prompt_once_in_whole_batches():
         for count in (1, 2, 3, 5):
             ranges = [shard_range(total, 4, i, count) for i in range(count)]
             assert ranges[0][0] == 0 and ranges[-1][1] == total
-            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:]))
+            assert all(a[1] == b[0] for a, b in zip(ranges, ranges[1:], strict=False))
             assert all(lo % 4 == 0 for lo, _ in ranges)
 
 

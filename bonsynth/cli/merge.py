@@ -43,6 +43,10 @@ def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str
     if summary.get("averaged_without_base"):
         click.echo("note: absent from the base, averaged over the fine-tuned models: "
                    f"{', '.join(summary['averaged_without_base'])}", err=True)
+    if summary.get("legacy_buffers_left_out"):
+        n = len(summary["legacy_buffers_left_out"])
+        click.echo(f"note: left out {n} legacy buffer(s) that transformers recomputes, e.g. "
+                   f"{summary['legacy_buffers_left_out'][0]}", err=True)
     if "random_seed" in summary:
         click.echo(f"random seed: {summary['random_seed']}", err=True)
     kind = f" ({summary['architecture']}, reward model)" if summary.get("reward_model") else ""
