@@ -244,3 +244,42 @@ def test_pooling_scorer_matches_hf_logits(tiny_models, num_labels):
     assert not alive
     assert "started=False" in repr(scorer)
     assert scorer.describe()["num_labels"] == num_labels
+
+
+@_mark
+def test_generate_end_to_end_on_the_vllm_backend(backend, tiny_models, tmp_path):
+    """`bonsynth generate`'s pipeline on a real vLLM engine: outputs, RM rewards, long-prompt policy."""
+    import json
+
+    from bonsynth.generate.pipeline import GenerateConfig, run_generate
+    from bonsynth.rm.ensemble import RewardEnsemble
+    from bonsynth.rm.model import RewardModel
+
+    prompts = tmp_path / "p.jsonl"
+    rows = [{"id": f"v{i}", "prompt": CORPUS[i]} for i in range(4)]
+    rows.append({"id": "too-long", "prompt": "the cat sat on the mat " * 80})
+    rows.append({"id": "chat", "messages": [{"role": "user", "content": "hello there"}]})
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    scorer = RewardEnsemble.load([tiny_models["rm1"]], device="cpu")
+    for policy in ("truncate", "skip"):
+        out = tmp_path / policy
+        cfg = GenerateConfig(policy=tiny_models["lm"], rewards=[tiny_models["rm1"]], prompts=str(prompts), out=str(out),
+                             n=3, backend="vllm", max_new_tokens=8, seed=5, select="pairs", long_prompt=policy,
+                             show_progress=False)
+        manifest = run_generate(cfg, backend=backend, scorer=scorer)
+        cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+        assert [r["id"] for r in cands] == [r["id"] for r in rows]
+        long_row = cands[4]
+        if policy == "truncate":
+            assert long_row["prompt_truncated"] and long_row["prompt_tokens"] == 256 - 8
+            assert len(long_row["candidates"]) == 3
+            assert manifest["counts"]["prompts_truncated"] == 1
+        else:
+            assert long_row["skipped"] == "prompt-too-long" and long_row["candidates"] == []
+            assert manifest["counts"]["prompts_skipped"] == 1
+        rm = RewardModel.load(tiny_models["rm1"], device="cpu")
+        items = [(r["prompt"], c["text"]) for r in cands for c in r["candidates"]]
+        got = [c["reward"] for r in cands for c in r["candidates"]]
+        assert got == pytest.approx(rm.score(items), abs=1e-5)
+        assert manifest["backend"]["backend"] == "vllm"
+        assert (out / "sft.jsonl").exists() and (out / "dpo.jsonl").exists()

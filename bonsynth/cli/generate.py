@@ -43,6 +43,8 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT.")
 @click.option("--format", "prompt_format", type=click.Choice(["auto", "prompts"]), default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first LIMIT prompts.")
+@click.option("--reward-engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
+              help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
 @click.option("--device", default="auto", show_default=True, help="Device for the hf backend and the RMs.")
 @click.option("--dtype", default="auto", show_default=True, help="auto = bf16 on a GPU, fp32 on the CPU.")
 @click.option("--gen-batch-size", type=int, default=None, help="hf backend: prompts per generate() call.")
@@ -51,6 +53,13 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--base-url", default=None, help="openai backend (default: $BONSYNTH_OPENAI_BASE_URL or $OPENAI_BASE_URL).")
 @click.option("--concurrency", type=int, default=None, help="openai backend: requests in flight.")
 @click.option("--shard", default=None, help="I/K: process only shard I (0-based) of K, for array jobs; merge with `bonsynth gather`.")
+@click.option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+              help="local: this process; ray: Ray Data actor pools (needs bonsynth[ray]), same outputs.")
+@click.option("--workers", type=int, default=None, help="ray engine: policy replicas (default 2).")
+@click.option("--gpus-per-worker", type=float, default=None,
+              help="ray engine: GPUs per policy replica (default 0 = CPU; >1 = tensor parallel with vllm).")
+@click.option("--address", default=None, help="ray engine: Ray cluster to join (e.g. auto or ray://head:10001); "
+              "default: $RAY_ADDRESS, else a local cluster.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(**kw) -> None:
     """Generate N candidates per prompt, score them with the RM(s), select, and write datasets.
@@ -65,6 +74,12 @@ def generate(**kw) -> None:
     from bonsynth.generate.pipeline import GenerateConfig, run_generate
     from bonsynth.generate.report import summary_table
 
+    engine = kw.pop("engine")
+    ray_kw = {key: kw.pop(key) for key in ("workers", "gpus_per_worker", "address")}
+    if engine == "local":
+        given = [f"--{k.replace('_', '-')}" for k, v in ray_kw.items() if v is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} only apply with --engine ray")
     backend_options = {}
     for opt, key in (("gen_batch_size", "batch_size"), ("tensor_parallel_size", "tensor_parallel_size"),
                      ("gpu_memory_utilization", "gpu_memory_utilization"), ("base_url", "base_url"),
@@ -79,9 +94,14 @@ def generate(**kw) -> None:
         stop=list(kw["stop"]), long_prompt=kw["long_prompt"], select=kw["select"], min_reward=kw["min_reward"], min_margin=kw["min_margin"],
         dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
         resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
-        limit=kw["limit"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],
+        limit=kw["limit"], reward_engine=kw["reward_engine"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],
     )
-    manifest = run_generate(cfg)
+    if engine == "ray":
+        from bonsynth.generate.ray_engine import run_generate_ray
+
+        manifest = run_generate_ray(cfg, **{k: v for k, v in ray_kw.items() if v is not None})
+    else:
+        manifest = run_generate(cfg)
     click.echo(summary_table(manifest, cfg.out))
 
 

@@ -83,6 +83,7 @@ class BestOfN:
             from bonsynth.rm.ensemble import RewardEnsemble
 
             self._scorer = RewardEnsemble.load(self.config.rewards, self.config.reward_weights,
+                                               engine=self.config.reward_engine,
                                                device=self.config.device, dtype=self.config.dtype)
         return self._scorer
 

@@ -53,6 +53,7 @@ class GenerateConfig:
     dtype: str = "auto"
     prompt_format: str = "auto"
     limit: int | None = None
+    reward_engine: str = "hf"  # "hf" (bonsynth's scoring engine) or "vllm" (vLLM's pooling runner)
     shard: str | None = None  # "I/K": this job's deterministic slice (0-based I) of the prompts
     backend_options: dict = field(default_factory=dict)
     show_progress: bool = True
@@ -69,6 +70,8 @@ class GenerateConfig:
             raise ConfigError("--top-p must be in (0, 1]")
         if self.max_new_tokens < 1:
             raise ConfigError("--max-new-tokens must be >= 1")
+        if self.reward_engine not in ("hf", "vllm"):
+            raise ConfigError("--reward-engine must be hf or vllm")
         if self.long_prompt not in ("truncate", "skip"):
             raise ConfigError("--long-prompts must be truncate or skip")
         if self.batch_size < 1:
@@ -227,10 +230,12 @@ def run_generate(
         shard_info = {"index": index, "count": count, "range": [lo, hi], "total_prompts": len(prompts),
                       "batch_size": cfg.batch_size}
         prompts = prompts[lo:hi]
+    own_scorer = scorer is None
     if scorer is None:
         from bonsynth.rm.ensemble import RewardEnsemble
 
-        scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, device=cfg.device, dtype=cfg.dtype)
+        scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, engine=cfg.reward_engine,
+                                     device=cfg.device, dtype=cfg.dtype)
     own_backend = backend is None
     if backend is None:
         from bonsynth.generate.backends import make_backend, resolve_backend_name
@@ -288,6 +293,8 @@ def run_generate(
     finally:
         if own_backend:
             backend.close()
+        if own_scorer and hasattr(scorer, "close"):
+            scorer.close()
 
 
 def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer) -> dict:

@@ -34,11 +34,27 @@ class RewardEnsemble:
         self.weights = [float(w) for w in weights]
 
     @classmethod
-    def load(cls, paths: Sequence[str], weights: Sequence[float] | None = None, **load_kw) -> RewardEnsemble:
-        from bonsynth.rm.model import RewardModel
+    def load(
+        cls, paths: Sequence[str], weights: Sequence[float] | None = None, *, engine: str = "hf", **load_kw
+    ) -> RewardEnsemble:
+        """Load each RM with our scoring engine (`hf`) or vLLM's pooling runner (`vllm`)."""
+        if engine == "vllm":
+            from bonsynth.rm.vllm_scorer import VLLMRewardScorer
 
-        models = [RewardModel.load(p, **load_kw) for p in paths]
+            dtype = load_kw.get("dtype", "auto")
+            models = [VLLMRewardScorer(p, dtype=dtype) for p in paths]
+        elif engine == "hf":
+            from bonsynth.rm.model import RewardModel
+
+            models = [RewardModel.load(p, **load_kw) for p in paths]
+        else:
+            raise ConfigError(f"unknown reward engine {engine!r}; use hf or vllm")
         return cls(models, names=_short_names(paths), weights=weights)
+
+    def close(self) -> None:
+        for m in self.models:
+            if hasattr(m, "close"):
+                m.close()
 
     def score(self, prompts: Sequence, responses: Sequence[str]) -> EnsembleScores:
         items = list(zip(prompts, responses, strict=True))

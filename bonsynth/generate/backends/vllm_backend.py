@@ -20,6 +20,7 @@ backend reserves a modest KV cache instead (`DEFAULT_CPU_KV_CACHE_BYTES`, at mos
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import logging
 import os
@@ -27,7 +28,7 @@ from typing import Any
 
 from bonsynth.data.chat import has_chat_template, render_prompt
 from bonsynth.data.records import PromptRecord
-from bonsynth.errors import BonsynthError
+from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
 from bonsynth.generate.seeding import prompt_seed
 
@@ -235,20 +236,52 @@ class VLLMBackend(GenerationBackend):
         llm = self.llm
         rendered = self.render(prompts)
         params = [self.sampling_params(r, sampling) for r in prompts]
+        inputs, truncated, skipped = self._fit_context(llm, rendered, sampling)
         outputs: list[Any] = [None] * len(prompts)
         # Two groups at most: plain prompts get the tokenizer's usual special tokens, chat-template text
         # does not (it already has them). Per-prompt seeds make the split invisible in the samples.
         for templated in (False, True):
-            idx = [i for i, (_, t) in enumerate(rendered) if t == templated]
+            idx = [i for i, (_, t) in enumerate(rendered) if t == templated and i not in skipped]
             if not idx:
                 continue
             kw: dict[str, Any] = {"use_tqdm": False}
             if templated:
                 kw["tokenization_kwargs"] = {"add_special_tokens": False}
-            outs = llm.generate([rendered[i][0] for i in idx], [params[i] for i in idx], **kw)
+            outs = llm.generate([inputs[i] for i in idx], [params[i] for i in idx], **kw)
             for i, out in zip(idx, outs, strict=True):
                 outputs[i] = out
-        return [self._result(text, out) for (text, _), out in zip(rendered, outputs, strict=True)]
+        results = []
+        for i, ((text, _), out) in enumerate(zip(rendered, outputs, strict=True)):
+            if i in skipped:
+                results.append(GenerationResult(prompt_text=text, prompt_tokens=skipped[i], skipped="prompt-too-long"))
+            else:
+                res = self._result(text, out)
+                results.append(dataclasses.replace(res, prompt_truncated=i in truncated))
+        return results
+
+    def _fit_context(self, llm: Any, rendered: list[tuple[str, bool]], sampling: SamplingConfig):
+        """Prompts longer than the context minus max_new_tokens: left-truncated (as token ids) or skipped."""
+        limit = getattr(getattr(getattr(llm, "llm_engine", None), "model_config", None), "max_model_len", None)
+        inputs: list[Any] = [text for text, _ in rendered]
+        truncated: set[int] = set()
+        skipped: dict[int, int] = {}
+        if not limit:
+            return inputs, truncated, skipped
+        budget = int(limit) - sampling.max_new_tokens
+        if budget < 1:
+            raise ConfigError(f"--max-new-tokens {sampling.max_new_tokens} leaves no room for the prompt in the "
+                              f"policy's context of {limit} tokens")
+        tok = llm.get_tokenizer()
+        for i, (text, templated) in enumerate(rendered):
+            ids = tok(text, add_special_tokens=not templated)["input_ids"]
+            if len(ids) <= budget:
+                continue
+            if sampling.long_prompt == "skip":
+                skipped[i] = len(ids)
+            else:
+                inputs[i] = {"prompt_token_ids": ids[-budget:]}
+                truncated.add(i)
+        return inputs, truncated, skipped
 
     @staticmethod
     def _result(prompt_text: str, out: Any) -> GenerationResult:
