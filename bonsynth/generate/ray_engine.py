@@ -207,8 +207,8 @@ class ScoreActor:
         from bonsynth.rm.ensemble import RewardEnsemble
 
         _set_threads(threads)
-        self.scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, device=_worker_device(cfg.device, gpus),
-                                          dtype=cfg.dtype)
+        self.scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, engine=cfg.reward_engine,
+                                          device=_worker_device(cfg.device, gpus), dtype=cfg.dtype)
         self.description = json.dumps(self.scorer.describe(), sort_keys=True, default=str)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
