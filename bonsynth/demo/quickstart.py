@@ -121,7 +121,7 @@ def build_demo_models(data_dir: Path, target: Path, seed: int = 0) -> None:
         train_reward_model(
             RMTrainConfig(
                 base=str(tmp / "policy"), data=[str(data_dir / "pairs.jsonl")], objective="pairwise",
-                out=tmp / "rm", epochs=2, lr=1e-3, batch_size=16, max_length=256, eval_split=0.1, seed=seed,
+                out=tmp / "rm", epochs=1, lr=1e-3, batch_size=16, max_length=256, eval_split=0.1, seed=seed,
             )
         )
         if target.exists():
