@@ -55,7 +55,7 @@ def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)
         raise
-    _fsync_dir(path.parent)
+    fsync_dir(path.parent)
     return count
 
 
@@ -142,7 +142,7 @@ def _write_synced(fh: IO[str], chunk: str) -> None:
     os.fsync(fh.fileno())
 
 
-def _fsync_dir(directory: Path) -> None:
+def fsync_dir(directory: Path) -> None:
     # Makes the rename itself durable on POSIX; not possible (nor needed) everywhere.
     try:
         fd = os.open(directory, os.O_RDONLY)

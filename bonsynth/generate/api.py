@@ -16,7 +16,13 @@ from pathlib import Path
 
 from bonsynth.data.records import Location, PromptRecord
 from bonsynth.generate import outputs
-from bonsynth.generate.pipeline import GenerateConfig, build_manifest, build_rows, prepare_out_dir
+from bonsynth.generate.pipeline import (
+    GenerateConfig,
+    backend_for,
+    build_manifest,
+    build_rows,
+    prepare_out_dir,
+)
 
 
 def to_prompt_records(prompts: Iterable) -> list[PromptRecord]:
@@ -67,14 +73,7 @@ class BestOfN:
     @property
     def backend(self):
         if self._backend is None:
-            from bonsynth.generate.backends import make_backend, resolve_backend_name
-
-            name = resolve_backend_name(self.config.backend)
-            kw = dict(self.config.backend_options)
-            if name == "hf":
-                kw.setdefault("device", self.config.device)
-                kw.setdefault("dtype", self.config.dtype)
-            self._backend = make_backend(name, self.config.policy, **kw)
+            self._backend = backend_for(self.config)
         return self._backend
 
     @property

@@ -20,6 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
+from bonsynth.data.writers import fsync_dir
 
 CANDIDATES = "candidates.jsonl"
 SFT = "sft.jsonl"
@@ -51,19 +52,6 @@ def dpo_row(rec: PromptRecord, chosen: str, rejected: str, score_chosen: float, 
         }
     return {"id": rec.id, "prompt": rec.prompt, "chosen": chosen, "rejected": rejected,
             "score_chosen": score_chosen, "score_rejected": score_rejected}
-
-
-def fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:

@@ -120,6 +120,29 @@ def shard_range(num_prompts: int, batch_size: int, index: int, count: int) -> tu
     return min(num_prompts, lo_b * batch_size), min(num_prompts, hi_b * batch_size)
 
 
+def apply_shard(cfg: GenerateConfig, prompts: list[PromptRecord]) -> tuple[list[PromptRecord], dict | None]:
+    """This job's slice of the prompts under `--shard I/K`, and the shard record for the manifest."""
+    if cfg.shard is None:
+        return prompts, None
+    index, count = parse_shard(cfg.shard)
+    lo, hi = shard_range(len(prompts), cfg.batch_size, index, count)
+    info = {"index": index, "count": count, "range": [lo, hi], "total_prompts": len(prompts),
+            "batch_size": cfg.batch_size}
+    return prompts[lo:hi], info
+
+
+def backend_for(cfg: GenerateConfig, **overrides) -> GenerationBackend:
+    """The generation backend the config asks for (the hf backend also gets --device/--dtype)."""
+    from bonsynth.generate.backends import make_backend, resolve_backend_name
+
+    name = resolve_backend_name(cfg.backend)
+    kw = dict(cfg.backend_options, **overrides)
+    if name == "hf":
+        kw.setdefault("device", cfg.device)
+        kw.setdefault("dtype", cfg.dtype)
+    return make_backend(name, cfg.policy, **kw)
+
+
 def build_rows(
     batch: list[PromptRecord],
     results: list[GenerationResult],
@@ -223,13 +246,7 @@ def run_generate(
     sampling = cfg.sampling()
     if prompts is None:
         prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
-    shard_info = None
-    if cfg.shard is not None:
-        index, count = parse_shard(cfg.shard)
-        lo, hi = shard_range(len(prompts), cfg.batch_size, index, count)
-        shard_info = {"index": index, "count": count, "range": [lo, hi], "total_prompts": len(prompts),
-                      "batch_size": cfg.batch_size}
-        prompts = prompts[lo:hi]
+    prompts, shard_info = apply_shard(cfg, prompts)
     own_scorer = scorer is None
     if scorer is None:
         from bonsynth.rm.ensemble import RewardEnsemble
@@ -238,14 +255,7 @@ def run_generate(
                                      device=cfg.device, dtype=cfg.dtype)
     own_backend = backend is None
     if backend is None:
-        from bonsynth.generate.backends import make_backend, resolve_backend_name
-
-        name = resolve_backend_name(cfg.backend)
-        kw = dict(cfg.backend_options)
-        if name == "hf":
-            kw.setdefault("device", cfg.device)
-            kw.setdefault("dtype", cfg.dtype)
-        backend = make_backend(name, cfg.policy, **kw)
+        backend = backend_for(cfg)
 
     created = not Path(cfg.out).exists()
     try:

@@ -47,12 +47,11 @@ from bonsynth.generate.backends.base import Completion, GenerationBackend, Gener
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.pipeline import (
     GenerateConfig,
+    apply_shard,
     build_rows,
     compose_manifest,
     load_generation_prompts,
-    parse_shard,
     prepare_out_dir,
-    shard_range,
 )
 from bonsynth.select.selection import SelectionConfig
 
@@ -295,13 +294,7 @@ def run_generate_ray(
     selection = cfg.selection()
     prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
     probe = prompts
-    shard_info = None
-    if cfg.shard is not None:
-        index, count = parse_shard(cfg.shard)
-        lo, hi = shard_range(len(prompts), cfg.batch_size, index, count)
-        shard_info = {"index": index, "count": count, "range": [lo, hi], "total_prompts": len(prompts),
-                      "batch_size": cfg.batch_size}
-        prompts = prompts[lo:hi]
+    prompts, shard_info = apply_shard(cfg, prompts)
     if not (address or os.environ.get("RAY_ADDRESS")):
         _check_models(cfg)  # on a remote cluster the paths need only exist on the workers
     started = connect(ray, address)
