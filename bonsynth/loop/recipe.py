@@ -1,0 +1,324 @@
+"""The loop recipe: a YAML file whose keys are exactly these pydantic models.
+
+    out: runs/my-loop                 # the loop directory (rounds, datasets, checkpoints, reports)
+    seed: 0                           # every round's seeds derive from it and the round index
+    policy: PATH | HUB_ID | demo:policy
+    rewards: [PATH, ...]              # the RM(s) that score and select (demo:rm for the demo RM)
+    reward_weights: [0.7, 0.3]        # optional, one per RM
+    prompts: [PATH, ...]              # one or more prompt sources (jsonl/json/parquet/datasets folder)
+    rounds: 3
+    prompts_per_round: 64 | all       # a number: fresh prompts each round; all: every prompt every round
+    device: auto                      # generation, scoring and training
+    dtype: auto
+    generation: {n, temperature, top_p, max_new_tokens, stop, backend, long_prompts, reward_engine, batch_size,
+                 gen_batch_size, tensor_parallel_size, gpu_memory_utilization, subprocess}
+    selection: {select: best | top-k:K | pairs, min_reward, min_margin, dedup, length_normalize}
+    update: {method: sft | dpo, epochs, lr, batch_size, grad_accum, max_length, beta, loss_type, lora: {...}}
+    rm_update: {labeler: PATH, epochs, lr, ...}   # optional: fine-tune the RM on each round's relabelled pairs
+    eval: {prompts, num_prompts, n, temperature, top_p, max_new_tokens, rewards}
+
+Relative paths are relative to the working directory. `demo:policy` and `demo:rm` name the cached demo
+models (built on first use, as `bonsynth quickstart` does); `demo:data/FILE` names a file of the sample data.
+
+Unknown keys are errors (a typo would otherwise be ignored), and every error names the recipe file and the
+key, on one line.
+"""
+
+from __future__ import annotations
+
+import difflib
+import hashlib
+import json
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from bonsynth.errors import ConfigError
+from bonsynth.select.selection import parse_select
+
+UPDATE_METHODS = ("sft", "dpo")
+# TRL's DPOConfig.loss_type values (trl 1.x).
+DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
+                  "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
+LOOP_BACKENDS = ("auto", "hf", "vllm")
+# Recipe keys that do not change what a loop writes: a resumed loop may change them.
+NOT_IN_FINGERPRINT = {"out", "rounds"}
+_NOT_IN_FINGERPRINT_NESTED = {"generation": {"subprocess", "batch_size", "gen_batch_size",
+                                             "gpu_memory_utilization"}}
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class GenerationSection(_Section):
+    """Sampling for each round's best-of-N (and, unless `eval` overrides it, for the eval samples)."""
+
+    n: int = Field(4, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1)
+    stop: list[str] = Field(default_factory=list)
+    backend: str = "auto"
+    long_prompts: Literal["truncate", "skip"] = "truncate"  # prompts longer than the policy's context
+    reward_engine: Literal["hf", "vllm"] = "hf"  # score with bonsynth's engine or vLLM's pooling runner
+    batch_size: int = Field(64, ge=1)  # prompts per durable (resumable) batch
+    gen_batch_size: int | None = Field(None, ge=1)  # hf: prompts per generate() call
+    tensor_parallel_size: int | None = Field(None, ge=1)  # vllm
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # vllm
+    subprocess: bool | None = None  # run generation in a child process; default: only for vllm
+
+    @field_validator("backend")
+    @classmethod
+    def _backend(cls, v: str) -> str:
+        if v not in LOOP_BACKENDS:
+            extra = " (the policy changes every round, so a served model cannot be used)" if v == "openai" else ""
+            raise ValueError(f"unknown backend {v!r}; expected one of {', '.join(LOOP_BACKENDS)}{extra}")
+        return v
+
+
+class SelectionSection(_Section):
+    select: str = "best"
+    min_reward: float | None = None
+    min_margin: float | None = None
+    dedup: bool = False
+    length_normalize: bool = False
+
+    @field_validator("select")
+    @classmethod
+    def _select(cls, v: str) -> str:
+        try:
+            parse_select(v)
+        except ConfigError:
+            raise ValueError(f"unknown selection {v!r}; expected best, pairs or top-k:K (K >= 1)") from None
+        return v
+
+
+class LoraSection(_Section):
+    r: int = Field(16, ge=1)
+    alpha: int | None = Field(None, ge=1)  # default 2 * r
+    dropout: float = Field(0.0, ge=0, lt=1)
+    target_modules: list[str] | str | None = None  # default: peft's choice for the architecture
+
+
+class UpdateSection(_Section):
+    """The policy update of each round: `sft` (RAFT / ReST on the best-of-N) or `dpo` (iterative DPO)."""
+
+    method: str
+    epochs: float = Field(1.0, gt=0)
+    lr: float | None = Field(None, gt=0)  # default: 2e-5 for sft, 1e-6 for dpo (TRL's defaults)
+    batch_size: int = Field(8, ge=1)
+    grad_accum: int = Field(1, ge=1)
+    max_length: int = Field(1024, ge=8)
+    lr_scheduler: str = "linear"
+    warmup_ratio: float = Field(0.0, ge=0, lt=1)
+    weight_decay: float = Field(0.0, ge=0)
+    gradient_checkpointing: bool = False
+    beta: float = Field(0.1, gt=0)  # dpo only
+    loss_type: str = "sigmoid"  # dpo only
+    lora: LoraSection | None = None
+
+    @field_validator("method")
+    @classmethod
+    def _method(cls, v: str) -> str:
+        if v not in UPDATE_METHODS:
+            raise ValueError(f"unknown update step {v!r}; expected one of {', '.join(UPDATE_METHODS)}")
+        return v
+
+    @field_validator("loss_type")
+    @classmethod
+    def _loss_type(cls, v: str) -> str:
+        if v not in DPO_LOSS_TYPES:
+            raise ValueError(f"unknown DPO loss {v!r}; expected one of {', '.join(DPO_LOSS_TYPES)}")
+        return v
+
+    @model_validator(mode="after")
+    def _dpo_only(self) -> UpdateSection:
+        if self.method == "sft":
+            for key, default in (("beta", 0.1), ("loss_type", "sigmoid")):
+                if key in self.model_fields_set and getattr(self, key) != default:
+                    raise ValueError(f"'{key}' is a dpo setting; it has no meaning for method sft")
+        return self
+
+    @property
+    def learning_rate(self) -> float:
+        return self.lr if self.lr is not None else (2e-5 if self.method == "sft" else 1e-6)
+
+
+class RMUpdateSection(_Section):
+    """Fine-tune the RM each round on the round's pairs, ordered by a separate labelling RM."""
+
+    labeler: str
+    epochs: float = Field(1.0, gt=0)
+    lr: float = Field(1e-5, gt=0)
+    batch_size: int = Field(8, ge=1)
+    max_length: int = Field(512, ge=8)
+    eval_split: float = Field(0.1, ge=0, lt=1)
+    lora_r: int = Field(0, ge=0)
+
+
+class EvalSection(_Section):
+    """The fixed eval set every round is measured on, and how it is sampled."""
+
+    prompts: list[str] | None = None  # default: held out from `prompts` (never trained on)
+    num_prompts: int | None = Field(32, ge=1)  # None with `prompts`: all of them
+    n: int = Field(4, ge=1)
+    temperature: float | None = Field(None, ge=0)  # None: as in `generation`
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_new_tokens: int | None = Field(None, ge=1)
+    rewards: list[str] | None = None  # default: the recipe's `rewards` (the initial RMs, a fixed yardstick)
+    reward_weights: list[float] | None = None
+
+    @field_validator("prompts", "rewards", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+
+class LoopRecipe(_Section):
+    out: str
+    seed: int = 0
+    policy: str
+    rewards: list[str]
+    reward_weights: list[float] | None = None
+    prompts: list[str]
+    prompt_format: Literal["auto", "prompts"] = "auto"
+    rounds: int = Field(ge=1)
+    prompts_per_round: int | Literal["all"] = "all"
+    device: str = "auto"
+    dtype: str = "auto"
+    generation: GenerationSection = Field(default_factory=GenerationSection)
+    selection: SelectionSection = Field(default_factory=SelectionSection)
+    update: UpdateSection
+    rm_update: RMUpdateSection | None = None
+    eval: EvalSection = Field(default_factory=EvalSection)
+    name: str | None = None
+    description: str | None = None
+
+    @field_validator("rewards", "prompts", mode="before")
+    @classmethod
+    def _listify(cls, v: Any) -> Any:
+        return [v] if isinstance(v, str) else v
+
+    @field_validator("prompts_per_round", mode="before")
+    @classmethod
+    def _ppr(cls, v: Any) -> Any:
+        if isinstance(v, bool) or (not isinstance(v, int) and v != "all"):
+            raise ValueError(f"expected a positive number or 'all', got {v!r}")
+        if isinstance(v, int) and v < 1:
+            raise ValueError(f"must be at least 1, got {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _consistent(self) -> LoopRecipe:
+        if not self.rewards:
+            raise ValueError("'rewards' is empty; name at least one reward model")
+        if not self.prompts:
+            raise ValueError("'prompts' is empty; name at least one prompt source")
+        if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
+            raise ValueError(f"'reward_weights' has {len(self.reward_weights)} values for {len(self.rewards)} rewards")
+        ev = self.eval
+        if ev.reward_weights is not None and len(ev.reward_weights) != len(ev.rewards or self.rewards):
+            raise ValueError("'eval.reward_weights' needs one value per eval reward model")
+        if self.rm_update is not None and len(self.rewards) != 1:
+            raise ValueError("'rm_update' fine-tunes one reward model; 'rewards' must name exactly one")
+        return self
+
+    def fingerprint(self) -> str:
+        return hashlib.sha256(json.dumps(fingerprint_view(self), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def fingerprint_view(recipe: LoopRecipe) -> dict:
+    """The recipe settings that decide what a loop writes (so a resume may change only the others)."""
+    d = recipe.model_dump(mode="json")
+    for key in NOT_IN_FINGERPRINT:
+        d.pop(key, None)
+    for section, keys in _NOT_IN_FINGERPRINT_NESTED.items():
+        for k in keys:
+            d[section].pop(k, None)
+    return d
+
+
+# ------------------------------------------------------------------------------------------------ loading
+
+
+def load_recipe(path: str | Path) -> LoopRecipe:
+    """Read and validate a recipe; every problem is a one-line `ConfigError` naming the file and the key."""
+    p = Path(path)
+    if not p.is_file():
+        raise ConfigError(f"recipe not found: {path}" if not p.exists() else f"recipe is not a file: {path}")
+    try:
+        data = yaml.safe_load(p.read_text(encoding="utf-8"))
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
+    except UnicodeDecodeError:
+        raise ConfigError(f"{path}: not valid UTF-8") from None
+    if data is None:
+        raise ConfigError(f"{path}: the recipe is empty")
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: expected a mapping of recipe keys at the top level, got a {type(data).__name__}")
+    return parse_recipe(data, source=str(path))
+
+
+def parse_recipe(data: dict, source: str = "recipe") -> LoopRecipe:
+    try:
+        return LoopRecipe.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(f"{source}: {describe_validation_error(e, LoopRecipe)}") from None
+
+
+def describe_validation_error(e: ValidationError, model: type[BaseModel]) -> str:
+    """The first error as `key.path: what is wrong`, with a 'did you mean' for misspelt keys."""
+    errors = e.errors(include_url=False)
+    first = errors[0]
+    loc = [str(x) for x in first["loc"]]
+    key = ".".join(loc) or "(top level)"
+    kind = first["type"]
+    if kind == "extra_forbidden":
+        allowed = _fields_at(model, first["loc"][:-1])
+        close = difflib.get_close_matches(loc[-1], allowed, n=1)
+        hint = f" (did you mean '{close[0]}'?)" if close else f" (known keys: {', '.join(allowed)})"
+        msg = f"unknown key '{key}'{hint}"
+    elif kind == "missing":
+        msg = f"missing required key '{key}'"
+    else:
+        text = first["msg"]
+        for prefix in ("Value error, ", "Assertion failed, "):
+            text = text.removeprefix(prefix)
+        msg = f"{key}: {text}" if loc else text
+        if kind not in ("value_error", "assertion_error") and "input" in first and not isinstance(first["input"], dict):
+            msg += f" (got {first['input']!r})"
+    more = len(errors) - 1
+    return msg + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
+
+
+def _fields_at(model: type[BaseModel], loc: tuple) -> list[str]:
+    """The keys a nested section accepts, found by walking the recipe models along an error location."""
+    current: Any = model
+    for part in loc:
+        if isinstance(part, int):
+            continue
+        field = getattr(current, "model_fields", {}).get(part)
+        if field is None:
+            return []
+        current = _model_in(field.annotation)
+        if current is None:
+            return []
+    return list(getattr(current, "model_fields", {}))
+
+
+def _model_in(annotation: Any) -> type[BaseModel] | None:
+    import typing
+
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for arg in typing.get_args(annotation):
+        found = _model_in(arg)
+        if found is not None:
+            return found
+    return None

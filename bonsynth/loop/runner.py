@@ -1,0 +1,498 @@
+"""`run_loop`: rounds of best-of-N -> policy update -> eval, durable and resumable.
+
+Layout of the loop directory (nothing in it is ever overwritten with different content):
+
+    recipe.yaml                  the validated recipe the loop runs
+    loop_state.json              the stages completed so far (what --resume continues from)
+    eval_prompts.jsonl           the fixed eval prompts
+    baseline/eval/, metrics.json the starting policy on the eval prompts
+    round_000/
+      prompts.jsonl              this round's prompts
+      generate/                  best-of-N: candidates.jsonl, sft.jsonl, dpo.jsonl, manifest.json
+      policy/                    the updated policy (safetensors + tokenizer) = the next round's policy
+      train.json                 what the update trained on, and its loss
+      rm_pairs.jsonl, rm/        with rm_update: the relabelled pairs and the fine-tuned RM
+      eval/                      the updated policy's samples on the eval prompts
+      metrics.json, report.md, reward_distribution.png, reward_vs_round.png
+    loop_summary.json, report.md, *.png    the whole loop so far
+
+Stages run in order: baseline, then per round generate, train, [rm_update], eval. Each is recorded in
+loop_state.json when complete; `--resume` skips recorded stages, generation continues from its last durable
+batch (run_generate's own resume), and an interrupted update trains again from the same inputs and seed, which
+reproduces it (training is seeded and, on the CPU, deterministic). Every seed derives from the recipe seed
+and the round index, so a loop is reproducible from its recipe.
+
+With the vLLM backend, each generation runs in a child process (`python -m bonsynth generate ... --resume`),
+so the engine's GPU memory is returned to the driver before training starts.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import click
+import yaml
+
+from bonsynth.errors import BonsynthError, ConfigError
+from bonsynth.generate.outputs import write_json_atomic
+from bonsynth.generate.pipeline import GenerateConfig
+from bonsynth.loop.recipe import LoopRecipe, fingerprint_view, load_recipe
+from bonsynth.loop.report import RoundView, write_report
+from bonsynth.loop.sources import ResolvedSources, derive_seed, resolve_sources, round_prompts, write_prompts
+
+STATE_FILE = "loop_state.json"
+SUMMARY_FILE = "loop_summary.json"
+RECIPE_COPY = "recipe.yaml"
+LOCK_FILE = ".lock"
+STATE_VERSION = 1
+
+# Runs before `python -m bonsynth generate`: the child dies with the loop process (Linux), so a killed loop
+# never leaves a generator writing into a directory that a resumed loop is about to continue.
+_LAUNCHER = """\
+import ctypes, os, signal, sys
+parent = int(sys.argv[1])
+if sys.platform.startswith("linux"):
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except (AttributeError, OSError):
+        pass
+if os.getppid() != parent:
+    sys.exit(1)
+os.execv(sys.executable, [sys.executable, "-m", "bonsynth", *sys.argv[2:]])
+"""
+
+
+def round_name(r: int) -> str:
+    return f"round_{r:03d}"
+
+
+def _say(msg: str) -> None:
+    click.echo(msg, err=True)
+
+
+def _read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))
+
+
+def generate_argv(cfg: GenerateConfig) -> list[str]:
+    """`bonsynth generate` arguments that rebuild exactly `cfg` (so the child's resume fingerprint matches)."""
+    argv = ["generate", "--policy", cfg.policy]
+    for r in cfg.rewards:
+        argv += ["--reward", r]
+    if cfg.reward_weights is not None:
+        argv += ["--reward-weights", ",".join(repr(float(w)) for w in cfg.reward_weights)]
+    argv += ["--prompts", cfg.prompts, "--out", cfg.out, "--n", str(cfg.n), "--backend", cfg.backend,
+             "--temperature", repr(cfg.temperature), "--top-p", repr(cfg.top_p),
+             "--max-new-tokens", str(cfg.max_new_tokens), "--seed", str(cfg.seed), "--select", cfg.select,
+             "--batch-size", str(cfg.batch_size), "--device", cfg.device, "--dtype", cfg.dtype,
+             "--format", cfg.prompt_format]
+    for s in cfg.stop:
+        argv += ["--stop", s]
+    argv += ["--long-prompts", cfg.long_prompt, "--reward-engine", cfg.reward_engine]
+    if cfg.limit is not None:
+        argv += ["--limit", str(cfg.limit)]
+    if cfg.shard is not None:
+        argv += ["--shard", cfg.shard]
+    if cfg.min_reward is not None:
+        argv += ["--min-reward", repr(cfg.min_reward)]
+    if cfg.min_margin is not None:
+        argv += ["--min-margin", repr(cfg.min_margin)]
+    if cfg.dedup:
+        argv.append("--dedup")
+    if cfg.length_normalize:
+        argv.append("--length-normalize")
+    flags = {"batch_size": "--gen-batch-size", "tensor_parallel_size": "--tensor-parallel-size",
+             "gpu_memory_utilization": "--gpu-memory-utilization"}
+    for key, flag in flags.items():
+        if cfg.backend_options.get(key) is not None:
+            argv += [flag, str(cfg.backend_options[key])]
+    if cfg.resume:
+        argv.append("--resume")
+    if not cfg.show_progress:
+        argv.append("--quiet")
+    return argv
+
+
+def run_generate_subprocess(cfg: GenerateConfig) -> None:
+    """Run one generation in a child process; its memory (a vLLM engine's GPU memory) goes when it exits."""
+    cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *generate_argv(cfg)]
+    stdout = sys.stderr if _has_fileno(sys.stderr) else None  # the child's summary table is progress, not output
+    proc = subprocess.run(cmd, stdout=stdout, check=False)
+    if proc.returncode == 2:
+        raise BonsynthError(f"generation into {cfg.out} failed (see the error above)")
+    if proc.returncode != 0:
+        raise RuntimeError(f"generation subprocess for {cfg.out} exited with status {proc.returncode}")
+
+
+def _has_fileno(stream) -> bool:
+    try:
+        stream.fileno()
+    except (AttributeError, OSError, ValueError):
+        return False
+    return True
+
+
+class LoopRunner:
+    """One loop directory, driven stage by stage from a validated recipe."""
+
+    def __init__(self, recipe: LoopRecipe, sources: ResolvedSources, out: Path, *, recipe_path: str = "recipe",
+                 show_progress: bool = True) -> None:
+        self.recipe = recipe
+        self.src = sources
+        self.out = out.resolve()
+        self.recipe_path = recipe_path
+        self.show_progress = show_progress
+        self.state: dict = {}
+        stages = ["generate", "train"] + (["rm_update"] if recipe.rm_update else []) + ["eval"]
+        self.stages = stages
+
+    # ------------------------------------------------------------------------------------------ state
+
+    def open(self, resume: bool, *, rounds_given: bool = False) -> None:
+        """Start a new loop directory, or check that the one there is this recipe's before continuing it.
+
+        A resumed loop that was extended with --rounds keeps its longer plan unless --rounds is given again.
+        """
+        state_path = self.out / STATE_FILE
+        fp = self.recipe.fingerprint()
+        if state_path.exists():
+            state = _read_json(state_path)
+            if not resume:
+                raise ConfigError(f"{self.out} already holds a loop; pass --resume to continue it, or choose another out")
+            if state.get("recipe_fingerprint") != fp:
+                old = state.get("recipe", {})
+                new = fingerprint_view(self.recipe)
+                diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
+                raise ConfigError(f"--resume with a different recipe than the loop in {self.out} "
+                                  f"(differs in: {', '.join(diff) or '?'})")
+            self.state = state
+            planned = int(state.get("rounds_planned", 0))
+            if not rounds_given and planned > self.recipe.rounds:
+                self.recipe.rounds = planned
+            return
+        if self.out.exists() and any(p.name != LOCK_FILE for p in self.out.iterdir()):
+            raise ConfigError(f"{self.out} exists and is not empty; choose another out")
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.state = {"bonsynth_loop": STATE_VERSION, "recipe_fingerprint": fp, "recipe": fingerprint_view(self.recipe),
+                      "done": [], "stage": None, "timings_s": {}}
+        dump = self.recipe.model_dump(mode="json")
+        (self.out / RECIPE_COPY).write_text(
+            f"# the recipe of this loop, as validated (from {self.recipe_path})\n"
+            + yaml.safe_dump(dump, sort_keys=False), encoding="utf-8")
+        self._save_state()
+
+    def _save_state(self) -> None:
+        self.state["rounds_planned"] = self.recipe.rounds
+        write_json_atomic(self.out / STATE_FILE, self.state)
+
+    def _mark(self, step: str, seconds: float) -> None:
+        if step not in self.state["done"]:
+            self.state["done"].append(step)
+        self.state["stage"] = step
+        self.state["timings_s"][step] = round(seconds, 2)
+        self._save_state()
+
+    @contextlib.contextmanager
+    def locked(self) -> Iterator[None]:
+        """One loop process per directory at a time (the lock goes with the process, even on SIGKILL)."""
+        try:
+            import fcntl
+        except ImportError:  # not POSIX: no lock
+            yield
+            return
+        self.out.mkdir(parents=True, exist_ok=True)
+        fh = open(self.out / LOCK_FILE, "a")
+        try:
+            try:
+                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except OSError:
+                raise ConfigError(f"another bonsynth loop is running in {self.out}") from None
+            yield
+        finally:
+            fh.close()
+
+    # ------------------------------------------------------------------------------------------ paths
+
+    def rdir(self, r: int) -> Path:
+        return self.out / round_name(r)
+
+    def policy_for(self, r: int) -> str:
+        """The policy round r starts from: the checkpoint of the last round that trained one."""
+        for prev in range(r - 1, -1, -1):
+            if (self.rdir(prev) / "policy").exists():
+                return str(self.rdir(prev) / "policy")
+        return self.src.policy
+
+    def rewards_for(self, r: int) -> list[str]:
+        """The RM(s) that score round r's candidates: the last updated RM with rm_update, else the recipe's."""
+        if self.recipe.rm_update:
+            for prev in range(r - 1, -1, -1):
+                if (self.rdir(prev) / "rm").exists():
+                    return [str(self.rdir(prev) / "rm")]
+        return list(self.src.rewards)
+
+    def rel(self, path: str | Path) -> str:
+        """A path inside the loop directory relative to it (so records do not depend on where the loop lives)."""
+        p = Path(path)
+        try:
+            return str(p.relative_to(self.out))
+        except ValueError:
+            return str(p)
+
+    def eval_dir(self, r: int | None) -> Path:
+        return self.out / "baseline" / "eval" if r is None else self.rdir(r) / "eval"
+
+    # ------------------------------------------------------------------------------------------ generation
+
+    def _gen_config(self, *, policy: str, rewards: list[str], weights, prompts: Path, out: Path, n: int,
+                    temperature: float, top_p: float, max_new_tokens: int, seed: int, select: str,
+                    min_reward=None, min_margin=None, dedup=False, length_normalize=False) -> GenerateConfig:
+        g = self.recipe.generation
+        opts = {k: v for k, v in (("batch_size", g.gen_batch_size), ("tensor_parallel_size", g.tensor_parallel_size),
+                                  ("gpu_memory_utilization", g.gpu_memory_utilization)) if v is not None}
+        return GenerateConfig(
+            policy=policy, rewards=list(rewards), reward_weights=list(weights) if weights is not None else None,
+            prompts=str(prompts), out=str(out), n=n, backend=g.backend, temperature=temperature, top_p=top_p,
+            max_new_tokens=max_new_tokens, seed=seed, stop=list(g.stop), select=select, min_reward=min_reward,
+            min_margin=min_margin, dedup=dedup, length_normalize=length_normalize, batch_size=g.batch_size,
+            long_prompt=g.long_prompts, reward_engine=g.reward_engine, resume=True, device=self.recipe.device,
+            dtype=self.recipe.dtype, backend_options=opts, show_progress=self.show_progress,
+        )
+
+    def _use_subprocess(self) -> bool:
+        g = self.recipe.generation
+        if g.subprocess is not None:
+            return g.subprocess
+        from bonsynth.generate.backends import resolve_backend_name
+
+        return resolve_backend_name(g.backend) == "vllm"
+
+    def _generate(self, cfg: GenerateConfig) -> dict:
+        if self._use_subprocess():
+            run_generate_subprocess(cfg)
+        else:
+            from bonsynth.generate.pipeline import run_generate
+
+            run_generate(cfg)
+            from bonsynth.loop.train_policy import free_memory
+
+            free_memory()
+        return _read_json(Path(cfg.out) / "manifest.json")
+
+    def _eval_config(self, policy: str, out: Path) -> GenerateConfig:
+        g, ev = self.recipe.generation, self.recipe.eval
+        weights = ev.reward_weights if ev.rewards else self.recipe.reward_weights
+        return self._gen_config(
+            policy=policy, rewards=self.src.eval_rewards, weights=weights, prompts=self.out / "eval_prompts.jsonl",
+            out=out, n=ev.n, temperature=ev.temperature if ev.temperature is not None else g.temperature,
+            top_p=ev.top_p if ev.top_p is not None else g.top_p,
+            max_new_tokens=ev.max_new_tokens if ev.max_new_tokens is not None else g.max_new_tokens,
+            seed=derive_seed(self.recipe.seed, "eval"), select="best",
+        )
+
+    # ------------------------------------------------------------------------------------------ stages
+
+    def stage_baseline(self) -> None:
+        out = self.eval_dir(None)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        self._generate(self._eval_config(self.src.policy, out))
+        self._write_metrics(None)
+
+    def stage_generate(self, r: int) -> None:
+        rd = self.rdir(r)
+        rd.mkdir(parents=True, exist_ok=True)
+        prompts = round_prompts(self.src.pool, self.recipe.prompts_per_round, self.recipe.seed, r)
+        write_prompts(rd / "prompts.jsonl", prompts)
+        s, g = self.recipe.selection, self.recipe.generation
+        cfg = self._gen_config(
+            policy=self.policy_for(r), rewards=self.rewards_for(r),
+            weights=None if self.recipe.rm_update else self.recipe.reward_weights, prompts=rd / "prompts.jsonl",
+            out=rd / "generate", n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
+            seed=derive_seed(self.recipe.seed, "round", r, "generate"), select=s.select, min_reward=s.min_reward,
+            min_margin=s.min_margin, dedup=s.dedup, length_normalize=s.length_normalize,
+        )
+        self._generate(cfg)
+
+    def stage_train(self, r: int) -> None:
+        from bonsynth.loop.train_policy import TRAIN_SUMMARY, train_policy
+
+        rd = self.rdir(r)
+        ckpt = rd / "policy"
+        summary_in_ckpt = ckpt / TRAIN_SUMMARY
+        if ckpt.exists() and summary_in_ckpt.exists():
+            summary = _read_json(summary_in_ckpt)  # the update finished; only its record was lost
+        else:
+            summary = train_policy(
+                self.recipe.update.method, rd / "generate", self.policy_for(r), ckpt, self.recipe.update,
+                seed=derive_seed(self.recipe.seed, "round", r, "train"), device=self.recipe.device,
+                dtype=self.recipe.dtype, show_progress=self.show_progress,
+            )
+        summary.pop("runtime_s", None)
+        summary["policy_in"] = self.rel(self.policy_for(r))
+        summary["policy_out"] = self.rel(ckpt) if ckpt.exists() else None
+        write_json_atomic(rd / "train.json", summary)
+
+    def stage_rm_update(self, r: int) -> None:
+        from bonsynth.loop.rm_update import RM_UPDATE_SUMMARY, update_reward_model
+
+        rd = self.rdir(r)
+        cfg = self.recipe.rm_update
+        assert cfg is not None and self.src.labeler is not None
+        rm_in = self.rewards_for(r)[0]
+        if (rd / "rm" / RM_UPDATE_SUMMARY).exists():
+            summary = _read_json(rd / "rm" / RM_UPDATE_SUMMARY)  # the update finished; only its record was lost
+        else:
+            summary = update_reward_model(
+                rd / "generate", rm_in, self.src.labeler, rd / "rm", cfg,
+                seed=derive_seed(self.recipe.seed, "round", r, "rm_update"), device=self.recipe.device,
+                dtype=self.recipe.dtype, show_progress=self.show_progress,
+            )
+        summary.pop("runtime_s", None)
+        summary["rm_in"] = self.rel(rm_in)
+        write_json_atomic(rd / "rm_update.json", summary)
+
+    def stage_eval(self, r: int) -> None:
+        policy = str(self.rdir(r) / "policy") if (self.rdir(r) / "policy").exists() else self.policy_for(r)
+        self._generate(self._eval_config(policy, self.eval_dir(r)))
+        self._write_metrics(r)
+        history = self.history(upto=r)
+        write_report(self.rdir(r), history, title=f"bonsynth loop: {round_name(r)}", notes=self._notes(r))
+
+    def _write_metrics(self, r: int | None) -> dict:
+        from bonsynth.loop.metrics import eval_metrics
+
+        prev = None if r is None else self.eval_dir(r - 1 if r > 0 else None)
+        m = eval_metrics(self.eval_dir(r) / "candidates.jsonl", prev / "candidates.jsonl" if prev else None)
+        record: dict = {"round": r, "eval": m}
+        if r is not None:
+            rd = self.rdir(r)
+            man = _read_json(rd / "generate" / "manifest.json")
+            record["generate"] = {**man["counts"], **man["summary"]}
+            record["generate"].pop("finish_reasons", None)
+            record["generate"].pop("pairs_skipped", None)
+            record["train"] = _read_json(rd / "train.json")
+            if (rd / "rm_update.json").exists():
+                record["rm_update"] = _read_json(rd / "rm_update.json")
+        path = (self.out / "baseline" if r is None else self.rdir(r)) / "metrics.json"
+        write_json_atomic(path, record)
+        return record
+
+    # ------------------------------------------------------------------------------------------ reports
+
+    def _notes(self, upto: int | None) -> list[str]:
+        rc = self.recipe
+        n_done = 0 if upto is None else upto + 1
+        return [
+            f"- recipe: `{self.recipe_path}`" + (f" ({rc.name})" if rc.name else ""),
+            f"- update: {rc.update.method}{' + LoRA' if rc.update.lora else ''}"
+            + (" with rm_update" if rc.rm_update else "") + f"; N = {rc.generation.n}, selection {rc.selection.select}",
+            f"- rounds complete: {n_done} of {rc.rounds}; eval: {len(self.src.eval_prompts)} prompts x "
+            f"{rc.eval.n} samples",
+        ]
+
+    def history(self, upto: int | None) -> list[RoundView]:
+        from bonsynth.loop.metrics import eval_rewards
+
+        views = []
+        for r in [None, *range(0 if upto is None else upto + 1)]:
+            mpath = (self.out / "baseline" if r is None else self.rdir(r)) / "metrics.json"
+            if not mpath.exists():
+                continue
+            rec = _read_json(mpath)
+            views.append(RoundView(
+                label="base" if r is None else f"round {r}", round=r, metrics=rec["eval"],
+                rewards=eval_rewards(self.eval_dir(r) / "candidates.jsonl"), train=rec.get("train", {}),
+                generate=rec.get("generate", {}), rm_update=rec.get("rm_update", {}),
+            ))
+        return views
+
+    def rounds_complete(self) -> int:
+        done = set(self.state.get("done", []))
+        n = 0
+        while n < self.recipe.rounds and f"{round_name(n)}/eval" in done:
+            n += 1
+        return n
+
+    def write_summary(self) -> dict:
+        n = self.rounds_complete()
+        history = self.history(upto=n - 1 if n else None)
+        rounds = [_read_json(self.rdir(r) / "metrics.json") for r in range(n)]
+        base = _read_json(self.out / "baseline" / "metrics.json") if (self.out / "baseline" / "metrics.json").exists() else None
+        summary = {
+            "bonsynth_loop": STATE_VERSION,
+            "name": self.recipe.name,
+            "out": str(self.out),
+            "rounds_planned": self.recipe.rounds,
+            "rounds_complete": n,
+            "update": self.recipe.update.method,
+            "baseline": base,
+            "rounds": rounds,
+            "reward_mean_by_round": [h.metrics["reward_mean"] for h in history],
+            "final_policy": self.policy_for(n) if n else None,
+        }
+        write_json_atomic(self.out / SUMMARY_FILE, summary)
+        if history:
+            write_report(self.out, history, title=f"bonsynth loop{': ' + self.recipe.name if self.recipe.name else ''}",
+                         notes=self._notes(n - 1 if n else None))
+        return summary
+
+    # ------------------------------------------------------------------------------------------ driver
+
+    def steps(self) -> list[tuple[str, int | None, str]]:
+        out: list[tuple[str, int | None, str]] = [("baseline", None, "baseline")]
+        for r in range(self.recipe.rounds):
+            out.extend((f"{round_name(r)}/{s}", r, s) for s in self.stages)
+        return out
+
+    def run(self) -> dict:
+        write_prompts(self.out / "eval_prompts.jsonl", self.src.eval_prompts)
+        done = set(self.state.get("done", []))
+        steps = self.steps()
+        todo = [s for s in steps if s[0] not in done]
+        if done and todo:
+            _say(f"resuming {self.out} at {todo[0][0]}")
+        for name, r, stage in todo:
+            label = "baseline eval" if r is None else f"round {r} ({r + 1} of {self.recipe.rounds}) {stage}"
+            _say(f"[loop] {label} ...")
+            t0 = time.perf_counter()
+            if stage == "baseline":
+                self.stage_baseline()
+            else:
+                getattr(self, f"stage_{stage}")(r)
+            seconds = time.perf_counter() - t0
+            self._mark(name, seconds)
+            if stage == "eval":
+                m = _read_json(self.rdir(r) / "metrics.json")["eval"]
+                wr = m.get("win_rate_vs_previous")
+                _say(f"[loop] round {r}: eval reward mean {m['reward_mean']:+.4f}, median {m['reward_median']:+.4f}, "
+                     f"p90 {m['reward_p90']:+.4f}, win rate vs previous {'-' if wr is None else f'{wr:.3f}'}")
+                self.write_summary()
+        return self.write_summary()
+
+
+def run_loop(recipe_path: str | Path, resume: bool = False, rounds: int | None = None, *, out: str | Path | None = None,
+             show_progress: bool = True) -> dict:
+    """Run (or with `resume`, continue) the loop a recipe describes; returns the loop summary.
+
+    `rounds` overrides the recipe's number of rounds (a resumed loop may be extended this way); `out` its
+    loop directory.
+    """
+    recipe = load_recipe(recipe_path)
+    if rounds is not None:
+        if rounds < 1:
+            raise ConfigError(f"--rounds must be at least 1, got {rounds}")
+        recipe.rounds = rounds
+    if out is not None:
+        recipe.out = str(out)
+    sources = resolve_sources(recipe, str(recipe_path))  # every path is checked before anything is written
+    runner = LoopRunner(recipe, sources, Path(recipe.out), recipe_path=str(recipe_path), show_progress=show_progress)
+    with runner.locked():
+        runner.open(resume, rounds_given=rounds is not None)
+        return runner.run()

@@ -1,0 +1,519 @@
+"""`bonsynth loop` on tiny models: recipes, rounds that learn, kill/resume, metrics, errors.
+
+The learnable setup: a 2-layer GPT-2 policy pre-trained for a few steps to babble short sentences of the
+test vocabulary, and a reward model whose weights are set by hand so that its reward is a known function: a
+monotone function of the share of "target word" tokens (gold, star, sea, ...) in the scored text. Best-of-N
+then prefers replies with more target words, and SFT on them should make the policy say them more often.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+import yaml
+
+from tests.conftest import WORDS, write_jsonl
+
+TARGET_WORDS = ("gold", "star", "sea", "coffee", "map", "sword")
+# Tiny models train and sample many times faster on one thread (and a shared CPU does not thrash); loops started
+# in a child process get the same setting, so in-process and child runs compute the very same numbers.
+ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+# ---------------------------------------------------------------------------------------------------- fixtures
+
+
+def _pretrain_policy(tokenizer, out: Path, seed: int = 0) -> Path:
+    """A few epochs of LM training on short random sentences: the policy says words, then stops."""
+    import torch
+
+    from bonsynth.demo.models import save_model, tiny_causal_lm
+
+    rng = random.Random(seed)
+    texts = [" ".join(rng.choice(WORDS) for _ in range(rng.randint(4, 10))) for _ in range(400)]
+    model = tiny_causal_lm(tokenizer, seed=seed, n_layer=2, n_embd=64, n_head=2, n_positions=128)
+    examples = [tokenizer(t)["input_ids"] + [tokenizer.eos_token_id] for t in texts]
+    opt = torch.optim.AdamW(model.parameters(), lr=3e-3)
+    g = torch.Generator().manual_seed(seed)
+    model.train()
+    for _ in range(3):
+        order = torch.randperm(len(examples), generator=g).tolist()
+        for i in range(0, len(order), 32):
+            batch = [examples[j] for j in order[i : i + 32]]
+            width = max(map(len, batch))
+            ids = torch.tensor([x + [tokenizer.pad_token_id] * (width - len(x)) for x in batch])
+            labels = torch.tensor([x + [-100] * (width - len(x)) for x in batch])
+            model(input_ids=ids, attention_mask=(labels != -100).long(), labels=labels).loss.backward()
+            opt.step()
+            opt.zero_grad()
+    model.eval()
+    return save_model(model, tokenizer, out)
+
+
+def target_token_ids(tokenizer) -> list[int]:
+    return [i for t, i in tokenizer.get_vocab().items() if tokenizer.convert_tokens_to_string([t]).strip() in TARGET_WORDS]
+
+
+def _share_rm(tokenizer, out: Path) -> Path:
+    """A real GPT-2 reward model whose reward rises with the share of target-word tokens in the text.
+
+    Embedding dim 0 is +1 for a target token and -1 otherwise (dim 1 the opposite, so every token has the same
+    layer-norm statistics). Layer 0's attention has zero queries and keys, so it averages over all positions;
+    its value/output read dim 0 and write 0.5 * (2 * share - 1) into dim 2. Every MLP and layer 1 are zero
+    (identity through the residual), and the score head reads dim 2 after the final layer norm, which is
+    strictly increasing in it. So: reward = f(share of target tokens), f strictly increasing.
+    """
+    import torch
+
+    from bonsynth.demo.models import save_model, tiny_reward_model
+    from bonsynth.rm.meta import RMMeta
+
+    model = tiny_reward_model(tokenizer, num_labels=1, seed=0, n_layer=2, n_embd=64, n_head=2, n_positions=128)
+    dim = model.config.n_embd
+    with torch.no_grad():
+        for p in model.parameters():
+            p.zero_()
+        tr = model.transformer
+        sign = -torch.ones(len(tokenizer))
+        sign[target_token_ids(tokenizer)] = 1.0
+        tr.wte.weight[:, 0] = sign
+        tr.wte.weight[:, 1] = -sign
+        for block in tr.h:
+            block.ln_1.weight.fill_(1.0)
+            block.ln_2.weight.fill_(1.0)
+        tr.ln_f.weight.fill_(1.0)
+        tr.h[0].attn.c_attn.weight[0, 2 * dim] = 1.0  # value head reads dim 0 (after ln_1: +-sqrt(dim / 2))
+        tr.h[0].attn.c_proj.weight[0, 2] = 0.5 / math.sqrt(dim / 2)
+        model.score.weight[0, 2] = 1.0
+    save_model(model, tokenizer, out)
+    RMMeta(objective="pairwise", reward_mean=-2.0, reward_std=0.5).save(out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def learnable(tmp_path_factory, tiny_tokenizer) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("learnable")
+    rng = random.Random(1)
+    prompts = write_jsonl(root / "prompts.jsonl", [
+        {"id": f"p{i:03d}", "prompt": " ".join(rng.choice(WORDS) for _ in range(3))} for i in range(120)
+    ])
+    return SimpleNamespace(
+        policy=_pretrain_policy(tiny_tokenizer, root / "policy"),
+        rm=_share_rm(tiny_tokenizer, root / "rm"),
+        prompts=prompts,
+        tokenizer=tiny_tokenizer,
+    )
+
+
+def _merge(base: dict, over: dict) -> dict:
+    out = dict(base)
+    for k, v in over.items():
+        out[k] = _merge(out[k], v) if isinstance(v, dict) and isinstance(out.get(k), dict) else v
+    return out
+
+
+def write_recipe(path: Path, m: SimpleNamespace, out: Path, **over) -> Path:
+    recipe = {
+        "out": str(out),
+        "seed": 0,
+        "policy": str(m.policy),
+        "rewards": [str(m.rm)],
+        "prompts": [str(m.prompts)],
+        "rounds": 3,
+        "prompts_per_round": 32,
+        "device": "cpu",
+        "generation": {"n": 8, "max_new_tokens": 16, "backend": "hf", "batch_size": 8},
+        "selection": {"select": "best"},
+        "update": {"method": "sft", "epochs": 3, "lr": 2.0e-3, "batch_size": 8, "max_length": 64},
+        "eval": {"num_prompts": 16, "n": 8},
+    }
+    path.write_text(yaml.safe_dump(_merge(recipe, over), sort_keys=False), encoding="utf-8")
+    return path
+
+
+def _rows(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+# ---------------------------------------------------------------------------------------------------- unit checks
+
+
+def test_share_rm_is_a_known_function_of_target_words(learnable):
+    from bonsynth.rm.model import RewardModel
+
+    rm = RewardModel.load(str(learnable.rm), device="cpu")
+    prompt = "tell me about"
+    replies = [" the night rain", " the gold rain", " gold gold rain", " gold star sea", " gold star sea map coffee"]
+    rewards = rm.score([(prompt, r) for r in replies])
+    assert all(a < b for a, b in zip(rewards, rewards[1:], strict=False)), rewards
+    # Only the share counts: the same words in another order get the same reward.
+    again = rm.score([(prompt, " rain the gold"), (prompt, " sea gold star")])
+    assert again == pytest.approx([rewards[1], rewards[3]], abs=1e-5)
+
+
+def test_round_prompts_are_fresh_until_the_pool_is_used_up():
+    from bonsynth.data.records import PromptRecord
+    from bonsynth.loop.sources import round_prompts
+
+    pool = [PromptRecord(id=f"q{i}", prompt=f"prompt {i}") for i in range(10)]
+    rounds = [[p.id for p in round_prompts(pool, 4, seed=3, round_index=r)] for r in range(5)]
+    assert all(len(r) == 4 for r in rounds)
+    first_pass = rounds[0] + rounds[1] + rounds[2][:2]
+    assert sorted(first_pass) == sorted(p.id for p in pool)  # no repeat before every prompt was used
+    assert rounds == [[p.id for p in round_prompts(pool, 4, seed=3, round_index=r)] for r in range(5)]
+    assert rounds[0] != [p.id for p in round_prompts(pool, 4, seed=4, round_index=0)]
+    assert [p.id for p in round_prompts(pool, "all", seed=3, round_index=2)] == [p.id for p in pool]
+
+
+def test_eval_metrics_percentiles_bon_gain_and_paired_win_rate(tmp_path):
+    from bonsynth.loop.metrics import eval_metrics
+
+    def cands(rewards_by_prompt):
+        return [{"id": f"e{i}", "candidates": [
+            {"index": j, "text": f"w{i} w{j} x", "reward": r, "num_tokens": 3 + j, "finish_reason": "stop"}
+            for j, r in enumerate(rs)]} for i, rs in enumerate(rewards_by_prompt)]
+
+    prev = write_jsonl(tmp_path / "prev.jsonl", cands([[0.0, 1.0], [2.0, 3.0]]))
+    cur = write_jsonl(tmp_path / "cur.jsonl", cands([[0.5, 1.0], [1.0, 4.0]]))
+    m = eval_metrics(cur, prev)
+    assert m["reward_mean"] == pytest.approx(1.625)
+    assert m["reward_median"] == pytest.approx(1.0)
+    assert m["reward_p90"] == pytest.approx(3.1)  # numpy's linear interpolation: 1.0 + 0.7 * (4.0 - 1.0)
+    assert m["bon_gain"] == pytest.approx((1.0 + 4.0) / 2 - 1.625)
+    assert m["win_rate_vs_previous"] == pytest.approx((2 + 0.5) / 4)  # win, tie, loss, win
+    assert m["win_rate_counts"] == {"wins": 2, "ties": 1, "losses": 1}
+    assert m["length_mean"] == pytest.approx(3.5) and m["num_samples"] == 4
+    assert eval_metrics(cur)["win_rate_vs_previous"] is None
+
+
+def test_generation_subprocess_argv_rebuilds_the_same_config(monkeypatch, tmp_path):
+    """The vLLM path runs `bonsynth generate` in a child: its flags must give the very same (resumable) config."""
+    from bonsynth.cli import cli
+    from bonsynth.generate import pipeline
+    from bonsynth.generate.pipeline import GenerateConfig
+    from bonsynth.loop.runner import generate_argv
+
+    cfg = GenerateConfig(
+        policy="/m/policy", rewards=["/m/rm1", "/m/rm2"], reward_weights=[0.7, 0.3], prompts="/d/p.jsonl",
+        out=str(tmp_path / "o"), n=6, backend="vllm", temperature=0.7, top_p=0.95, max_new_tokens=99, seed=123,
+        stop=["\n\nHuman:", "###"], long_prompt="skip", reward_engine="vllm", select="top-k:2", min_reward=-1.5, min_margin=0.25, dedup=True,
+        length_normalize=True, batch_size=17, resume=True, device="cpu", dtype="float32",
+        backend_options={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5}, show_progress=False,
+    )
+    seen = []
+    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
+    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
+    cli.main(args=generate_argv(cfg), standalone_mode=False)
+    (got,) = seen
+    assert got.fingerprint() == cfg.fingerprint()
+    assert got.resume and not got.show_progress and got.backend_options == cfg.backend_options
+    assert got.batch_size == cfg.batch_size
+
+
+def test_training_rows_render_like_generation(tiny_tokenizer):
+    """TRL must train on the text generation produced: plain fallback strings, or the tokenizer's own template."""
+    import copy
+
+    from bonsynth.data.chat import render_prompt, render_response
+    from bonsynth.loop.train_policy import to_trl_row
+
+    chat = [{"role": "system", "content": "You are a pirate."}, {"role": "user", "content": "hello"}]
+    row = to_trl_row(chat, {"completion": "Ahoy there"}, tiny_tokenizer)  # no chat template: plain fallback
+    assert row["prompt"] == render_prompt(chat, tiny_tokenizer) == "\n\nSystem: You are a pirate.\n\nHuman: hello\n\nAssistant:"
+    assert row["completion"] == render_response(chat, "Ahoy there", tiny_tokenizer) == " Ahoy there"
+    assert to_trl_row("tell me", {"chosen": " a", "rejected": " b"}, tiny_tokenizer) == \
+        {"prompt": "tell me", "chosen": " a", "rejected": " b"}
+    templated = copy.deepcopy(tiny_tokenizer)
+    templated.chat_template = "{% for m in messages %}<{{ m.role }}>{{ m.content }}</s>{% endfor %}" \
+                              "{% if add_generation_prompt %}<assistant>{% endif %}"
+    row = to_trl_row(chat, {"completion": "Ahoy"}, templated)  # TRL applies the same template generation used
+    assert row == {"prompt": chat, "completion": [{"role": "assistant", "content": "Ahoy"}]}
+
+
+# ---------------------------------------------------------------------------------------------------- errors
+
+
+def _loop_cli(monkeypatch, capsys, *args: str) -> tuple[int, str]:
+    from bonsynth.cli import cli
+    from bonsynth.cli.common import run_guarded
+
+    monkeypatch.setattr(sys, "argv", ["bonsynth", "loop", *args])
+    with pytest.raises(SystemExit) as info:
+        run_guarded(cli)
+    return info.value.code, capsys.readouterr().err
+
+
+def test_bad_recipes_fail_with_one_clear_line_and_exit_2(tmp_path, monkeypatch, capsys, tiny_policy_dir, tiny_rm_dir,
+                                                          prompts_file):
+    m = SimpleNamespace(policy=tiny_policy_dir, rm=tiny_rm_dir, prompts=prompts_file)
+    out = tmp_path / "never"
+    cases = [
+        ({"generaton": {"n": 4}}, ["unknown key 'generaton'", "did you mean 'generation'"]),
+        ({"update": {"method": "sft", "learnig_rate": 1e-5}}, ["unknown key 'update.learnig_rate'"]),
+        ({"update": {"method": "ppo"}}, ["update.method", "unknown update step 'ppo'", "sft, dpo"]),
+        ({"prompts": [str(tmp_path / "missing.jsonl")]}, ["prompts:", "missing.jsonl", "does not exist"]),
+        ({"rewards": [str(tmp_path / "no-rm")]}, ["rewards[0]", "no-rm", "not found"]),
+        ({"policy": str(tmp_path / "no-policy")}, ["policy:", "no-policy", "not found"]),
+        ({"rounds": 0}, ["rounds", "greater than or equal to 1"]),
+        ({"selection": {"select": "worst"}}, ["selection.select", "unknown selection 'worst'"]),
+        ({"prompts_per_round": 500, "eval": {"num_prompts": 4}}, ["prompts_per_round", "more than the 8"]),
+        ({"rm_update": {"epochs": 1}}, ["missing required key 'rm_update.labeler'"]),
+    ]
+    for i, (over, needles) in enumerate(cases):
+        recipe = write_recipe(tmp_path / f"r{i}.yaml", m, out, **over)
+        code, err = _loop_cli(monkeypatch, capsys, str(recipe))
+        assert code == 2, (over, err)
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert str(recipe) in err, err
+        for needle in needles:
+            assert needle in err, (needle, err)
+        assert not out.exists()
+    bad_yaml = tmp_path / "bad.yaml"
+    bad_yaml.write_text("out: x\nrounds: 2\n  method: sft\n", encoding="utf-8")
+    code, err = _loop_cli(monkeypatch, capsys, str(bad_yaml))
+    assert code == 2 and "not valid YAML (line 3" in err, err
+    code, err = _loop_cli(monkeypatch, capsys, str(tmp_path / "nope.yaml"))
+    assert code == 2 and "recipe not found" in err
+    code, err = _loop_cli(monkeypatch, capsys, str(write_recipe(tmp_path / "ok.yaml", m, out)), "--rounds", "0")
+    assert code == 2 and "--rounds" in err and not out.exists()
+
+    # And end to end through the installed entry point: exit status 2, one line, no traceback.
+    recipe = write_recipe(tmp_path / "cli.yaml", m, out, update={"method": "ppo"})
+    r = subprocess.run([sys.executable, "-m", "bonsynth", "loop", str(recipe)], capture_output=True, text=True,
+                       timeout=300)
+    assert r.returncode == 2 and "unknown update step 'ppo'" in r.stderr and "Traceback" not in r.stderr
+
+
+def test_shipped_recipes_validate():
+    from bonsynth.loop import load_recipe
+
+    repo = Path(__file__).resolve().parents[1]
+    for name, method in (("quickstart", "sft"), ("raft-sft", "sft"), ("iterative-dpo", "dpo")):
+        recipe = load_recipe(repo / "recipes" / f"{name}.yaml")
+        assert recipe.update.method == method and recipe.rounds >= 2
+    assert load_recipe(repo / "recipes" / "iterative-dpo.yaml").update.lora is not None
+
+
+# ---------------------------------------------------------------------------------------------------- loops
+
+
+@pytest.mark.slow
+def test_three_sft_rounds_raise_the_mean_reward_round_over_round(tmp_path, learnable):
+    from bonsynth.loop import run_loop
+    from bonsynth.rm.model import RewardModel
+
+    out = tmp_path / "loop"
+    summary = run_loop(write_recipe(tmp_path / "r.yaml", learnable, out), show_progress=False)
+    means = summary["reward_mean_by_round"]  # baseline, round 0, 1, 2
+    print("eval reward mean by round (base first):", means)
+    assert len(means) == 4 and summary["rounds_complete"] == 3
+    assert means[0] < means[1] < means[2] < means[3], means
+    assert means[3] - means[0] > 0.5, means
+
+    rm = RewardModel.load(str(learnable.rm), device="cpu")
+    for r in range(3):
+        rd = out / f"round_{r:03d}"
+        for f in ("prompts.jsonl", "generate/candidates.jsonl", "generate/sft.jsonl", "generate/dpo.jsonl",
+                  "policy/model.safetensors", "policy/tokenizer.json", "eval/candidates.jsonl", "metrics.json",
+                  "report.md", "reward_distribution.png", "reward_vs_round.png", "train.json"):
+            assert (rd / f).is_file(), rd / f
+        rec = json.loads((rd / "metrics.json").read_text())
+        m = rec["eval"]
+        cands = _rows(rd / "eval" / "candidates.jsonl")
+        rewards = [c["reward"] for row in cands for c in row["candidates"]]
+        assert m["reward_mean"] == pytest.approx(sum(rewards) / len(rewards))
+        assert m["num_prompts"] == 16 and m["num_samples"] == 16 * 8
+        assert m["bon_gain"] > 0 and 0 < m["distinct_2"] <= 1 and m["length_mean"] > 0
+        assert m["win_rate_vs_previous"] > 0.5  # each round's samples beat the previous policy's, seed for seed
+        assert rec["train"]["method"] == "sft" and rec["train"]["num_examples"] == 32
+        # The SFT data is the round's best-of-N, and the rewards on disk are the RM's.
+        sft = _rows(rd / "generate" / "sft.jsonl")
+        gen = _rows(rd / "generate" / "candidates.jsonl")
+        assert [s["completion"] for s in sft] == [g["candidates"][g["selected"][0]]["text"] for g in gen]
+        sample = gen[0]["candidates"]
+        assert [c["reward"] for c in sample] == pytest.approx(rm.score([(gen[0]["prompt"], c["text"]) for c in sample]),
+                                                              abs=1e-5)
+    # Fresh prompts each round, and never an eval prompt.
+    ids = [{r["id"] for r in _rows(out / f"round_{k:03d}" / "prompts.jsonl")} for k in range(3)]
+    eval_ids = {r["id"] for r in _rows(out / "eval_prompts.jsonl")}
+    assert not (ids[0] & ids[1]) and not (ids[1] & ids[2]) and not (ids[0] & ids[2])
+    assert not eval_ids & (ids[0] | ids[1] | ids[2]) and len(eval_ids) == 16
+    # Round r+1 starts from round r's checkpoint.
+    man = json.loads((out / "round_001" / "generate" / "manifest.json").read_text())
+    assert man["config"]["policy"] == str((out / "round_000" / "policy").resolve())
+    report = (out / "report.md").read_text()
+    assert "reward_distribution.png" in report and "reward_vs_round.png" in report and "| round 2 |" in report
+    loop_summary = json.loads((out / "loop_summary.json").read_text())
+    assert [r["round"] for r in loop_summary["rounds"]] == [0, 1, 2]
+
+
+def _env() -> dict[str, str]:
+    return dict(os.environ, PYTHONUNBUFFERED="1", **ONE_THREAD_ENV)
+
+
+def _start_loop(args: list[str]) -> subprocess.Popen:
+    env = _env()
+    return subprocess.Popen([sys.executable, "-m", "bonsynth", "loop", *args, "--quiet"], stdout=subprocess.DEVNULL,
+                            stderr=subprocess.DEVNULL, env=env)
+
+
+def _json(path: Path) -> dict:
+    try:
+        return json.loads(path.read_text())
+    except (FileNotFoundError, json.JSONDecodeError):
+        return {}
+
+
+def _loop_files(out: Path) -> dict[str, bytes]:
+    """Every dataset a loop wrote, by relative path."""
+    names = ["eval_prompts.jsonl", "baseline/eval/candidates.jsonl"]
+    for r in range(2):
+        names += [f"round_{r:03d}/{f}" for f in ("prompts.jsonl", "generate/candidates.jsonl", "generate/sft.jsonl",
+                                                 "generate/dpo.jsonl", "eval/candidates.jsonl", "eval/sft.jsonl")]
+    return {n: (out / n).read_bytes() for n in names}
+
+
+def _generators_writing(into: Path) -> list[int]:
+    """Pids of live `bonsynth generate` processes writing into `into` (Linux /proc; [] elsewhere)."""
+    pids = []
+    for proc in Path("/proc").glob("[0-9]*"):
+        try:
+            cmd = (proc / "cmdline").read_bytes().split(b"\0")
+            status = (proc / "status").read_text()
+        except OSError:
+            continue
+        if b"generate" in cmd and str(into.resolve()).encode() in cmd and "\nState:\tZ" not in status:
+            pids.append(int(proc.name))
+    return pids
+
+
+@pytest.mark.slow
+def test_killed_mid_round_then_resumed_reproduces_the_uninterrupted_loop(tmp_path, learnable, monkeypatch, capsys):
+    from bonsynth.loop import run_loop
+
+    small = {"rounds": 2, "prompts_per_round": 16, "generation": {"n": 4, "batch_size": 2},
+             "eval": {"num_prompts": 8, "n": 4}, "update": {"epochs": 1}}
+    ref = tmp_path / "ref"
+    run_loop(write_recipe(tmp_path / "ref.yaml", learnable, ref, **small), show_progress=False)
+
+    out = tmp_path / "killed"
+    recipe = write_recipe(tmp_path / "killed.yaml", learnable, out, **small)
+    # The same loop with generation in child processes (the vLLM path): not part of the recipe fingerprint, so
+    # it may take over a resumed loop, and its datasets must be the same bytes as in-process generation's.
+    child_gen = write_recipe(tmp_path / "child.yaml", learnable, out, **_merge(small, {"generation": {"subprocess": True}}))
+    gen1 = out / "round_001" / "generate"
+    # Kill points: while round 0's update is training; then inside round 1's generation (a child process) after
+    # some of its batches are durable.
+    kill_when = [
+        (recipe, lambda: (out / "round_000" / ".policy.partial").exists()),
+        (child_gen, lambda: 0 < _json(gen1 / "state.json").get("prompts_done", 0) < 16),
+    ]
+    kills = 0
+    for rec, cond in kill_when:
+        proc = _start_loop([str(rec), "--resume"])
+        deadline = time.time() + 300
+        while proc.poll() is None and time.time() < deadline and not cond():
+            time.sleep(0.005)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+    assert kills == 2
+    if sys.platform.startswith("linux"):  # the generator child died with the loop that started it
+        time.sleep(2.0)
+        assert not _generators_writing(gen1)
+        assert not _json(gen1 / "state.json").get("complete")  # (a surviving child would have finished)
+    assert "round_001/eval" not in _json(out / "loop_state.json")["done"]  # it really stopped mid-loop
+    r = subprocess.run([sys.executable, "-m", "bonsynth", "loop", str(child_gen), "--resume", "--quiet"],
+                       capture_output=True, text=True, timeout=600, env=_env())
+    assert r.returncode == 0, r.stderr
+    assert "resuming" in r.stderr
+
+    a, b = _loop_files(ref), _loop_files(out)
+    for name in a:
+        assert a[name] == b[name], name
+    for rd in ("baseline", "round_000", "round_001"):
+        assert json.loads((ref / rd / "metrics.json").read_text()) == json.loads((out / rd / "metrics.json").read_text())
+    assert not list(out.glob("round_*/.*.partial"))
+
+    # A finished loop: without --resume, or with another recipe, it is refused.
+    code, err = _loop_cli(monkeypatch, capsys, str(recipe))
+    assert code == 2 and "pass --resume" in err
+    changed = write_recipe(tmp_path / "changed.yaml", learnable, out, seed=5, **small)
+    code, err = _loop_cli(monkeypatch, capsys, str(changed), "--resume")
+    assert code == 2 and "differs in: seed" in err
+
+
+def test_dpo_with_lora_and_rm_update(tmp_path, learnable, tiny_rm_dir):
+    """Iterative DPO (LoRA merged into each checkpoint) and a labeller-driven RM update."""
+    import torch
+    from safetensors.torch import load_file
+
+    from bonsynth.rm.model import RewardModel
+
+    rng = random.Random(7)  # chat prompts: the tiny tokenizer has no chat template, so the plain fallback is used
+    chat = write_jsonl(tmp_path / "chat.jsonl", [
+        {"id": f"c{i}", "messages": [{"role": "system", "content": "You are a pirate."},
+                                     {"role": "user", "content": " ".join(rng.choice(WORDS) for _ in range(3))}]}
+        for i in range(24)
+    ])
+    out = tmp_path / "dpo"
+    recipe = write_recipe(
+        tmp_path / "dpo.yaml", learnable, out, rounds=2, prompts_per_round=8, rewards=[str(tiny_rm_dir)],
+        prompts=[str(chat)],
+        generation={"n": 4, "max_new_tokens": 12},
+        selection={"select": "pairs"},
+        update={"method": "dpo", "epochs": 1, "lr": 5.0e-3, "batch_size": 4, "beta": 0.1,
+                "lora": {"r": 4, "alpha": 8}},
+        rm_update={"labeler": str(learnable.rm), "epochs": 1, "lr": 1.0e-3, "batch_size": 4, "eval_split": 0.0},
+        eval={"num_prompts": 8, "n": 2, "rewards": [str(learnable.rm)]},
+    )
+    from bonsynth.loop import run_loop
+
+    summary = run_loop(recipe, show_progress=False)
+    assert summary["rounds_complete"] == 2
+
+    rd = out / "round_000"
+    train = json.loads((rd / "train.json").read_text())
+    pairs = _rows(rd / "generate" / "dpo.jsonl")
+    assert train["method"] == "dpo" and train["lora"] and train["num_examples"] == len(pairs) > 0
+    # The checkpoint is a plain model (adapter merged), and the update changed it.
+    assert not (rd / "policy" / "adapter_config.json").exists()
+    before, after = load_file(learnable.policy / "model.safetensors"), load_file(rd / "policy" / "model.safetensors")
+    assert set(before) == set(after)
+    assert any(not torch.equal(before[k], after[k]) for k in before)
+
+    # The RM update: pairs re-ordered by the labeller, the RM fine-tuned, and the next round scored with it.
+    rm_update = json.loads((rd / "rm_update.json").read_text())
+    assert rm_update["num_pairs"] > 0 and 0.0 <= rm_update["agreement"] <= 1.0
+    labeller = RewardModel.load(str(learnable.rm), device="cpu")
+    rm_pairs = _rows(rd / "rm_pairs.jsonl")
+    lab = labeller.score([(p["prompt"], p[k][0]["content"]) for p in rm_pairs for k in ("chosen", "rejected")])
+    assert all(lab[2 * i] > lab[2 * i + 1] for i in range(len(rm_pairs)))
+    assert (rd / "rm" / "bonsynth_rm.json").is_file()
+    gen1 = json.loads((out / "round_001" / "generate" / "manifest.json").read_text())
+    assert gen1["config"]["rewards"] == [str((rd / "rm").resolve())]
+    # Eval keeps its own fixed yardstick.
+    ev1 = json.loads((out / "round_001" / "eval" / "manifest.json").read_text())
+    assert ev1["config"]["rewards"] == [str(learnable.rm)]
+    assert json.loads((out / "round_001" / "metrics.json").read_text())["eval"]["win_rate_vs_previous"] is not None
