@@ -323,3 +323,19 @@ def test_library_errors_are_user_errors(base_dir, data, workdir):
     result = train_reward_model(config(base_dir, one, "pairwise", workdir / "rm-one", epochs=1))
     assert result["num_train"] == 1 and result["num_eval"] == 0 and result["stats_split"] == "train"
     assert issubclass(InputError, BonsynthError)
+
+
+def test_a_trained_reward_head_is_kept_when_training_continues(tmp_path, tiny_rm_dir):
+    """Fine-tuning an existing RM (the loop's rm_update) must not re-draw its trained head."""
+    import torch
+    from transformers import AutoModelForSequenceClassification
+
+    from bonsynth.rm.train import init_score_head
+
+    model, info = AutoModelForSequenceClassification.from_pretrained(str(tiny_rm_dir), output_loading_info=True)
+    before = model.score.weight.detach().clone()
+    fresh = {k.rsplit(".", 1)[0] for k in info.get("missing_keys", ())}
+    assert init_score_head(model, 1, fresh) is False
+    assert torch.equal(model.score.weight, before)
+    assert init_score_head(model, 1, {"score"}) is True
+    assert not torch.equal(model.score.weight, before)

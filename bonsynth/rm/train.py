@@ -391,8 +391,8 @@ def init_score_head(model: Any, num_labels: int, fresh: set[str]) -> bool:
     if head is None:
         return False
     names = {name for name, m in model.named_modules() if m is head}
-    if fresh and not names & fresh:
-        return False  # the base already has a trained head of this shape: fine-tune it as it is
+    if not names & fresh:
+        return False  # the head was loaded from the base (an RM already): fine-tune it as it is
     with torch.no_grad():
         head.weight.normal_(mean=0.0, std=1.0 / math.sqrt(head.in_features + 1))
         if head.bias is not None:
