@@ -137,6 +137,11 @@ def run_quickstart(out: Path, *, n: int = 8, limit: int | None = None, seed: int
     from bonsynth.generate.report import summary_table
 
     t0 = time.perf_counter()
+    if "OMP_NUM_THREADS" not in os.environ:
+        # Demo-size models gain little from intra-op threads, and lose a lot when the cores are shared.
+        import torch
+
+        torch.set_num_threads(1)
     data_dir = find_data_dir()
     models = demo_cache_dir(data_dir)
     if rebuild or not (models / "policy").exists() or not (models / "rm").exists():

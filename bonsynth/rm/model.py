@@ -18,6 +18,12 @@ How a (prompt, response) pair becomes model input:
   the last token, so the end of the text is what must survive). Whole texts are left-truncated the same way.
   The special prefix/suffix are always kept.
 
+Prefix sharing (`prefix_sharing`, see `bonsynth.rm.prefix`): for a causal RM, (prompt, response) pairs with the
+same prompt run the prompt once and every response on its KV cache, `P + N*R` tokens instead of `N*(P + R)`.
+"auto" (the default) does so for prompts that repeat; True for every eligible pair; False never. Truncated
+items, whole texts and encoder RMs always take the plain path. The first shared batch of a model is checked
+against the plain path; on a mismatch (or a cache this engine cannot extend) sharing is switched off for it.
+
 Pooling: HF decoder classifiers read the logits at "the rightmost token that is not `pad_token_id`". When the
 pad token is the EOS token (the usual fallback) and a text ends with EOS, that picks the wrong token. So the
 engine captures the per-token logits of the `score` head and reads them at the last position of the
@@ -27,6 +33,7 @@ agree, and if they ever do not (a model that pools differently), the model's own
 
 from __future__ import annotations
 
+import logging
 import math
 import re
 import time
@@ -51,8 +58,10 @@ _DTYPE_NAMES = {
     "fp16": "float16",
     "half": "float16",
 }
+log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MAX_DEFAULT_LENGTH = 4096
+PrefixMode = bool | str  # True, False or "auto"
 
 
 @dataclass
@@ -192,6 +201,7 @@ class RewardModel:
         max_length: int | None = None,
         token_budget: int | None = None,
         path: str | None = None,
+        prefix_sharing: PrefixMode = "auto",
     ) -> None:
         self.model = model
         self.tokenizer = tokenizer
@@ -212,6 +222,9 @@ class RewardModel:
             raise BonsynthError(f"max_length {self.max_length} is too small for this tokenizer")
         self._pooler = _Pooler(head=_find_token_head(model))
         self._forward_kwargs = self._detect_forward_kwargs()
+        self.prefix_sharing = _check_prefix_mode(prefix_sharing)
+        self._prefix_off: str | None = None  # why sharing was switched off at run time
+        self._prefix_verified = False
         self.last_stats: dict[str, Any] = {}
 
     # ------------------------------------------------------------------ construction
@@ -226,6 +239,7 @@ class RewardModel:
         trust_remote_code: bool = False,
         allow_unsafe_weights: bool = False,
         token_budget: int | None = None,
+        prefix_sharing: PrefixMode = "auto",
     ) -> RewardModel:
         """Load a saved RM (safetensors only unless `allow_unsafe_weights`) onto `device`, in eval mode."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
@@ -284,6 +298,7 @@ class RewardModel:
             max_length=max_length,
             token_budget=token_budget,
             path=str(path),
+            prefix_sharing=prefix_sharing,
         )
 
     @classmethod
@@ -296,6 +311,7 @@ class RewardModel:
         dtype: str | Any | None = None,
         max_length: int | None = None,
         token_budget: int | None = None,
+        prefix_sharing: PrefixMode = "auto",
     ) -> RewardModel:
         """Wrap a model already in memory (trainers, tests). By default it stays on its device and dtype."""
         if device is not None:
@@ -306,7 +322,16 @@ class RewardModel:
         if dtype is not None:
             dtype = resolve_dtype(dtype, device)
             model.to(dtype=dtype)
-        return cls(model, tokenizer, meta, device=device, dtype=dtype, max_length=max_length, token_budget=token_budget)
+        return cls(
+            model,
+            tokenizer,
+            meta,
+            device=device,
+            dtype=dtype,
+            max_length=max_length,
+            token_budget=token_budget,
+            prefix_sharing=prefix_sharing,
+        )
 
     def _resolve_max_length(self, max_length: int | None) -> int:
         positions = _model_positions(self.model.config)
@@ -346,6 +371,7 @@ class RewardModel:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "token_budget": self.token_budget,
+            "prefix_sharing": self.prefix_sharing,
         }
 
     def __repr__(self) -> str:
@@ -411,12 +437,22 @@ class RewardModel:
         normalize: bool = False,
         show_progress: bool = False,
         token_budget: int | None = None,
+        prefix_sharing: PrefixMode | None = None,
     ) -> list[float]:
-        """Rewards for `items` in input order; `normalize` z-scores them with the meta's mean/std."""
+        """Rewards for `items` in input order; `normalize` z-scores them with the meta's mean/std.
+
+        `prefix_sharing` overrides the model's setting for this call (None keeps it).
+        """
         start = time.perf_counter()
         budget = _check_budget(token_budget) or self.token_budget
+        mode = self.prefix_sharing if prefix_sharing is None else _check_prefix_mode(prefix_sharing)
         encoded = self.encode(items)
-        rewards = self._score_encoded(encoded, budget, show_progress)
+        blocker = "off" if mode is False else self.prefix_blocker()
+        if blocker is None:
+            rewards = self._score_prefix_shared(encoded, budget, show_progress, min_members=2 if mode == "auto" else 1)
+        else:
+            rewards = self._score_encoded(encoded, budget, show_progress)
+            self.last_stats.update(num_shared_items=0, prefix_sharing=blocker)
         self.last_stats["seconds"] = time.perf_counter() - start
         if normalize:
             std = float(self.meta.reward_std)
@@ -548,6 +584,118 @@ class RewardModel:
                 return pooled
             self._pooler.verified = True
         return mine
+
+    # ------------------------------------------------------------------ prefix-shared scoring
+
+    def prefix_blocker(self) -> str | None:
+        """Why this model scores without prefix sharing ("encoder-style classifier", ...), or None if it can."""
+        from bonsynth.rm.prefix import prefix_support
+
+        if self._prefix_off is not None:
+            return f"off: {self._prefix_off}"
+        reason = prefix_support(self.model, self._pooler.head)
+        return None if reason is None else f"off: {reason}"
+
+    def _rewards_of(self, logits: Any) -> list[float]:
+        rewards = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
+        return rewards.cpu().tolist()
+
+    def _score_prefix_shared(
+        self, encoded: list[Encoded], budget: int, show_progress: bool, min_members: int
+    ) -> list[float]:
+        """Prompt groups on the shared path, everything else (and anything it gives up on) on the plain one."""
+        import torch
+        from tqdm.auto import tqdm
+
+        from bonsynth.rm.prefix import UnsupportedCache, group_by_prompt, iter_shared_rewards
+
+        groups, rest = group_by_prompt(encoded, min_members)
+        if not groups:
+            out = self._score_encoded(encoded, budget, show_progress)
+            self.last_stats.update(num_shared_items=0, prefix_sharing="on: nothing to share")
+            return out
+        out: list[float] = [math.nan] * len(encoded)
+        pending = {i for g in groups for i in g.members}
+        tokens_run, oom, batches = 0, 0, 0
+        was_training = self.model.training
+        self.model.eval()
+        bar = tqdm(total=len(pending), disable=not show_progress, unit="text", desc="scoring (shared)", leave=False)
+        try:
+            with torch.inference_mode():
+                stream = iter_shared_rewards(
+                    self.model, self._pooler.head, encoded, groups, budget, self.pad_id, self.device, self._rewards_of
+                )
+                for idx, rewards, run in stream:
+                    if not self._prefix_verified and not self._verify_shared(encoded, idx, rewards):
+                        break
+                    for i, r in zip(idx, rewards, strict=True):
+                        out[i] = r
+                        pending.discard(i)
+                    tokens_run += run
+                    batches += 1
+                    bar.update(len(idx))
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()  # the plain path halves batches until they fit
+            oom = 1
+        except UnsupportedCache as e:
+            self._prefix_off = str(e)
+            log.warning("prefix sharing switched off for this reward model: %s", e)
+        except (TypeError, ValueError, RuntimeError, AttributeError, IndexError) as e:
+            if self._prefix_verified:
+                raise
+            # A backbone whose forward does not take a cache the way HF decoders do: use the plain path.
+            self._prefix_off = f"{type(e).__name__}: {e}"
+            log.warning("prefix sharing switched off for this reward model: %s", self._prefix_off)
+        finally:
+            bar.close()
+            if was_training:
+                self.model.train()
+        shared = len(encoded) - len(rest) - len(pending)
+        plain = sorted(rest + list(pending))
+        for i, r in zip(plain, self._score_encoded([encoded[i] for i in plain], budget, show_progress), strict=True):
+            out[i] = r
+        stats = self.last_stats
+        stats.update(
+            num_items=len(encoded),
+            num_truncated=sum(e.truncated for e in encoded),
+            num_tokens=sum(len(e) for e in encoded),
+            num_oom_retries=stats.get("num_oom_retries", 0) + oom,
+            num_shared_items=shared,
+            num_prefix_groups=sum(1 for g in groups if not pending.intersection(g.members)),
+            num_shared_tokens_run=tokens_run,
+            num_shared_batches=batches,
+            prefix_sharing="on" if self._prefix_off is None else f"off: {self._prefix_off}",
+        )
+        return out
+
+    def _verify_shared(self, encoded: list[Encoded], idx: list[int], rewards: list[float]) -> bool:
+        """Check the first shared batch against the plain path once per model; switch sharing off if they differ."""
+        probe = list(range(min(2, len(idx))))
+        plain = self._forward([encoded[idx[k]] for k in probe])
+        # A gross-error check (wrong positions or mask), at the precision the dtype allows.
+        tol = 1e-3 if str(self.dtype) in ("torch.float32", "torch.float64") else 5e-2
+        worst = max(abs(plain[k] - rewards[k]) / max(1.0, abs(plain[k])) for k in probe)
+        if self._pooler.head is None or not worst <= tol:
+            self._prefix_off = f"shared rewards differ from the plain path by {worst:.3g} on this model"
+            log.warning("prefix sharing switched off for this reward model: %s", self._prefix_off)
+            return False
+        self._prefix_verified = True
+        return True
+
+
+def _check_prefix_mode(mode: Any) -> PrefixMode:
+    """True, False or "auto" (strings "on"/"off"/"true"/"false" as the CLI may pass them)."""
+    if isinstance(mode, bool):
+        return mode
+    if isinstance(mode, str):
+        text = mode.strip().lower()
+        if text == "auto":
+            return "auto"
+        if text in ("on", "true", "yes", "1"):
+            return True
+        if text in ("off", "false", "no", "0"):
+            return False
+    raise BonsynthError(f"prefix_sharing must be True, False or 'auto', got {mode!r}")
 
 
 def _check_budget(token_budget: int | None) -> int | None:
