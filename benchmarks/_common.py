@@ -218,3 +218,20 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
 
 def today() -> str:
     return time.strftime("%Y-%m-%d")
+
+
+def add_model_args(ap: Any) -> None:
+    """The GPT-2-from-config size, repeat count and write switch that the scoring/generation scripts share."""
+    ap.add_argument("--n-layer", type=int, default=6)
+    ap.add_argument("--n-embd", type=int, default=384)
+    ap.add_argument("--n-head", type=int, default=6)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--no-write", action="store_true", help="print the block, do not touch BENCHMARKS.md")
+
+
+def publish(key: str, block: list[str], args: Any) -> None:
+    """Print a result block, and record it in BENCHMARKS.md unless this is a --quick or --no-write run."""
+    text = "\n".join(block)
+    print(text)
+    if not (args.quick or args.no_write):
+        write_section(key, text)

@@ -71,11 +71,7 @@ def main() -> None:
     ap.add_argument("--prompts", type=int, default=64)
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=64)
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--n-embd", type=int, default=384)
-    ap.add_argument("--n-head", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
+    C.add_model_args(ap)
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.max_new_tokens, args.n_layer, args.n_embd, args.n_head, args.repeats = 8, 16, 2, 128, 2, 1
@@ -169,10 +165,7 @@ def main() -> None:
         "",
         C.table(["target", "result", "status"], verdict),
     ]
-    text = "\n".join(block)
-    print(text)
-    if not (args.quick or args.no_write):
-        C.write_section("bench_e2e_vllm", text)
+    C.publish("bench_e2e_vllm", block, args)
 
 
 if __name__ == "__main__":

@@ -31,11 +31,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=8)
     ap.add_argument("--max-new-tokens", type=int, default=32)
     ap.add_argument("--gen-batch", type=int, default=8, help="prompts per generate() call in the batched method")
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--n-embd", type=int, default=384)
-    ap.add_argument("--n-head", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
+    C.add_model_args(ap)
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.n, args.max_new_tokens, args.n_layer, args.n_embd, args.n_head, args.repeats = (
@@ -103,10 +99,7 @@ def main() -> None:
         "",
         "No numeric target in the issue; the table is the claim (batching prompts × N into one `generate` call).",
     ]
-    text = "\n".join(block)
-    print(text)
-    if not (args.quick or args.no_write):
-        C.write_section("bench_hf_backend", text)
+    C.publish("bench_hf_backend", block, args)
 
 
 if __name__ == "__main__":

@@ -27,11 +27,7 @@ def main() -> None:
     ap.add_argument("--n", type=int, default=16)
     ap.add_argument("--response-len", type=int, default=64, help="mean response tokens (±25%%)")
     ap.add_argument("--prompt-ratio", type=float, default=4.0, help="mean prompt length / mean response length")
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--n-embd", type=int, default=384)
-    ap.add_argument("--n-head", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true")
+    C.add_model_args(ap)
     args = ap.parse_args()
     if args.quick:
         args.prompts, args.response_len, args.n_layer, args.n_embd, args.n_head, args.repeats = 4, 16, 2, 128, 2, 1
@@ -109,10 +105,7 @@ def main() -> None:
             ["rewards equal within 1e-4", f"{diff:.1e}", "met" if diff <= 1e-4 else "**missed**"],
         ]),
     ]
-    text = "\n".join(block)
-    print(text)
-    if not (args.quick or args.no_write):
-        C.write_section("bench_prefix", text)
+    C.publish("bench_prefix", block, args)
 
 
 if __name__ == "__main__":

@@ -53,11 +53,7 @@ def main() -> None:
     ap.add_argument("--texts", type=int, default=512)
     ap.add_argument("--min-len", type=int, default=16)
     ap.add_argument("--max-len", type=int, default=512)
-    ap.add_argument("--n-layer", type=int, default=6)
-    ap.add_argument("--n-embd", type=int, default=384)
-    ap.add_argument("--n-head", type=int, default=6)
-    ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--no-write", action="store_true", help="print the block, do not touch BENCHMARKS.md")
+    C.add_model_args(ap)
     args = ap.parse_args()
     if args.quick:
         args.texts, args.max_len, args.n_layer, args.n_embd, args.n_head, args.repeats = 64, 128, 2, 128, 2, 1
@@ -164,10 +160,7 @@ def main() -> None:
             ["≥ 2× batch-32", f"{speed_b:.2f}×", "met" if speed_b >= 2 else "**missed**"],
         ]),
     ]
-    text = "\n".join(block)
-    print(text)
-    if not (args.quick or args.no_write):
-        C.write_section("bench_rm_score", text)
+    C.publish("bench_rm_score", block, args)
 
 
 if __name__ == "__main__":
