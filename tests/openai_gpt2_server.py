@@ -75,6 +75,14 @@ class GPT2OpenAIServer:
         return f"http://127.0.0.1:{self._httpd.server_address[1]}/v1"
 
     def reset(self) -> None:
+        # A client has its answer a moment before the handler thread leaves `finally`; wait for
+        # those threads so a late decrement cannot leave the counters negative for the next test.
+        deadline = time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                if self.in_flight <= 0:
+                    break
+            time.sleep(0.005)
         with self._lock:
             self.faults.clear()
             self.delays.clear()
