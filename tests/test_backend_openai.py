@@ -209,15 +209,15 @@ def test_backoff_grows_and_gives_up(server, key):
     gaps = [b - a for a, b in zip(t, t[1:], strict=False)]
     # equal jitter: attempt k waits between 0.5 and 1.0 x 0.05 * 2**k
     for k, gap in enumerate(gaps):
-        assert 0.5 * 0.05 * 2**k - 0.01 <= gap <= 0.05 * 2**k + 0.15
+        assert 0.5 * 0.05 * 2**k - 0.01 <= gap <= 0.05 * 2**k + 0.4  # slack for a loaded CI machine
 
 
 def test_timeout_then_retry(server, key):
     server.delays.extend([1.5])  # the first request answers too late
     b = make(server, timeout=0.4, max_retries=2)
-    start = time.monotonic()
     res = b.generate(PROMPTS[:1], SamplingConfig(n=1, max_new_tokens=4, seed=5))
-    assert time.monotonic() - start < 1.4
+    # the retry went out before the slow answer would have come (timing the retry, not the generation)
+    assert server.requests[1]["time"] - server.requests[0]["time"] < 1.3
     assert len(res[0].completions) == 1 and b.last_stats["retries"] == 1
     assert len(server.requests) == 2
 
