@@ -89,6 +89,28 @@ def matmul_peak_flops(n: int = 2048, repeats: int = 10, dtype: Any = None, devic
     return 2 * n**3 / median(times)
 
 
+def cpu_has_native_bf16() -> bool:
+    """Whether this CPU multiplies bf16 in hardware (AVX512-BF16 or AMX), where bf16 beats fp32 3-4x."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def spearman(a: list[float], b: list[float]) -> float:
+    """Spearman rank correlation (ties by order; fine for continuous scores)."""
+    def ranks(xs: list[float]) -> list[int]:
+        r = [0] * len(xs)
+        for rank, i in enumerate(sorted(range(len(xs)), key=xs.__getitem__)):
+            r[i] = rank
+        return r
+
+    ra, rb = ranks(a), ranks(b)
+    n = len(a)
+    return 1 - 6 * sum((x - y) ** 2 for x, y in zip(ra, rb, strict=True)) / (n * (n * n - 1))
+
+
 def round_robin(methods: dict[str, Callable[[], Any]], repeats: int, loads: list[float]) -> dict[str, list[float]]:
     """Wall seconds of each method, `repeats` times, interleaved; one untimed warm-up call each first."""
     for fn in methods.values():
