@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import re
 from pathlib import Path
+from typing import Any
 
 from bonsynth.errors import BonsynthError
 
@@ -22,13 +23,7 @@ def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_wei
             raise BonsynthError(f"{what} path is not a directory: {path_or_id}")
         if not (p / "config.json").exists():
             raise BonsynthError(f"{what} directory has no config.json: {path_or_id}")
-        has_safe = any(p.glob("*.safetensors"))
-        has_unsafe = any(p.glob("*.bin")) or any(p.glob("*.pt"))
-        if not has_safe and has_unsafe and not allow_unsafe_weights:
-            raise BonsynthError(
-                f"{what} at {path_or_id} has only pickle (.bin/.pt) weights; bonsynth loads safetensors only. "
-                "Convert it, or opt in with --allow-unsafe-weights if you trust the file."
-            )
+        check_weight_files(p, what=what, allow_unsafe_weights=allow_unsafe_weights)
         return str(p)
     looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
     if looks_local or not _HUB_ID.match(path_or_id):
@@ -36,27 +31,76 @@ def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_wei
     return path_or_id
 
 
-def pick_device(device: str = "auto") -> str:
+def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights: bool = False) -> None:
+    """Refuse a directory whose only weights are pickles unless the user opted in: unpickling can run code.
+
+    The one weights check that the generators, the reward models and vLLM share. Safetensors anywhere in the
+    directory win (loaders are told to use them); a directory with no weights at all is "not found".
+    """
+    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists():
+        return
+    pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt") and f.is_file())
+    if (path / "pytorch_model.bin.index.json").exists():
+        pickles.append("pytorch_model.bin.index.json")
+    if not pickles:
+        raise BonsynthError(f"{what} not found: {path} (no *.safetensors weights in the directory)")
+    if not allow_unsafe_weights:
+        names = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
+        raise BonsynthError(
+            f"{what} at {path} has only pickle weights ({names}), which can run code when loaded; bonsynth "
+            "loads safetensors only. Convert them to safetensors, or pass --allow-unsafe-weights "
+            "(allow_unsafe_weights=True in Python) if you trust the source"
+        )
+
+
+_DTYPE_NAMES = {
+    "float32": "float32", "fp32": "float32", "float": "float32",
+    "bfloat16": "bfloat16", "bf16": "bfloat16",
+    "float16": "float16", "fp16": "float16", "half": "float16",
+}
+
+
+def dtype_name(dtype: str | Any) -> str:
+    """The canonical name of a dtype spelling (`bf16`, `torch.bfloat16`, ...), or `auto`."""
+    if dtype is None or str(dtype) == "auto":
+        return "auto"
+    name = _DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))
+    if name is None:
+        raise BonsynthError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
+    return name
+
+
+def resolve_device(device: str | Any = "auto") -> str:
+    """'auto' -> the first CUDA GPU when there is one, else the CPU; a GPU asked for but absent is an error."""
     import torch
 
-    if device == "auto":
+    if device is None or str(device) == "auto":
         return "cuda" if torch.cuda.is_available() else "cpu"
-    return device
+    try:
+        dev = torch.device(str(device))
+    except (RuntimeError, ValueError) as e:
+        raise BonsynthError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from e
+    if dev.type == "cuda" and not torch.cuda.is_available():
+        raise BonsynthError(f"device '{device}' requested but no CUDA GPU is available (use --device cpu)")
+    return str(dev)
 
 
-def pick_dtype(dtype: str, device: str):
-    """`auto` = bf16 on a GPU (fp16 where bf16 is unsupported), fp32 on the CPU."""
+def resolve_dtype(dtype: str | Any, device: str) -> Any:
+    """'auto' -> bf16 on CUDA (fp16 on GPUs without bf16), fp32 on the CPU.
+
+    fp32 on the CPU keeps results exact and the same on every CPU. Where the CPU multiplies bf16 in hardware
+    (AVX512-BF16, AMX) `bfloat16` is 3-4x faster; that is an explicit choice (`--dtype bfloat16`).
+    """
     import torch
 
-    table = {"float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16,
-             "float16": torch.float16, "fp16": torch.float16}
-    if dtype == "auto":
-        if device.startswith("cuda"):
+    if isinstance(dtype, torch.dtype):
+        return dtype
+    name = dtype_name(dtype)
+    if name == "auto":
+        if str(device).startswith("cuda"):
             return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
         return torch.float32
-    if dtype not in table:
-        raise BonsynthError(f"unknown dtype {dtype!r}; choose auto, float32, bfloat16 or float16")
-    return table[dtype]
+    return getattr(torch, name)
 
 
 def load_tokenizer(path_or_id: str, *, padding_side: str, trust_remote_code: bool = False):

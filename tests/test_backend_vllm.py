@@ -282,4 +282,6 @@ def test_generate_end_to_end_on_the_vllm_backend(backend, tiny_models, tmp_path)
         got = [c["reward"] for r in cands for c in r["candidates"]]
         assert got == pytest.approx(rm.score(items), abs=1e-5)
         assert manifest["backend"]["backend"] == "vllm"
+        # the manifest records the dtype the engine really ran in, as vLLM resolved it
+        assert manifest["backend"]["resolved_dtype"] == ENGINE_KW["dtype"]
         assert (out / "sft.jsonl").exists() and (out / "dpo.jsonl").exists()

@@ -106,6 +106,134 @@ def test_hf_backend_per_prompt_seeding_and_finish_reasons(tiny_policy_dir):
     assert greedy[0].completions[0].text == greedy[0].completions[1].text
 
 
+
+def _mixed_prompts(word_counts: list[int], seed: int = 3) -> list:
+    import random
+
+    from bonsynth.data.records import PromptRecord
+    from tests.conftest import WORDS
+
+    rng = random.Random(seed)
+    return [PromptRecord(id=f"m{i}", prompt=" ".join(rng.choice(WORDS) for _ in range(k)))
+            for i, k in enumerate(word_counts)]
+
+
+def _spy(be) -> list[list[int]]:
+    """Record each `generate` call's prompt lengths, and keep every completion's token ids on it."""
+    from dataclasses import asdict, dataclass
+
+    from bonsynth.generate.backends.base import Completion
+
+    @dataclass(frozen=True)
+    class IdsCompletion(Completion):
+        ids: tuple[int, ...] = ()
+
+    calls: list[list[int]] = []
+    decode, generate_batch = be._decode, be._generate_batch
+
+    def spy_decode(ids, sampling, eos, pad):
+        c = decode(ids, sampling, eos, pad)
+        return IdsCompletion(**asdict(c), ids=tuple(ids[: c.num_tokens]))
+
+    def spy_generate_batch(batch, encoded, sampling):
+        calls.append([len(e.ids) for e in encoded])
+        return generate_batch(batch, encoded, sampling)
+
+    be._decode, be._generate_batch = spy_decode, spy_generate_batch
+    return calls
+
+
+def _completions(results) -> list[list[tuple]]:
+    return [[(c.text, c.ids, c.finish_reason, c.num_tokens) for c in r.completions] for r in results]
+
+
+def test_hf_length_sorted_batches_give_identical_completions_in_input_order(tiny_policy_dir):
+    from bonsynth.generate.backends.hf import HFBackend
+
+    recs = _mixed_prompts([3, 80, 5, 41, 17, 60, 4, 33, 9, 72])
+    sampling = SamplingConfig(n=3, max_new_tokens=10, seed=5)
+    one = HFBackend(str(tiny_policy_dir), device="cpu", batch_size=1)
+    one_calls = _spy(one)
+    lengths = [len(e.ids) for e in one._encode(recs, sampling)]
+    assert min(lengths) <= 5 and max(lengths) >= 70
+    ref = one.generate(recs, sampling)
+    assert sorted(one_calls) == sorted([k] for k in lengths)
+
+    budget = 3 * 2 * (max(lengths) + 10)  # two of the longest prompts per call, more of the short ones
+    grouped = HFBackend(str(tiny_policy_dir), device="cpu", batch_size=8, token_budget=budget)
+    calls = _spy(grouped)
+    got = grouped.generate(recs, sampling)
+    # Input order, one result per prompt, every completion's text and token ids unchanged.
+    assert [r.prompt_text for r in got] == [r.prompt for r in recs] == [r.prompt_text for r in ref]
+    assert [r.prompt_tokens for r in got] == lengths
+    assert all(len(r.completions) == 3 for r in got)
+    assert _completions(got) == _completions(ref)
+    # The calls were length-sorted, within budget, and batched more than one prompt at a time.
+    assert sorted(k for c in calls for k in c) == sorted(lengths) and max(map(len, calls)) > 2
+    assert [k for c in calls for k in c] == sorted(lengths, reverse=True)
+    assert all(3 * len(c) * (max(c) + 10) <= budget and min(c) >= 0.5 * (max(c) + 10) - 10 for c in calls)
+
+    # Input-order batches of 8 (the old grouping: 3-token prompts left-padded to 80) agree as well.
+    enc = grouped._encode(recs, sampling)
+    old = grouped._generate_batch(recs[:8], enc[:8], sampling) + grouped._generate_batch(recs[8:], enc[8:], sampling)
+    assert _completions(old) == _completions(ref)
+
+
+def test_plan_generate_batches_respects_budget_and_covers_every_prompt():
+    import random
+
+    from bonsynth.generate.backends.hf import plan_generate_batches
+
+    rng = random.Random(0)
+    for _ in range(300):
+        lengths = [rng.randint(1, 300) for _ in range(rng.randint(0, 40))]
+        n, mnt = rng.choice([1, 3, 8]), rng.choice([1, 16, 64])
+        budget, batch_size = rng.choice([50, 500, 5_000, 100_000]), rng.choice([1, 3, 8, 64])
+        batches = plan_generate_batches(lengths, n=n, max_new_tokens=mnt, budget=budget, batch_size=batch_size)
+        assert sorted(i for b in batches for i in b) == list(range(len(lengths)))
+        assert [i for b in batches for i in b] == sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+        for b in batches:
+            assert 1 <= len(b) <= batch_size
+            longest = max(lengths[i] for i in b) + mnt
+            assert len(b) == 1 or n * len(b) * longest <= budget  # over budget only when one prompt alone is
+            assert min(lengths[i] for i in b) + mnt >= 0.5 * longest  # no row more than half padding
+    # A long prompt never shares a call with much shorter ones, even with room to spare.
+    assert plan_generate_batches([300, 3, 280, 5], n=4, max_new_tokens=8, budget=10**6, batch_size=8) == [[0, 2], [3, 1]]
+    assert plan_generate_batches([30, 30], n=4, max_new_tokens=8, budget=100, batch_size=8) == [[0], [1]]
+
+
+@pytest.mark.parametrize("mode", ["skip", "truncate"])
+def test_hf_long_prompts_in_mixed_batches_skip_or_truncate_as_before(tiny_policy_dir, mode):
+    from bonsynth.data.records import PromptRecord
+    from bonsynth.generate.backends.hf import HFBackend
+
+    # 512-token context, 12 new tokens: a prompt may hold 500 tokens.
+    recs = _mixed_prompts([4, 60, 30])
+    recs[1:1] = [PromptRecord(id="long1", prompt="the captain " * 400)]
+    recs.append(PromptRecord(id="long2", prompt="the sea " * 300))
+    sampling = SamplingConfig(n=3, max_new_tokens=12, seed=2, long_prompt=mode)
+    one = HFBackend(str(tiny_policy_dir), device="cpu", batch_size=1)
+    _spy(one)
+    ref = one.generate(recs, sampling)
+    grouped = HFBackend(str(tiny_policy_dir), device="cpu", batch_size=8, token_budget=3 * 2 * 200)
+    calls = _spy(grouped)
+    got = grouped.generate(recs, sampling)
+    full = [len(one.tokenizer(r.prompt)["input_ids"]) for r in recs]
+    assert full[1] > 500 and full[4] > 500
+    for res in (ref, got):
+        assert [r.prompt_text for r in res] == [r.prompt for r in recs]
+        for k in (0, 2, 3):
+            assert res[k].skipped is None and not res[k].prompt_truncated and res[k].prompt_tokens == full[k]
+        for k in (1, 4):
+            if mode == "skip":
+                assert res[k].skipped == "prompt-too-long" and res[k].completions == ()
+                assert res[k].prompt_tokens == full[k] and not res[k].prompt_truncated
+            else:
+                assert res[k].skipped is None and len(res[k].completions) == 3
+                assert res[k].prompt_tokens == 500 and res[k].prompt_truncated
+    assert _completions(got) == _completions(ref)
+    assert sorted(k for c in calls for k in c) == sorted(r.prompt_tokens for r in got if not r.skipped)
+
 def test_chat_prompts_write_trl_conversational_rows(tmp_path, tiny_policy_dir, tiny_rm_dir, chat_prompts_file):
     out = tmp_path / "chat"
     run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, chat_prompts_file, out, select="pairs"))

@@ -60,3 +60,9 @@ def test_gather_refuses_mixed_configs_and_unfinished_shards(tmp_path, tiny_polic
     (tmp_path / "c").mkdir()
     with pytest.raises(BonsynthError, match="not finished"):
         gather([tmp_path / "a", tmp_path / "c"], tmp_path / "m")
+
+    # Settings that do not change what a run writes may differ between shards (here: prefix sharing off in
+    # one of them): those shards still gather.
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, tmp_path / "d", shard="1/2", prefix_sharing="off"))
+    merged = gather([tmp_path / "a", tmp_path / "d"], tmp_path / "ok")
+    assert merged["counts"]["prompts"] == 8

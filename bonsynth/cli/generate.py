@@ -6,6 +6,7 @@ from pathlib import Path
 
 import click
 
+from bonsynth.cli.rm import PREFIX_SHARING, PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP
 from bonsynth.errors import ConfigError
 
 
@@ -47,9 +48,18 @@ def _weights(value: str | None) -> list[float] | None:
               help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
 @click.option("--device", default="auto", show_default=True, help="Device for the hf backend and the RMs.")
 @click.option("--dtype", default="auto", show_default=True, help="auto = bf16 on a GPU, fp32 on the CPU.")
+@click.option("--reward-dtype", default=None,
+              help="dtype of the reward models (default: --dtype), e.g. bfloat16 RMs beside a float32 policy.")
+@click.option("--prefix-sharing", type=PREFIX_SHARING, default="auto", show_default=True, help=PREFIX_SHARING_HELP)
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+              help="Run model code from the model directories (policy and RMs).")
+@click.option("--allow-unsafe-weights", is_flag=True, help=UNSAFE_WEIGHTS_HELP + " Applies to the policy and the RMs.")
 @click.option("--gen-batch-size", type=int, default=None, help="hf backend: prompts per generate() call.")
 @click.option("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs per engine.")
 @click.option("--gpu-memory-utilization", type=float, default=None, help="vllm backend.")
+@click.option("--max-model-len", type=int, default=None,
+              help="vllm backend: context length, prompt plus new tokens (default: the model's).")
+@click.option("--enforce-eager", is_flag=True, help="vllm backend: no CUDA graphs (faster start, less GPU memory).")
 @click.option("--base-url", default=None, help="openai backend (default: $BONSYNTH_OPENAI_BASE_URL or $OPENAI_BASE_URL).")
 @click.option("--concurrency", type=int, default=None, help="openai backend: requests in flight.")
 @click.option("--shard", default=None, help="I/K: process only shard I (0-based) of K, for array jobs; merge with `bonsynth gather`.")
@@ -95,6 +105,9 @@ def generate(**kw) -> None:
         dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
         resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
         limit=kw["limit"], reward_engine=kw["reward_engine"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],
+        reward_dtype=kw["reward_dtype"], prefix_sharing=kw["prefix_sharing"], trust_remote_code=kw["trust_remote_code"],
+        allow_unsafe_weights=kw["allow_unsafe_weights"], max_model_len=kw["max_model_len"],
+        enforce_eager=kw["enforce_eager"],
     )
     if engine == "ray":
         from bonsynth.generate.ray_engine import run_generate_ray

@@ -9,6 +9,11 @@ import click
 from bonsynth.cli.common import echo_json
 
 FORMATS = click.Choice(["auto", "pairwise", "binary", "ranked", "prompts"])
+PREFIX_SHARING = click.Choice(["auto", "on", "off"])
+UNSAFE_WEIGHTS_HELP = ("Also load pickle .bin/.pt weights, which can run code on load (default: safetensors only). "
+                       "Use only for files you trust.")
+PREFIX_SHARING_HELP = ("Score responses that share a prompt on one pass over the prompt (causal RMs): auto = when "
+                       "prompts repeat, on = always, off = never. Rewards match either way, up to float rounding.")
 
 
 @click.group()
@@ -79,7 +84,11 @@ def train_cmd(**kw) -> None:
 @click.option("--max-length", type=int, default=None, help="Default: the length the RM was trained with.")
 @click.option("--k", "ndcg_k", type=int, default=None, help="k for NDCG@k on ranked data (default: group size).")
 @click.option("--json", "as_json", is_flag=True, help="Print one JSON object per file on stdout.")
-def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_length, ndcg_k, as_json: bool) -> None:
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+              help="Run Python code shipped in the model directory (custom architectures).")
+@click.option("--allow-unsafe-weights", is_flag=True, help=UNSAFE_WEIGHTS_HELP)
+def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_length, ndcg_k, as_json: bool,
+             trust_remote_code: bool, allow_unsafe_weights: bool) -> None:
     """Evaluate a reward model: accuracy, loss, rewards, margin (pairwise); AUC (binary); NDCG@k (ranked).
 
     \b
@@ -90,7 +99,8 @@ def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_l
 
     from bonsynth.rm.evaluate import evaluate_files
 
-    results = evaluate_files(model, list(data), fmt=fmt, batch_size=batch_size, max_length=max_length, ndcg_k=ndcg_k)
+    results = evaluate_files(model, list(data), fmt=fmt, batch_size=batch_size, max_length=max_length, ndcg_k=ndcg_k,
+                             trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights)
     for res in results:
         if as_json:
             click.echo(json.dumps(res, sort_keys=True))
@@ -110,7 +120,12 @@ def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_l
 @click.option("--dtype", default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
 @click.option("--max-length", type=int, default=None)
 @click.option("--token-budget", type=int, default=None, help="Max padded tokens per batch (default: by device).")
-def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: str, dtype: str, max_length, token_budget) -> None:
+@click.option("--prefix-sharing", type=PREFIX_SHARING, default="auto", show_default=True, help=PREFIX_SHARING_HELP)
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+              help="Run Python code shipped in the model directory (custom architectures).")
+@click.option("--allow-unsafe-weights", is_flag=True, help=UNSAFE_WEIGHTS_HELP)
+def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: str, dtype: str, max_length,
+              token_budget, prefix_sharing: str, trust_remote_code: bool, allow_unsafe_weights: bool) -> None:
     """Score records with a reward model; writes each record back with a `reward` field.
 
     \b
@@ -119,6 +134,7 @@ def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: 
     """
     from bonsynth.rm.score_file import score_file
 
-    n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype,
-                   max_length=max_length, token_budget=token_budget)
+    n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
+                   token_budget=token_budget, prefix_sharing=prefix_sharing, trust_remote_code=trust_remote_code,
+                   allow_unsafe_weights=allow_unsafe_weights)
     click.echo(f"scored {n} records -> {output_path}")

@@ -82,8 +82,7 @@ class BestOfN:
             from bonsynth.rm.ensemble import RewardEnsemble
 
             self._scorer = RewardEnsemble.load(self.config.rewards, self.config.reward_weights,
-                                               engine=self.config.reward_engine,
-                                               device=self.config.device, dtype=self.config.dtype)
+                                               **self.config.reward_load_kwargs())
         return self._scorer
 
     def run(self, prompts: Iterable) -> Iterator[dict]:

@@ -17,9 +17,10 @@ from pathlib import Path
 
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate import outputs
-from bonsynth.generate.pipeline import compose_manifest
+from bonsynth.generate.pipeline import NOT_IN_FINGERPRINT, compose_manifest
 
-_PER_SHARD = {"shard", "out", "resume", "show_progress", "batch_size", "device", "backend_options"}
+# What may differ between shards: where each ran and settings that do not change what a run writes.
+_PER_SHARD = {"shard"} | NOT_IN_FINGERPRINT
 
 
 def _load_manifest(d: Path) -> dict:

@@ -23,8 +23,14 @@ from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.summary import summarize
 from bonsynth.select.selection import SelectionConfig, parse_select, select_candidates
 
-# Config fields that do not change what the run writes (a resume may change them).
-_NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options", "show_progress"}
+# Config fields that do not change what the run writes (a resume may change them). Prefix sharing changes
+# rewards only by float rounding, and the loading options only decide whether a model may be loaded.
+NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options", "show_progress",
+                      "trust_remote_code", "allow_unsafe_weights", "prefix_sharing", "enforce_eager"}
+# Fields that do change outputs but are left out while unset, so runs made before they existed still resume.
+_FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len")
+_DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
+_PREFIX_MODES = ("auto", "on", "off")
 
 
 @dataclass
@@ -57,6 +63,12 @@ class GenerateConfig:
     shard: str | None = None  # "I/K": this job's deterministic slice (0-based I) of the prompts
     backend_options: dict = field(default_factory=dict)
     show_progress: bool = True
+    reward_dtype: str | None = None  # the RMs' dtype; None = `dtype` (e.g. a bf16 RM beside an fp32 policy)
+    prefix_sharing: str | bool = "auto"  # RM prefix sharing: "auto", "on" (True) or "off" (False)
+    trust_remote_code: bool = False  # policy backend and RMs
+    allow_unsafe_weights: bool = False  # policy backend and RMs: also load pickle .bin/.pt weights
+    max_model_len: int | None = None  # vllm backend: context length (bounds prompt + new tokens)
+    enforce_eager: bool = False  # vllm backend: no CUDA graphs (faster start, less memory)
 
     def validate(self) -> None:
         if self.n < 1:
@@ -82,6 +94,15 @@ class GenerateConfig:
             raise ConfigError("at least one --reward model is needed")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ConfigError(f"--reward-weights has {len(self.reward_weights)} values for {len(self.rewards)} --reward models")
+        if self.reward_dtype is not None and str(self.reward_dtype).lower().removeprefix("torch.") not in _DTYPES:
+            raise ConfigError(f"--reward-dtype must be auto, float32, bfloat16 or float16 (got {self.reward_dtype!r})")
+        if not isinstance(self.prefix_sharing, bool) and self.prefix_sharing not in _PREFIX_MODES:
+            raise ConfigError(f"--prefix-sharing must be auto, on or off (got {self.prefix_sharing!r})")
+        max_len = self.max_model_len
+        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
+            raise ConfigError(f"--max-model-len must be a positive number of tokens (got {self.max_model_len!r})")
+        if self.backend in ("hf", "openai"):
+            check_vllm_only(self, self.backend)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
@@ -93,9 +114,38 @@ class GenerateConfig:
         return SelectionConfig(mode=mode, k=k, min_reward=self.min_reward, min_margin=self.min_margin,
                                dedup=self.dedup, length_normalize=self.length_normalize)
 
+    @property
+    def rm_dtype(self) -> str:
+        """The dtype the RMs load in: `reward_dtype`, else the same as the policy's `dtype`."""
+        return self.dtype if self.reward_dtype is None else self.reward_dtype
+
+    def reward_load_kwargs(self) -> dict:
+        """`RewardEnsemble.load` keywords, so the pipeline, `BestOfN` and the Ray workers load RMs alike."""
+        return {"engine": self.reward_engine, "device": self.device, "dtype": self.rm_dtype,
+                "prefix_sharing": self.prefix_sharing, "trust_remote_code": self.trust_remote_code,
+                "allow_unsafe_weights": self.allow_unsafe_weights}
+
+    def fingerprinted(self) -> dict:
+        """The fields that decide what the run writes (a --resume must match them)."""
+        d = {k: v for k, v in asdict(self).items() if k not in NOT_IN_FINGERPRINT}
+        if d.get("reward_dtype") == self.dtype:
+            d["reward_dtype"] = None  # spelled out or defaulted, the RMs run in the same dtype
+        for key in _FINGERPRINT_IF_SET:
+            if d.get(key) is None:
+                d.pop(key, None)
+        return d
+
     def fingerprint(self) -> str:
-        d = {k: v for k, v in asdict(self).items() if k not in _NOT_IN_FINGERPRINT}
+        d = self.fingerprinted()
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def check_vllm_only(cfg: GenerateConfig, backend: str) -> None:
+    """--max-model-len and --enforce-eager are vLLM engine settings: an error, not a silent no-op, elsewhere."""
+    given = [flag for flag, value in (("--max-model-len", cfg.max_model_len), ("--enforce-eager", cfg.enforce_eager))
+             if value]
+    if given and backend != "vllm":
+        raise ConfigError(f"{' and '.join(given)} only apply to the vllm backend (this run uses {backend})")
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -131,16 +181,47 @@ def apply_shard(cfg: GenerateConfig, prompts: list[PromptRecord]) -> tuple[list[
     return prompts[lo:hi], info
 
 
+def backend_kwargs(cfg: GenerateConfig, name: str, *, device: str | None = None) -> dict:
+    """Constructor keywords for backend `name`: backend_options plus what the config says about loading.
+
+    `device` overrides `cfg.device` for the hf backend (a Ray replica without a GPU must not pick one).
+    """
+    check_vllm_only(cfg, name)
+    kw = dict(cfg.backend_options)
+    kw.setdefault("trust_remote_code", cfg.trust_remote_code)  # openai: for its optional local tokenizer
+    if name in ("hf", "vllm"):
+        kw.setdefault("allow_unsafe_weights", cfg.allow_unsafe_weights)
+    if name == "hf":
+        kw.setdefault("device", device or cfg.device)
+        kw.setdefault("dtype", cfg.dtype)
+    if name == "vllm":
+        from bonsynth.models import dtype_name
+
+        kw.setdefault("dtype", dtype_name(cfg.dtype))  # vLLM's own "auto" reads the checkpoint's dtype
+        if cfg.max_model_len is not None:
+            kw.setdefault("max_model_len", cfg.max_model_len)
+        if cfg.enforce_eager:
+            kw.setdefault("enforce_eager", True)
+    return kw
+
+
 def backend_for(cfg: GenerateConfig, **overrides) -> GenerationBackend:
     """The generation backend the config asks for (the hf backend also gets --device/--dtype)."""
     from bonsynth.generate.backends import make_backend, resolve_backend_name
 
     name = resolve_backend_name(cfg.backend)
-    kw = dict(cfg.backend_options, **overrides)
-    if name == "hf":
-        kw.setdefault("device", cfg.device)
-        kw.setdefault("dtype", cfg.dtype)
+    kw = dict(backend_kwargs(cfg, name), **overrides)
     return make_backend(name, cfg.policy, **kw)
+
+
+def check_model_sources(cfg: GenerateConfig, *, policy: bool = True, rewards: bool = True) -> None:
+    """Fail fast, before any model loads or any output is written, on a missing model or pickle-only weights."""
+    from bonsynth.models import check_model_source
+
+    if policy and cfg.backend != "openai":
+        check_model_source(cfg.policy, what="policy", allow_unsafe_weights=cfg.allow_unsafe_weights)
+    for path in cfg.rewards if rewards else ():
+        check_model_source(path, what="reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
 
 
 def build_rows(
@@ -202,7 +283,7 @@ def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         if state.get("config_fingerprint") != fp:
             old = state.get("config", {})
-            new = {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT}
+            new = cfg.fingerprinted()
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"--resume with a different config than the run in {out} (differs in: {', '.join(diff) or '?'})")
         return out, state
@@ -211,7 +292,7 @@ def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
     out.mkdir(parents=True, exist_ok=True)
     state = {
         "config_fingerprint": fp,
-        "config": {k: v for k, v in asdict(cfg).items() if k not in _NOT_IN_FINGERPRINT},
+        "config": cfg.fingerprinted(),
         "prompts_done": 0,
         "offsets": {name: 0 for name in outputs.DATA_FILES},
         "complete": False,
@@ -247,12 +328,12 @@ def run_generate(
     if prompts is None:
         prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
     prompts, shard_info = apply_shard(cfg, prompts)
+    check_model_sources(cfg, policy=backend is None, rewards=scorer is None)
     own_scorer = scorer is None
     if scorer is None:
         from bonsynth.rm.ensemble import RewardEnsemble
 
-        scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, engine=cfg.reward_engine,
-                                     device=cfg.device, dtype=cfg.dtype)
+        scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, **cfg.reward_load_kwargs())
     own_backend = backend is None
     if backend is None:
         backend = backend_for(cfg)

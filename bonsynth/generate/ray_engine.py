@@ -48,7 +48,9 @@ from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.pipeline import (
     GenerateConfig,
     apply_shard,
+    backend_kwargs,
     build_rows,
+    check_model_sources,
     compose_manifest,
     load_generation_prompts,
     prepare_out_dir,
@@ -173,11 +175,8 @@ def make_backend_for(cfg: GenerateConfig, gpus: float) -> GenerationBackend:
     from bonsynth.generate.backends import make_backend, resolve_backend_name
 
     name = "hf" if cfg.backend == "auto" and gpus <= 0 else resolve_backend_name(cfg.backend)
-    kw = dict(cfg.backend_options)
-    if name == "hf":
-        kw.setdefault("device", _worker_device(cfg.device, gpus))
-        kw.setdefault("dtype", cfg.dtype)
-    elif name == "vllm" and gpus >= 2:
+    kw = backend_kwargs(cfg, name, device=_worker_device(cfg.device, gpus))
+    if name == "vllm" and gpus >= 2:
         # A replica holding G GPUs shards the model over them (tensor parallel). vLLM's own Ray executor
         # would ask Ray for G more GPUs from inside this actor; its multiprocessing one uses the ones we hold.
         kw.setdefault("tensor_parallel_size", int(gpus))
@@ -206,8 +205,8 @@ class ScoreActor:
         from bonsynth.rm.ensemble import RewardEnsemble
 
         _set_threads(threads)
-        self.scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, engine=cfg.reward_engine,
-                                          device=_worker_device(cfg.device, gpus), dtype=cfg.dtype)
+        load_kw = dict(cfg.reward_load_kwargs(), device=_worker_device(cfg.device, gpus))
+        self.scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, **load_kw)
         self.description = json.dumps(self.scorer.describe(), sort_keys=True, default=str)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
@@ -230,13 +229,8 @@ def select_block(row: dict[str, Any], selection: SelectionConfig) -> dict[str, A
 
 
 def _check_models(cfg: GenerateConfig) -> None:
-    """Catch a mistyped model path on the driver, before replicas start (and fail far away)."""
-    from bonsynth.models import check_model_source
-
-    if cfg.backend != "openai":
-        check_model_source(cfg.policy, what="policy")
-    for path in cfg.rewards:
-        check_model_source(path, what="reward model")
+    """Catch a mistyped model path or pickle-only weights on the driver, before replicas start (and fail far away)."""
+    check_model_sources(cfg)
 
 
 _REMOTE_ERROR = re.compile(r"bonsynth\.errors\.(?:\w*Error): (.+)")

@@ -26,7 +26,8 @@ def summary_table(manifest: dict, out: str | Path) -> str:
         ("mean reward, selected", _fmt(s["mean_reward_selected"])),
         ("best-of-N gain", _fmt(s["bon_gain"])),
         ("KL bound (nats)", f"{s['kl_bound_nats']:.3f}"),
-        ("distinct-2 (selected)", f"{s['distinct_2_selected']:.3f}"),
+        ("distinct-2 (selected)" + ("" if s.get("distinct_2_exact", True) else ", HyperLogLog estimate"),
+         f"{s['distinct_2_selected']:.3f}"),
         ("SFT rows", c["selected"]),
         ("DPO pairs", c["pairs"]),
     ]

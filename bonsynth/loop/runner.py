@@ -113,6 +113,16 @@ def generate_argv(cfg: GenerateConfig) -> list[str]:
     for key, flag in flags.items():
         if cfg.backend_options.get(key) is not None:
             argv += [flag, str(cfg.backend_options[key])]
+    if cfg.reward_dtype is not None:
+        argv += ["--reward-dtype", cfg.reward_dtype]
+    if cfg.prefix_sharing != "auto":
+        mode = cfg.prefix_sharing
+        argv += ["--prefix-sharing", mode if isinstance(mode, str) else ("on" if mode else "off")]
+    if cfg.max_model_len is not None:
+        argv += ["--max-model-len", str(cfg.max_model_len)]
+    for key in ("trust_remote_code", "allow_unsafe_weights", "enforce_eager"):
+        if getattr(cfg, key):
+            argv.append("--" + key.replace("_", "-"))
     if cfg.resume:
         argv.append("--resume")
     if not cfg.show_progress:

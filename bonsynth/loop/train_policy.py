@@ -78,9 +78,9 @@ def _precision(dtype: str, device: str) -> tuple[Any, dict]:
     """Load dtype and Trainer precision flags: bf16 weights and autocast on a bf16 GPU, fp32 on the CPU."""
     import torch
 
-    from bonsynth.models import pick_dtype
+    from bonsynth.models import resolve_dtype
 
-    dt = pick_dtype(dtype, device)
+    dt = resolve_dtype(dtype, device)
     if not device.startswith("cuda") or dt == torch.float32:
         return torch.float32, {"bf16": False, "fp16": False}
     if dt == torch.bfloat16:
@@ -150,12 +150,12 @@ def train_policy(
     from datasets import Dataset
     from transformers import AutoModelForCausalLM
 
-    from bonsynth.models import load_tokenizer, pick_device
+    from bonsynth.models import load_tokenizer, resolve_device
 
     if method not in ("sft", "dpo"):
         raise ConfigError(f"unknown update step {method!r}; expected sft or dpo")
     gen_dir, out_dir = Path(gen_dir), Path(out_dir)
-    device = pick_device(device)
+    device = resolve_device(device)
     tokenizer = load_tokenizer(policy_in, padding_side="right")
     rows = sft_rows(gen_dir, tokenizer) if method == "sft" else dpo_rows(gen_dir, tokenizer)
     summary: dict[str, Any] = {"method": method, "num_examples": len(rows), "lora": update.lora is not None}

@@ -37,12 +37,17 @@ class RewardEnsemble:
     def load(
         cls, paths: Sequence[str], weights: Sequence[float] | None = None, *, engine: str = "hf", **load_kw
     ) -> RewardEnsemble:
-        """Load each RM with our scoring engine (`hf`) or vLLM's pooling runner (`vllm`)."""
+        """Load each RM with our scoring engine (`hf`) or vLLM's pooling runner (`vllm`).
+
+        `load_kw` are `RewardModel.load` keywords; vLLM takes the ones it shares (dtype, max_length and the
+        loading safety options) and ignores the engine-specific rest (device, token_budget, prefix_sharing).
+        """
         if engine == "vllm":
             from bonsynth.rm.vllm_scorer import VLLMRewardScorer
 
-            dtype = load_kw.get("dtype", "auto")
-            models = [VLLMRewardScorer(p, dtype=dtype) for p in paths]
+            shared = ("dtype", "max_length", "trust_remote_code", "allow_unsafe_weights")
+            kw = {k: load_kw[k] for k in shared if k in load_kw}
+            models = [VLLMRewardScorer(p, **kw) for p in paths]
         elif engine == "hf":
             from bonsynth.rm.model import RewardModel
 
@@ -71,10 +76,14 @@ class RewardEnsemble:
         return EnsembleScores(combined=combined, per_model=per)
 
     def describe(self) -> list[dict]:
+        """Per RM, for the manifest: name, weight, normalisation, and how it ran (dtype, device, engine, ...)."""
         out = []
         for name, rm, w in zip(self.names, self.models, self.weights, strict=True):
             meta = rm.meta
-            out.append({"name": name, "weight": w, "objective": meta.objective,
+            # The scorer's own settings; the manifest takes the path from the model's fingerprint.
+            own = rm.describe() if callable(getattr(rm, "describe", None)) else {}
+            settings = {k: v for k, v in own.items() if k != "path"}
+            out.append({**settings, "name": name, "weight": w, "objective": meta.objective,
                         "reward_mean": meta.reward_mean, "reward_std": meta.reward_std})
         return out
 

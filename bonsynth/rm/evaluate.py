@@ -169,6 +169,8 @@ def evaluate_files(
     max_length: int | None = None,
     ndcg_k: int | None = None,
     device: str = "auto",
+    trust_remote_code: bool = False,
+    allow_unsafe_weights: bool = False,
 ) -> list[dict[str, Any]]:
     """Evaluate a saved RM on each file; one result dict per file (`file`, `kind`, `num_examples` + metrics)."""
     from bonsynth.data.readers import load_records
@@ -186,7 +188,8 @@ def evaluate_files(
         if not data.records:
             raise InputError("no examples to evaluate", path=path)
         loaded.append(data)
-    rm = RewardModel.load(model, device=device, dtype="auto", max_length=max_length)
+    rm = RewardModel.load(model, device=device, dtype="auto", max_length=max_length,
+                          trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights)
     results = []
     for path, data in zip(files, loaded, strict=True):
         result: dict[str, Any] = {"file": str(path), "kind": data.kind, "num_examples": len(data.records)}

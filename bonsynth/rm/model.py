@@ -45,19 +45,10 @@ from typing import Any
 
 from bonsynth.data.chat import render_pair
 from bonsynth.errors import BonsynthError
+from bonsynth.models import check_weight_files, resolve_device, resolve_dtype
 from bonsynth.rm.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.rm.meta import META_FILE, RMMeta
 
-_DTYPE_NAMES = {
-    "float32": "float32",
-    "fp32": "float32",
-    "float": "float32",
-    "bfloat16": "bfloat16",
-    "bf16": "bfloat16",
-    "float16": "float16",
-    "fp16": "float16",
-    "half": "float16",
-}
 log = logging.getLogger(__name__)
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MAX_DEFAULT_LENGTH = 4096
@@ -88,37 +79,6 @@ class _Pooler:
 
     head: Any = None
     verified: bool = False
-
-
-def resolve_device(device: str | Any = "auto") -> str:
-    """'auto' -> 'cuda' when a GPU is visible, else 'cpu'; a named device must exist."""
-    import torch
-
-    if device is None or str(device) == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        dev = torch.device(str(device))
-    except (RuntimeError, ValueError) as e:
-        raise BonsynthError(f"unknown device '{device}' (use auto, cpu, cuda or cuda:N)") from e
-    if dev.type == "cuda" and not torch.cuda.is_available():
-        raise BonsynthError(f"device '{device}' requested but no CUDA GPU is available (use --device cpu)")
-    return str(dev)
-
-
-def resolve_dtype(dtype: str | Any, device: str) -> Any:
-    """'auto' -> bf16 on CUDA (fp16 on GPUs without bf16), fp32 on CPU, where bf16 matmuls are slow."""
-    import torch
-
-    if isinstance(dtype, torch.dtype):
-        return dtype
-    if dtype is None or str(dtype) == "auto":
-        if str(device).startswith("cuda"):
-            return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
-        return torch.float32
-    name = _DTYPE_NAMES.get(str(dtype).lower().removeprefix("torch."))
-    if name is None:
-        raise BonsynthError(f"unknown dtype '{dtype}' (use auto, float32, bfloat16 or float16)")
-    return getattr(torch, name)
 
 
 def _model_positions(config: Any) -> int | None:
@@ -167,20 +127,10 @@ def _check_num_labels(model: Any) -> int:
 
 
 def _check_weights(path: Path, allow_unsafe_weights: bool) -> None:
-    """Refuse pickle-only checkpoints unless the user opted in: loading them can run arbitrary code."""
+    """A local RM directory needs config.json, then passes the weights check every loader shares."""
     if not (path / "config.json").exists():
         raise BonsynthError(f"model not found: {path} (no config.json in the directory)")
-    has_safetensors = any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists()
-    has_pickle = any(path.glob("pytorch_model*.bin")) or (path / "pytorch_model.bin.index.json").exists()
-    if has_safetensors:
-        return
-    if has_pickle and not allow_unsafe_weights:
-        raise BonsynthError(
-            f"{path} has only pytorch_model.bin (pickle) weights, which can run code when loaded; convert them "
-            "to safetensors, or opt in with allow_unsafe_weights=True if you trust the source"
-        )
-    if not has_pickle:
-        raise BonsynthError(f"model not found: {path} (no *.safetensors weights in the directory)")
+    check_weight_files(path, what="model", allow_unsafe_weights=allow_unsafe_weights)
 
 
 class RewardModel:

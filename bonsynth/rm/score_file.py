@@ -42,11 +42,13 @@ def score_file(
     token_budget: int | None = None,
     trust_remote_code: bool = False,
     allow_unsafe_weights: bool = False,
+    prefix_sharing: bool | str = "auto",
     show_progress: bool | None = None,
 ) -> int:
     """Score every record of `input` with `model` (a directory or a `RewardModel`); returns the rows written.
 
-    `show_progress=None` shows a bar only on a terminal.
+    The loading options (device ... prefix_sharing) apply only when `model` is a directory; a `RewardModel`
+    is used as it is. `show_progress=None` shows a bar only on a terminal.
     """
     from tqdm.auto import tqdm
 
@@ -67,6 +69,7 @@ def score_file(
             max_length=max_length,
             trust_remote_code=trust_remote_code,
             allow_unsafe_weights=allow_unsafe_weights,
+            prefix_sharing=prefix_sharing,
         )
     state = _FileState(path=str(input), forced=forced)
 

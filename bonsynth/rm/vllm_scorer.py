@@ -31,8 +31,9 @@ from bonsynth.generate.backends.vllm_backend import (
     shutdown_llm,
     vllm_version,
 )
+from bonsynth.models import check_model_source, dtype_name, resolve_dtype
 from bonsynth.rm.meta import RMMeta
-from bonsynth.rm.model import RewardModel, _check_weights, _special_affixes, resolve_dtype
+from bonsynth.rm.model import RewardModel, _special_affixes
 
 log = logging.getLogger(__name__)
 
@@ -78,7 +79,7 @@ class VLLMRewardScorer:
         self.path = str(path)
         local = Path(path).exists()
         if local:
-            _check_weights(Path(path), allow_unsafe_weights)
+            check_model_source(self.path, what="reward model", allow_unsafe_weights=allow_unsafe_weights)
         try:
             config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
@@ -117,8 +118,8 @@ class VLLMRewardScorer:
     @staticmethod
     def _resolve_dtype(dtype: str) -> str:
         """'auto' as RewardModel picks it: fp32 on the CPU, bf16 (or fp16) on a GPU."""
-        if str(dtype) != "auto":
-            return str(dtype).removeprefix("torch.")
+        if dtype_name(dtype) != "auto":
+            return dtype_name(dtype)
         device = "cpu" if on_cpu_platform() else "cuda"
         try:
             return str(resolve_dtype("auto", device)).removeprefix("torch.")

