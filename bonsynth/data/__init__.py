@@ -3,7 +3,8 @@
 Public surface:
 - `load_records(source, fmt="auto", split="train") -> LoadedData`: detect (or force with `fmt`) the kind and
   normalise every row; bad input raises one `InputError` naming the file, line and field.
-- `load_prompts`, `load_pairs` (ranked groups expand to pairs), `load_binary`, `load_ranked`: one kind only.
+- `load_prompts`, `load_pairs` (ranked groups expand to pairs), `load_binary`, `load_ranked`: one kind only;
+  `iter_prompts` is `load_prompts` one record at a time (big prompt files are never held whole).
 - `iter_raw_rows`: the raw dict rows with their locations (to write rows back with extra fields);
   `normalize_rows` turns such rows into records (each keeps its `source` location).
 - `write_jsonl_atomic`: write a whole file so that a crash never leaves a half-written one.
@@ -12,6 +13,7 @@ Public surface:
 
 from bonsynth.data.normalize import KINDS, LoadedData, detect_kind, normalize_rows
 from bonsynth.data.readers import (
+    iter_prompts,
     iter_raw_rows,
     load_binary,
     load_pairs,
@@ -47,6 +49,7 @@ __all__ = [
     "content_id",
     "detect_kind",
     "dumps_row",
+    "iter_prompts",
     "iter_raw_rows",
     "load_binary",
     "load_pairs",

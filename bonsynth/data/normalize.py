@@ -17,7 +17,7 @@ from __future__ import annotations
 import math
 import os
 import re
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import Any, NoReturn
 
@@ -106,38 +106,62 @@ def kind_fields(row: dict, kind: str) -> tuple[str, ...]:
 
 def normalize_rows(rows: Iterable[tuple[Location, dict]], fmt: str | None, path: str) -> LoadedData:
     """Convert all rows of one source; every row must be of the same kind (the forced one, if given)."""
-    forced = check_fmt(fmt)
-    kind, first, fields = forced, None, ()
-    records: list[Record] = []
-    seen_ids: dict[str, Location] = {}
-    for loc, raw in rows:
-        row = _Row({k: v for k, v in raw.items() if v is not None}, loc)
-        if forced is None:
-            found = detect_kind(row.data)
-            if found is None:
-                keys = ", ".join(sorted(row.data)) or "none"
-                row.fail(None, f"cannot tell the kind of data from the fields ({keys}); expected {_EXPECTED}")
-            if first is None:
-                kind, first = found, loc
-            elif found != kind:
-                row.fail(
-                    None,
-                    f"this row looks like {found} data (fields {'/'.join(kind_fields(row.data, found))}) but "
-                    f"line {first.line} is {kind} data; all rows of a file must be the same kind",
-                )
-        if not fields:
-            fields = kind_fields(row.data, kind)
-        try:
-            record = _CONVERTERS[kind](row)
-        except InputError as e:
-            if forced is None and e.reason.startswith("missing field"):
-                e = _with_detection_hint(e, row.data, kind)
-            raise e from None
-        _check_unique(record, row, seen_ids)
-        records.append(record)
-    if not records:
-        raise InputError("no records (the input is empty)", path=path)
-    return LoadedData(kind=kind, records=records, path=path, fields=fields)
+    stream = RecordStream(rows, fmt, path)
+    records = list(stream)
+    return LoadedData(kind=stream.kind, records=records, path=path, fields=stream.fields)
+
+
+class RecordStream:
+    """The records of one source, converted one at a time: `normalize_rows` without keeping them (big inputs).
+
+    `kind` and `fields` are set once the first record is out; an empty input fails when the rows run out.
+    `validated=True` is for rows that passed a full stream before (a run reading its prompts again): no
+    duplicate-id check, whose id set would cost memory, and no empty-input check, as a range of them may be empty.
+    """
+
+    def __init__(
+        self, rows: Iterable[tuple[Location, dict]], fmt: str | None, path: str, *, validated: bool = False
+    ) -> None:
+        self.forced = check_fmt(fmt)
+        self.kind: str | None = self.forced
+        self.fields: tuple[str, ...] = ()
+        self.path = path
+        self._rows = rows
+        self._validated = validated
+
+    def __iter__(self) -> Iterator[Record]:
+        forced, kind, first, count = self.forced, self.forced, None, 0
+        seen_ids: dict[str, int | None] = {}  # id -> line: no Location per id, these live as long as the pass
+        for loc, raw in self._rows:
+            row = _Row({k: v for k, v in raw.items() if v is not None}, loc)
+            if forced is None:
+                found = detect_kind(row.data)
+                if found is None:
+                    keys = ", ".join(sorted(row.data)) or "none"
+                    row.fail(None, f"cannot tell the kind of data from the fields ({keys}); expected {_EXPECTED}")
+                if first is None:
+                    kind, first = found, loc
+                    self.kind = kind
+                elif found != kind:
+                    row.fail(
+                        None,
+                        f"this row looks like {found} data (fields {'/'.join(kind_fields(row.data, found))}) but "
+                        f"line {first.line} is {kind} data; all rows of a file must be the same kind",
+                    )
+            if not self.fields:
+                self.fields = kind_fields(row.data, kind)
+            try:
+                record = _CONVERTERS[kind](row)
+            except InputError as e:
+                if forced is None and e.reason.startswith("missing field"):
+                    e = _with_detection_hint(e, row.data, kind)
+                raise e from None
+            if not self._validated:
+                _check_unique(record, row, seen_ids)
+            count += 1
+            yield record
+        if not count and not self._validated:
+            raise InputError("no records (the input is empty)", path=self.path)
 
 
 def _with_detection_hint(e: InputError, row: dict, kind: str) -> InputError:
@@ -147,7 +171,7 @@ def _with_detection_hint(e: InputError, row: dict, kind: str) -> InputError:
     return InputError(e.reason + hint, path=e.path, line=e.line, field=e.field)
 
 
-def _check_unique(record: Record, row: _Row, seen: dict[str, Location]) -> None:
+def _check_unique(record: Record, row: _Row, seen: dict[str, int | None]) -> None:
     # Ids key resumable generation and NDCG groups, so two rows sharing one would silently merge.
     if isinstance(record, PromptRecord):
         rid, what, key = record.id, "prompt id", "id"
@@ -164,12 +188,12 @@ def _check_unique(record: Record, row: _Row, seen: dict[str, Location]) -> None:
             else ""
         )
         raise InputError(
-            f"duplicate {what} {rid!r}: also on line {seen[rid].line}{hint}",
+            f"duplicate {what} {rid!r}: also on line {seen[rid]}{hint}",
             path=row.loc.path,
             line=row.loc.line,
             field=key,
         )
-    seen[rid] = row.loc
+    seen[rid] = row.loc.line
 
 
 class _Row:

@@ -11,9 +11,9 @@ import json
 import re
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from bonsynth.data.normalize import LoadedData, normalize_rows, type_name
+from bonsynth.data.normalize import LoadedData, RecordStream, normalize_rows, type_name
 from bonsynth.data.records import BinaryRecord, Location, PairRecord, PromptRecord, RankedGroup
 from bonsynth.errors import InputError
 
@@ -54,7 +54,40 @@ def load_records(source: str | Path, fmt: str | None = "auto", split: str = "tra
 
 
 def load_prompts(source: str | Path, fmt: str | None = "auto", split: str = "train") -> list[PromptRecord]:
-    return _expect(load_records(source, fmt, split), "prompts", fmt).records
+    return list(iter_prompts(source, fmt, split))
+
+
+def iter_prompts(source: str | Path, fmt: str | None = "auto", split: str = "train") -> Iterator[PromptRecord]:
+    """`load_prompts` one record at a time, so a big prompts file is never held whole.
+
+    Rows are checked as they come (unique ids too: only the ids are kept); data of another kind fails at its
+    first record, with the message `load_prompts` gives.
+    """
+    stream = RecordStream(iter_raw_rows(source, split), fmt, str(source))
+    for record in stream:
+        if stream.kind != "prompts":
+            _fail_kind(stream.kind, stream.fields, "prompts", fmt, str(source))
+        yield record
+
+
+def source_stamp(source: str | Path) -> tuple | None:
+    """A cheap fingerprint of a local source (size, mtime and inode of each of its files), None for a Hub name.
+
+    Two equal stamps taken around a read mean the read saw the file as it was validated (no hashing: a
+    multi-GB prompts file would cost a second full read).
+    """
+    path = Path(source).expanduser()
+    if path.is_file():
+        st = path.stat()
+        return (st.st_size, st.st_mtime_ns, st.st_ino)
+    if path.is_dir():
+        stamps = []
+        for f in sorted(path.rglob("*")):
+            if f.is_file():
+                st = f.stat()
+                stamps.append((str(f.relative_to(path)), st.st_size, st.st_mtime_ns, st.st_ino))
+        return tuple(stamps)
+    return None
 
 
 def load_pairs(source: str | Path, fmt: str | None = "auto", split: str = "train") -> list[PairRecord]:
@@ -79,13 +112,17 @@ def load_ranked(source: str | Path, fmt: str | None = "auto", split: str = "trai
 def _expect(data: LoadedData, kind: str, fmt: str | None) -> LoadedData:
     if data.kind == kind:
         return data
-    found = f"{data.kind} (fields {'/'.join(data.fields)})" if data.fields else data.kind
+    _fail_kind(data.kind, data.fields, kind, fmt, data.path)
+
+
+def _fail_kind(found_kind: str | None, fields: tuple[str, ...], kind: str, fmt: str | None, path: str) -> NoReturn:
+    found = f"{found_kind} (fields {'/'.join(fields)})" if fields else found_kind
     hint = ""
     if kind == "prompts" and fmt in (None, "auto"):
         hint = (
             "; to read only the prompts of other data, force the kind with fmt='prompts' (--format prompts)"
         )
-    raise InputError(f"expected {kind} data, found {found}{hint}", path=data.path)
+    raise InputError(f"expected {kind} data, found {found}{hint}", path=path)
 
 
 def _looks_like_hub_name(source: str) -> bool:

@@ -111,14 +111,12 @@ def _expected_ids(prompts: str, manifest: dict) -> list[str] | None:
     """The prompt ids the shards should cover, from the prompts file (None when it is not readable here)."""
     if not Path(prompts).exists():
         return None
-    from bonsynth.data.readers import load_prompts
+    from bonsynth.data.readers import iter_prompts
 
     fmt = manifest["config"].get("prompt_format", "auto")
-    recs = load_prompts(prompts, fmt=fmt)
+    ids = [r.id for r in iter_prompts(prompts, fmt=fmt)]  # only the ids are kept, not the records
     limit = manifest["config"].get("limit")
-    if limit is not None:
-        recs = recs[:limit]
-    return [r.id for r in recs]
+    return ids if limit is None else ids[:limit]
 
 
 def _check_ranges_tile(manifests: list[dict]) -> None:

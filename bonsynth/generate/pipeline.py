@@ -11,7 +11,7 @@ import hashlib
 import json
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -20,6 +20,7 @@ from bonsynth.errors import ConfigError
 from bonsynth.generate import outputs
 from bonsynth.generate.backends.base import GenerationBackend, GenerationResult, SamplingConfig
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
+from bonsynth.generate.prompts import FilePrompts, PromptSource, as_prompt_source
 from bonsynth.generate.summary import summarize
 from bonsynth.select.selection import SelectionConfig, parse_select, select_candidates
 
@@ -170,15 +171,16 @@ def shard_range(num_prompts: int, batch_size: int, index: int, count: int) -> tu
     return min(num_prompts, lo_b * batch_size), min(num_prompts, hi_b * batch_size)
 
 
-def apply_shard(cfg: GenerateConfig, prompts: list[PromptRecord]) -> tuple[list[PromptRecord], dict | None]:
-    """This job's slice of the prompts under `--shard I/K`, and the shard record for the manifest."""
+def apply_shard(cfg: GenerateConfig, prompts: PromptSource | Sequence[PromptRecord]) -> tuple[PromptSource, dict | None]:
+    """This job's slice of the prompts under `--shard I/K` (positions from 0), and the shard record for the manifest."""
+    prompts = as_prompt_source(prompts)
     if cfg.shard is None:
         return prompts, None
     index, count = parse_shard(cfg.shard)
     lo, hi = shard_range(len(prompts), cfg.batch_size, index, count)
     info = {"index": index, "count": count, "range": [lo, hi], "total_prompts": len(prompts),
             "batch_size": cfg.batch_size}
-    return prompts[lo:hi], info
+    return prompts.slice(lo, hi), info
 
 
 def backend_kwargs(cfg: GenerateConfig, name: str, *, device: str | None = None) -> dict:
@@ -301,14 +303,10 @@ def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
     return out, state
 
 
-def load_generation_prompts(cfg: GenerateConfig) -> list[PromptRecord]:
-    from bonsynth.data.readers import load_prompts
-
-    fmt = None if cfg.prompt_format == "auto" else cfg.prompt_format
-    prompts = load_prompts(cfg.prompts, fmt=fmt or "auto")
-    if cfg.limit is not None:
-        prompts = prompts[: cfg.limit]
-    return prompts
+def load_generation_prompts(cfg: GenerateConfig) -> PromptSource:
+    """Validate the whole prompts file now (bad input fails before anything is written), without keeping it:
+    the run reads it again batch by batch (`FilePrompts`), so memory does not grow with the number of prompts."""
+    return FilePrompts.open(cfg.prompts, fmt=cfg.prompt_format or "auto", limit=cfg.limit)
 
 
 def run_generate(
@@ -316,10 +314,13 @@ def run_generate(
     *,
     backend: GenerationBackend | None = None,
     scorer=None,
-    prompts: list[PromptRecord] | None = None,
+    prompts: PromptSource | Sequence[PromptRecord] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict:
-    """Run best-of-N and return the manifest. `backend`/`scorer` may be passed in to reuse loaded engines."""
+    """Run best-of-N and return the manifest. `backend`/`scorer` may be passed in to reuse loaded engines.
+
+    `prompts` (records, or a `PromptSource`) replaces reading `cfg.prompts`.
+    """
     from tqdm.auto import tqdm
 
     cfg.validate()
@@ -353,8 +354,7 @@ def run_generate(
                 n_cands, t_start = 0, time.perf_counter()
                 bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
                            disable=not cfg.show_progress, dynamic_ncols=True)
-                for lo in range(start, len(prompts), cfg.batch_size):
-                    batch = prompts[lo : lo + cfg.batch_size]
+                for lo, batch in prompts.batches(cfg.batch_size, start):
                     results = backend.generate(batch, sampling)
                     flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
                     flat_texts = [c.text for res in results for c in res.completions]

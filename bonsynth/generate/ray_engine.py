@@ -34,7 +34,7 @@ import os
 import re
 import shutil
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from contextlib import contextmanager
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -55,6 +55,7 @@ from bonsynth.generate.pipeline import (
     load_generation_prompts,
     prepare_out_dir,
 )
+from bonsynth.generate.prompts import PromptSource, as_prompt_source
 from bonsynth.select.selection import SelectionConfig
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install "bonsynth[ray]"'
@@ -126,11 +127,14 @@ def plan_resources(
 # --------------------------------------------------------------------- rows <-> bonsynth objects
 
 
-def make_blocks(prompts: list[PromptRecord], start: int, batch_size: int) -> list[dict]:
-    """Dataset rows: one per batch of prompts, cut at the local run's batch boundaries from `start`."""
+def make_blocks(prompts: PromptSource | Sequence[PromptRecord], start: int, batch_size: int) -> list[dict]:
+    """Dataset rows: one per batch of prompts, cut at the local run's batch boundaries from `start`.
+
+    A list, unlike the local run's batch-by-batch read: `ray.data.from_items` wants its rows up front (they go
+    to the object store anyway). They hold each block's ids and prompts as JSON, not PromptRecords.
+    """
     rows = []
-    for lo in range(start, len(prompts), batch_size):
-        batch = prompts[lo : lo + batch_size]
+    for lo, batch in as_prompt_source(prompts).batches(batch_size, start):
         rows.append({"lo": lo, "hi": lo + len(batch),
                      "records": json.dumps([{"id": r.id, "prompt": r.prompt} for r in batch], ensure_ascii=False)})
     return rows
@@ -287,7 +291,7 @@ def run_generate_ray(
     cfg.validate()
     selection = cfg.selection()
     prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
-    probe = prompts
+    probe = prompts  # the whole file's first prompt, for a shard with nothing to do
     prompts, shard_info = apply_shard(cfg, prompts)
     if not (address or os.environ.get("RAY_ADDRESS")):
         _check_models(cfg)  # on a remote cluster the paths need only exist on the workers
@@ -320,8 +324,8 @@ def run_generate_ray(
             ray.shutdown()
 
 
-def _run_blocks(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig, prompts: list[PromptRecord],
-                probe: list[PromptRecord], out: Path, state: dict, tqdm, on_batch) -> dict:
+def _run_blocks(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig, prompts: PromptSource,
+                probe: PromptSource, out: Path, state: dict, tqdm, on_batch) -> dict:
     """Stream the remaining blocks through the actor pools and append them in order; returns the describes."""
     start = int(state.get("prompts_done", 0))
     blocks = make_blocks(prompts, start, cfg.batch_size)
@@ -331,7 +335,7 @@ def _run_blocks(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionCon
             return state[_STATE_KEY]
         # Nothing left to generate (an empty shard, or a crash right before the manifest in a run that kept
         # no descriptions): put one prompt through the replicas only to learn what they describe.
-        blocks = make_blocks(probe[:1], 0, 1)
+        blocks = make_blocks(probe.head(1), 0, 1)
         describe_only = True
         if not blocks:
             raise ConfigError(f"no prompts to generate for in {cfg.prompts}")
@@ -353,7 +357,7 @@ def _data_options(ray):
         ctx.execution_options.preserve_order, ctx.enable_progress_bars = saved
 
 
-def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig, prompts: list[PromptRecord],
+def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig, prompts: PromptSource,
             blocks: list[dict], describe_only: bool, out: Path, state: dict, tqdm, on_batch) -> dict:
     """The Ray Data pipeline itself, and the driver loop that writes its blocks in prompt order."""
     start = int(state.get("prompts_done", 0))
