@@ -133,7 +133,7 @@ def main() -> None:
     loads.append(C.load_avg())
     base_n, base_rss = points[0][0], points[0][1]
     rows = [[f"{n}", f"{rss:.0f}", f"{rss - base_rss:+.1f}", f"{wall:.1f}", f"{reps}"] for n, rss, wall, reps in points]
-    growth = [(rss - base_rss) / ((n - base_n) / 1000) for n, rss, _, _ in points[1:]]
+    growth = [(n, (rss - base_rss) / ((n - base_n) / 1000)) for n, rss, _, _ in points[1:]]
     targets = [[f"peak RSS flat (within 5%) when prompts grow {n / base_n:g}×", f"{base_rss:.0f} → {rss:.0f} MiB",
                 "met" if rss - base_rss <= 0.05 * base_rss else "**missed**"] for n, rss, _, _ in points[1:]]
     block = [
@@ -147,7 +147,7 @@ def main() -> None:
         "",
         C.table(["prompts", "peak RSS MiB (median)", "vs first", "wall s", "runs"], rows),
         "",
-        f"- growth: {', '.join(f'{g:.2f} MiB per 1000 prompts' for g in growth)}",
+        f"- growth per 1000 extra prompts: {', '.join(f'{g:.2f} MiB ({base_n} → {n})' for n, g in growth)}",
         f"- in-process trace of one {trace_n}-prompt run (current RSS and Python's live allocated blocks after "
         f"each durable batch of 64 prompts): {trace_line}",
         "",
