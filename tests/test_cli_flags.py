@@ -250,6 +250,8 @@ def test_fingerprint_keeps_what_changes_outputs():
     ({"max_model_len": 0}, "--max-model-len"),
     ({"backend": "hf", "max_model_len": 128}, "--max-model-len"),
     ({"backend": "openai", "enforce_eager": True}, "--enforce-eager"),
+    ({"limit": 0}, "--limit"),  # 0 would be an empty run, a negative one would drop prompts from the end
+    ({"limit": -3}, "--limit"),
 ])
 def test_config_validation(kw, flag):
     with pytest.raises(ConfigError, match=flag):

@@ -89,6 +89,8 @@ class GenerateConfig:
             raise ConfigError("--long-prompts must be truncate or skip")
         if self.batch_size < 1:
             raise ConfigError("--batch-size must be >= 1")
+        if self.limit is not None and self.limit < 1:
+            raise ConfigError(f"--limit must be >= 1 (got {self.limit}); leave it out to use every prompt")
         if self.shard is not None:
             parse_shard(self.shard)
         if not self.rewards:
