@@ -15,7 +15,7 @@ import pytest
 
 from bonsynth.data.readers import load_prompts
 from bonsynth.data.records import PromptRecord
-from bonsynth.errors import InputError
+from bonsynth.errors import ConfigError, InputError
 from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
 from bonsynth.generate.pipeline import GenerateConfig, apply_shard, run_generate
 from bonsynth.generate.prompts import FilePrompts, PromptsChanged, PromptSource
@@ -221,6 +221,39 @@ def test_file_changed_between_validation_and_run_is_a_clear_error(tmp_path):
     run_generate(_cfg(path, out, resume=True), backend=FakeBackend(), scorer=FakeScorer())
     for name in ("candidates.jsonl", "sft.jsonl", "dpo.jsonl"):
         assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+
+
+def test_resume_after_the_file_was_edited_is_refused(tmp_path):
+    """A crash, an edit, then --resume (a new process, so no stamp to compare): the content digest catches it."""
+    path = write_jsonl(tmp_path / "p.jsonl", _rows(10))
+    original = path.read_text(encoding="utf-8")
+    out, ref = tmp_path / "out", tmp_path / "ref"
+    run_generate(_cfg(path, ref), backend=FakeBackend(), scorer=FakeScorer())
+
+    def crash(done: int, total: int) -> None:
+        if done == 4:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        run_generate(_cfg(path, out), backend=FakeBackend(), scorer=FakeScorer(), on_batch=crash)
+    state = json.loads((out / "state.json").read_text())
+    assert state["prompts_done"] == 4 and state["prompts_digest"]
+    # Same ids, one prompt text changed (ids were explicit, so only the content digest can tell).
+    lines = original.splitlines(keepends=True)
+    row = json.loads(lines[5])
+    row["prompt"] += " (edited)"
+    path.write_text("".join([*lines[:5], json.dumps(row) + "\n", *lines[6:]]), encoding="utf-8")
+    backend = FakeBackend()
+    with pytest.raises(ConfigError, match="not the ones the run in .* started with"):
+        run_generate(_cfg(path, out, resume=True), backend=backend, scorer=FakeScorer())
+    assert backend.seen == 0 and json.loads((out / "state.json").read_text())["prompts_done"] == 4
+    # Put back, the resume finishes and equals the undisturbed run; a shard records a digest of its own range.
+    path.write_text(original, encoding="utf-8")
+    run_generate(_cfg(path, out, resume=True), backend=FakeBackend(), scorer=FakeScorer())
+    for name in ("candidates.jsonl", "sft.jsonl", "dpo.jsonl"):
+        assert (out / name).read_bytes() == (ref / name).read_bytes(), name
+    assert FilePrompts.open(str(path)).digest() == PromptSource(load_prompts(str(path))).digest()
+    assert FilePrompts.open(str(path), limit=3).digest() == PromptSource(load_prompts(str(path))[:3]).digest()
 
 
 # ---- memory ---------------------------------------------------------------------------------------------------

@@ -277,7 +277,8 @@ def build_rows(
     return rows
 
 
-def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
+def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> tuple[Path, dict]:
+    """The output directory and its state: new, or the run to `--resume` (same config, same prompts)."""
     out = Path(cfg.out)
     state_path = out / outputs.STATE
     fp = cfg.fingerprint()
@@ -290,6 +291,14 @@ def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
             new = cfg.fingerprinted()
             diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
             raise ConfigError(f"--resume with a different config than the run in {out} (differs in: {', '.join(diff) or '?'})")
+        known = state.get("prompts_digest")
+        if known is not None and prompts_digest is not None and known != prompts_digest:
+            raise ConfigError(
+                f"--resume: the prompts in {cfg.prompts} are not the ones the run in {out} started with (the file "
+                "was edited since); restore it, or start a new run with another --out"
+            )
+        if known is None and prompts_digest is not None:
+            state["prompts_digest"] = prompts_digest  # a run from before digests: recorded from now on
         return out, state
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; choose another --out")
@@ -301,6 +310,8 @@ def prepare_out_dir(cfg: GenerateConfig) -> tuple[Path, dict]:
         "offsets": {name: 0 for name in outputs.DATA_FILES},
         "complete": False,
     }
+    if prompts_digest is not None:
+        state["prompts_digest"] = prompts_digest
     outputs.write_json_atomic(out / outputs.STATE, state)
     return out, state
 
@@ -343,7 +354,7 @@ def run_generate(
 
     created = not Path(cfg.out).exists()
     try:
-        out, state = prepare_out_dir(cfg)
+        out, state = prepare_out_dir(cfg, prompts.digest())
     except Exception:
         if own_backend:
             backend.close()

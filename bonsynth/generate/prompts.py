@@ -12,9 +12,12 @@ between is one clear error, never a dataset silently made from two versions of t
 
 from __future__ import annotations
 
+import hashlib
+import json
 from array import array
 from collections.abc import Iterator, Sequence
 from itertools import islice
+from typing import Any
 
 from bonsynth.data.normalize import RecordStream
 from bonsynth.data.readers import iter_prompts, iter_raw_rows, source_stamp
@@ -58,6 +61,17 @@ class PromptSource:
             self.check()  # after reading it: the batch is from the validated file
             yield lo, batch
 
+    def digest(self) -> str:
+        """A digest of the prompts' content (each id and prompt, in order).
+
+        `--resume` compares it with the one the run started with, so a prompts file edited between a crash and
+        the resume is an error instead of a dataset made from two versions of the file.
+        """
+        h = hashlib.blake2b(digest_size=16)
+        for rec in self.read(0, len(self)):
+            _update_digest(h, rec)
+        return h.hexdigest()
+
     def head(self, n: int) -> list[PromptRecord]:
         """The first `n` records (the Ray engine probes its replicas with one)."""
         return list(self.read(0, min(n, len(self))))
@@ -65,6 +79,11 @@ class PromptSource:
     def slice(self, lo: int, hi: int) -> PromptSource:
         """Positions [lo, hi) as a source of their own, numbered from 0 (a shard)."""
         return _Slice(self, lo, hi)
+
+
+def _update_digest(h: Any, rec: PromptRecord) -> None:
+    h.update(json.dumps([rec.id, rec.prompt], ensure_ascii=False, sort_keys=True, default=str).encode("utf-8"))
+    h.update(b"\n")
 
 
 def as_prompt_source(prompts: PromptSource | Sequence[PromptRecord]) -> PromptSource:
@@ -88,6 +107,10 @@ class _Slice(PromptSource):
     def check(self) -> None:
         self._parent.check()
 
+    def digest(self) -> str:
+        # The whole file's digest and the range: any edit to the file stops a shard's resume (conservative).
+        return f"{self._parent.digest()}[{self._lo}:{self._hi}]"
+
 
 class FilePrompts(PromptSource):
     """Prompts read from a file (jsonl, json, parquet, a save_to_disk folder or a Hub dataset), a batch at a time.
@@ -96,11 +119,13 @@ class FilePrompts(PromptSource):
     memory-mapped: no Python records held). It has no file to stamp, so there only the id check applies.
     """
 
-    def __init__(self, source: str, split: str, id_hashes: array, stamp: tuple | None) -> None:
+    def __init__(self, source: str, split: str, id_hashes: array, stamp: tuple | None,
+                 digest: str | None = None) -> None:
         self._source = source
         self._split = split
         self._ids = id_hashes
         self._stamp = stamp
+        self._digest = digest
 
     @classmethod
     def open(cls, source: str, fmt: str = "auto", limit: int | None = None, split: str = "train") -> FilePrompts:
@@ -110,17 +135,24 @@ class FilePrompts(PromptSource):
         """
         stamp = source_stamp(source)
         hashes = array("q")  # hash() of a str is a C long: 8 bytes a prompt, not a ~1 KB record
-        for rec in iter_prompts(source, fmt, split):
+        content = hashlib.blake2b(digest_size=16)
+        for i, rec in enumerate(iter_prompts(source, fmt, split)):
             hashes.append(hash(rec.id))
+            if limit is None or i < limit:
+                _update_digest(content, rec)
         if limit is not None:
             del hashes[len(range(len(hashes))[:limit]) :]  # slice semantics, a negative limit included
-        self = cls(str(source), split, hashes, stamp)
+        # A negative limit (library use) is only known at the end: that digest is computed when asked for.
+        self = cls(str(source), split, hashes, stamp, content.hexdigest() if limit is None or limit >= 0 else None)
         if source_stamp(source) != stamp:
             raise self._changed("while it was being validated")
         return self
 
     def __len__(self) -> int:
         return len(self._ids)
+
+    def digest(self) -> str:
+        return self._digest if self._digest is not None else super().digest()
 
     def check(self) -> None:
         if self._stamp is not None and source_stamp(self._source) != self._stamp:

@@ -299,7 +299,7 @@ def run_generate_ray(
     try:
         plan = plan_resources(ray.cluster_resources(), workers, gpus_per_worker, rm_workers, rm_gpus)
         created = not Path(cfg.out).exists()
-        out, state = prepare_out_dir(cfg)
+        out, state = prepare_out_dir(cfg, prompts.digest())
         try:
             if state.get("complete") and (out / outputs.MANIFEST).exists():
                 return json.loads((out / outputs.MANIFEST).read_text(encoding="utf-8"))
