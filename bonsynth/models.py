@@ -13,9 +13,12 @@ from typing import Any
 from bonsynth.errors import BonsynthError
 
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
+# How to opt in to pickle weights, as the refusal says it (a caller with its own switch, e.g. a recipe, says its own).
+UNSAFE_OPT_IN = "pass --allow-unsafe-weights (allow_unsafe_weights=True in Python)"
 
 
-def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_weights: bool = False) -> str:
+def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_weights: bool = False,
+                       opt_in: str = UNSAFE_OPT_IN) -> str:
     """Validate a local model directory (or accept a hub id) before any heavy loading."""
     p = Path(path_or_id)
     if p.exists():
@@ -23,7 +26,7 @@ def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_wei
             raise BonsynthError(f"{what} path is not a directory: {path_or_id}")
         if not (p / "config.json").exists():
             raise BonsynthError(f"{what} directory has no config.json: {path_or_id}")
-        check_weight_files(p, what=what, allow_unsafe_weights=allow_unsafe_weights)
+        check_weight_files(p, what=what, allow_unsafe_weights=allow_unsafe_weights, opt_in=opt_in)
         return str(p)
     looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
     if looks_local or not _HUB_ID.match(path_or_id):
@@ -31,7 +34,8 @@ def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_wei
     return path_or_id
 
 
-def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights: bool = False) -> None:
+def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights: bool = False,
+                       opt_in: str = UNSAFE_OPT_IN) -> None:
     """Refuse a directory whose only weights are pickles unless the user opted in: unpickling can run code.
 
     The one weights check that the generators, the reward models and vLLM share. Safetensors anywhere in the
@@ -48,8 +52,7 @@ def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights:
         names = ", ".join(pickles[:3]) + (f" and {len(pickles) - 3} more" if len(pickles) > 3 else "")
         raise BonsynthError(
             f"{what} at {path} has only pickle weights ({names}), which can run code when loaded; bonsynth "
-            "loads safetensors only. Convert them to safetensors, or pass --allow-unsafe-weights "
-            "(allow_unsafe_weights=True in Python) if you trust the source"
+            f"loads safetensors only. Convert them to safetensors, or {opt_in} if you trust the source"
         )
 
 

@@ -68,6 +68,20 @@ def tiny_rm2_dir(tmp_path_factory, tiny_tokenizer) -> Path:
     return out
 
 
+def pickle_copy(src: Path, dst: Path, auto_cls: str) -> Path:
+    """`src` re-saved with pytorch_model.bin only (transformers 5 ignores `safe_serialization=False`)."""
+    import shutil
+
+    import torch
+    import transformers
+
+    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
+    model = getattr(transformers, auto_cls).from_pretrained(src)
+    torch.save(model.state_dict(), dst / "pytorch_model.bin")
+    assert not list(dst.glob("*.safetensors"))
+    return dst
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import shutil
 import subprocess
 import sys
 from dataclasses import asdict
@@ -14,7 +13,7 @@ import pytest
 
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.pipeline import GenerateConfig, backend_kwargs
-from tests.conftest import corpus, write_jsonl
+from tests.conftest import corpus, pickle_copy, write_jsonl
 
 NEW_FIELDS = ("reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len",
               "enforce_eager")
@@ -24,26 +23,14 @@ def _rows(path: Path) -> list[dict]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
 
 
-def _pickle_copy(src: Path, dst: Path, auto_cls: str) -> Path:
-    """`src` re-saved with pytorch_model.bin only (transformers 5 ignores `safe_serialization=False`)."""
-    import torch
-    import transformers
-
-    shutil.copytree(src, dst, ignore=shutil.ignore_patterns("*.safetensors"))
-    model = getattr(transformers, auto_cls).from_pretrained(src)
-    torch.save(model.state_dict(), dst / "pytorch_model.bin")
-    assert not list(dst.glob("*.safetensors"))
-    return dst
-
-
 @pytest.fixture(scope="module")
 def bin_rm_dir(tmp_path_factory, tiny_rm_dir) -> Path:
-    return _pickle_copy(tiny_rm_dir, tmp_path_factory.mktemp("bin") / "rm", "AutoModelForSequenceClassification")
+    return pickle_copy(tiny_rm_dir, tmp_path_factory.mktemp("bin") / "rm", "AutoModelForSequenceClassification")
 
 
 @pytest.fixture(scope="module")
 def bin_policy_dir(tmp_path_factory, tiny_policy_dir) -> Path:
-    return _pickle_copy(tiny_policy_dir, tmp_path_factory.mktemp("bin") / "policy", "AutoModelForCausalLM")
+    return pickle_copy(tiny_policy_dir, tmp_path_factory.mktemp("bin") / "policy", "AutoModelForCausalLM")
 
 
 @pytest.fixture()

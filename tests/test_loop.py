@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import WORDS, write_jsonl
+from tests.conftest import WORDS, pickle_copy, write_jsonl
 
 TARGET_WORDS = ("gold", "star", "sea", "coffee", "map", "sword")
 # Tiny models train and sample many times faster on one thread (and a shared CPU does not thrash); loops started
@@ -312,6 +312,196 @@ def test_shipped_recipes_validate():
         recipe = load_recipe(repo / "recipes" / f"{name}.yaml")
         assert recipe.update.method == method and recipe.rounds >= 2
     assert load_recipe(repo / "recipes" / "iterative-dpo.yaml").update.lora is not None
+
+
+# ---------------------------------------------------------------------------------------------------- loading options
+
+_MINIMAL = {"out": "runs/x", "policy": "demo:policy", "rewards": ["demo:rm"], "prompts": ["demo:data/prompts.jsonl"],
+            "rounds": 2, "update": {"method": "sft"}}
+_FULL = dict(_MINIMAL, seed=3, dtype="float32", generation={"n": 8, "backend": "hf", "temperature": 0.7, "batch_size": 16},
+             selection={"select": "pairs", "min_margin": 0.5}, update={"method": "dpo", "lora": {"r": 4}},
+             rm_update={"labeler": "demo:rm"}, eval={"num_prompts": 8})
+# Fingerprints taken before the loading/generation options existed: a loop started then must still resume.
+_PINNED = {"minimal": "49f69f1022af6b5a", "full": "ce7838441d162505", "quickstart": "c58259fb69e9d7e3",
+           "raft-sft": "4d8757b8e76b73f1", "iterative-dpo": "23d7c0f34f34221b"}
+
+
+def test_recipe_loading_and_generation_keys_validate(tmp_path):
+    from bonsynth.errors import ConfigError
+    from bonsynth.loop.recipe import load_recipe, parse_recipe
+
+    r = parse_recipe(_merge(_MINIMAL, {"trust_remote_code": True, "allow_unsafe_weights": True, "generation": {
+        "backend": "vllm", "prefix_sharing": "on", "reward_dtype": "bf16", "max_model_len": 512, "enforce_eager": True}}))
+    g = r.generation
+    assert r.trust_remote_code and r.allow_unsafe_weights
+    assert (g.prefix_sharing, g.reward_dtype, g.max_model_len, g.enforce_eager) == ("on", "bf16", 512, True)
+    d = parse_recipe(_MINIMAL)
+    assert not d.trust_remote_code and not d.allow_unsafe_weights and d.generation.prefix_sharing == "auto"
+    assert (d.generation.reward_dtype, d.generation.max_model_len, d.generation.enforce_eager) == (None, None, False)
+    # YAML reads a bare off/on as a boolean: it still means the mode.
+    path = tmp_path / "r.yaml"
+    path.write_text(yaml.safe_dump(_MINIMAL) + "generation:\n  prefix_sharing: off\n", encoding="utf-8")
+    assert load_recipe(path).generation.prefix_sharing == "off"
+
+    cases = [
+        ({"generation": {"prefix_sharing": "sometimes"}}, ["generation.prefix_sharing", "'auto', 'on' or 'off'"]),
+        ({"generation": {"reward_dtype": "int8"}}, ["generation.reward_dtype", "unknown dtype 'int8'"]),
+        ({"generation": {"max_model_len": 0}}, ["generation.max_model_len", "greater than or equal to 1"]),
+        ({"generation": {"enforce_eager": "maybe"}}, ["generation.enforce_eager", "boolean"]),
+        ({"allow_unsafe_weights": "maybe"}, ["allow_unsafe_weights", "boolean"]),
+        ({"trust_remote_code": [1]}, ["trust_remote_code", "boolean"]),
+        ({"allow_unsafe_weight": True}, ["unknown key 'allow_unsafe_weight'", "did you mean 'allow_unsafe_weights'"]),
+        ({"generation": {"backend": "hf", "max_model_len": 64}}, ["generation:", "max_model_len only apply to the vllm"]),
+        ({"generation": {"backend": "hf", "enforce_eager": True}}, ["enforce_eager only apply to the vllm backend"]),
+    ]
+    for over, needles in cases:
+        with pytest.raises(ConfigError) as info:
+            parse_recipe(_merge(_MINIMAL, over), source="r.yaml")
+        msg = str(info.value)
+        assert msg.startswith("r.yaml: ") and "\n" not in msg, msg
+        for needle in needles:
+            assert needle in msg, (needle, msg)
+
+
+def test_vllm_only_keys_with_auto_backend_fail_up_front_when_it_resolves_to_hf(tmp_path, monkeypatch, capsys,
+                                                                               tiny_policy_dir, tiny_rm_dir, prompts_file):
+    monkeypatch.setattr("bonsynth.generate.backends.resolve_backend_name", lambda name: "hf")
+    m = SimpleNamespace(policy=tiny_policy_dir, rm=tiny_rm_dir, prompts=prompts_file)
+    out = tmp_path / "never"
+    recipe = write_recipe(tmp_path / "r.yaml", m, out, generation={"backend": "auto", "enforce_eager": True},
+                          eval={"num_prompts": 2}, prompts_per_round=4)
+    code, err = _loop_cli(monkeypatch, capsys, str(recipe))
+    assert code == 2 and "generation.enforce_eager only apply to the vllm backend" in err and "backend auto is hf" in err
+    assert not out.exists()
+
+
+def _runner(recipe_dict: dict, out: Path):
+    from bonsynth.loop.recipe import parse_recipe
+    from bonsynth.loop.runner import LoopRunner
+
+    return LoopRunner(parse_recipe(recipe_dict), SimpleNamespace(), out, show_progress=False)
+
+
+def test_generation_options_reach_the_config_and_the_child_argv(tmp_path, monkeypatch):
+    from bonsynth.cli import cli
+    from bonsynth.generate import pipeline
+    from bonsynth.loop.runner import generate_argv
+
+    def gen_config(runner):
+        return runner._gen_config(policy="/m/p", rewards=["/m/rm"], weights=None, prompts=tmp_path / "p.jsonl",
+                                  out=tmp_path / "g", n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1,
+                                  select="best")
+
+    new_flags = ("--trust-remote-code", "--allow-unsafe-weights", "--prefix-sharing", "--reward-dtype",
+                 "--max-model-len", "--enforce-eager")
+    plain = gen_config(_runner(_MINIMAL, tmp_path / "a"))
+    assert not set(generate_argv(plain)) & set(new_flags)
+    assert (plain.trust_remote_code, plain.allow_unsafe_weights, plain.prefix_sharing, plain.reward_dtype,
+            plain.max_model_len, plain.enforce_eager) == (False, False, "auto", None, None, False)
+
+    recipe = _merge(_MINIMAL, {"trust_remote_code": True, "allow_unsafe_weights": True, "generation": {
+        "backend": "vllm", "prefix_sharing": "off", "reward_dtype": "bfloat16", "max_model_len": 300,
+        "enforce_eager": True}})
+    cfg = gen_config(_runner(recipe, tmp_path / "b"))
+    assert (cfg.trust_remote_code, cfg.allow_unsafe_weights, cfg.prefix_sharing, cfg.reward_dtype,
+            cfg.max_model_len, cfg.enforce_eager) == (True, True, "off", "bfloat16", 300, True)
+    argv = generate_argv(cfg)
+    assert set(new_flags) <= set(argv)
+    for flag, value in (("--prefix-sharing", "off"), ("--reward-dtype", "bfloat16"), ("--max-model-len", "300")):
+        assert argv[argv.index(flag) + 1] == value
+    # The child rebuilds the very same config, so its resume fingerprint matches.
+    seen = []
+    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
+    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
+    cli.main(args=argv, standalone_mode=False)
+    (got,) = seen
+    assert got.fingerprint() == cfg.fingerprint() and got.allow_unsafe_weights and got.trust_remote_code
+
+
+def test_default_recipes_keep_their_fingerprint(tmp_path):
+    from bonsynth.loop import load_recipe
+    from bonsynth.loop.recipe import parse_recipe
+
+    def fp(d: dict) -> str:
+        return parse_recipe(d).fingerprint()
+
+    assert fp(_MINIMAL) == _PINNED["minimal"] and fp(_FULL) == _PINNED["full"]
+    repo = Path(__file__).resolve().parents[1]
+    for name in ("quickstart", "raft-sft", "iterative-dpo"):
+        assert load_recipe(repo / "recipes" / f"{name}.yaml").fingerprint() == _PINNED[name], name
+    # The new keys spelled out at their defaults, or set where they change no output: the same fingerprint.
+    defaults = {"trust_remote_code": False, "allow_unsafe_weights": False,
+                "generation": {"prefix_sharing": "auto", "reward_dtype": None, "max_model_len": None,
+                               "enforce_eager": False}}
+    same = {"trust_remote_code": True, "allow_unsafe_weights": True,
+            "generation": {"prefix_sharing": "off", "reward_dtype": "float32", "backend": "vllm", "enforce_eager": True}}
+    assert fp(_merge(_FULL, defaults)) == _PINNED["full"]
+    assert fp(_merge(_FULL, same)) == fp(_merge(_FULL, {"generation": {"backend": "vllm"}}))
+    # What changes the datasets changes it.
+    assert fp(_merge(_FULL, {"generation": {"reward_dtype": "bfloat16"}})) != _PINNED["full"]
+    assert fp(_merge(_FULL, {"generation": {"backend": "vllm", "max_model_len": 256}})) != \
+        fp(_merge(_FULL, {"generation": {"backend": "vllm"}}))
+
+    # A loop directory written before the keys existed resumes (and one with another reward_dtype does not).
+    from bonsynth.errors import ConfigError
+    from bonsynth.loop.recipe import fingerprint_view
+    from bonsynth.loop.runner import STATE_FILE
+
+    out = tmp_path / "old"
+    out.mkdir()
+    view = fingerprint_view(parse_recipe(_FULL))
+    assert not {"trust_remote_code", "allow_unsafe_weights"} & set(view)
+    assert not {"prefix_sharing", "reward_dtype", "max_model_len", "enforce_eager"} & set(view["generation"])
+    (out / STATE_FILE).write_text(json.dumps({"bonsynth_loop": 1, "recipe_fingerprint": _PINNED["full"], "recipe": view,
+                                              "done": [], "stage": None, "timings_s": {}, "rounds_planned": 2}))
+    _runner(_merge(_FULL, {"allow_unsafe_weights": True}), out).open(resume=True)
+    with pytest.raises(ConfigError, match="differs in: generation"):
+        _runner(_merge(_FULL, {"generation": {"reward_dtype": "bf16"}}), out).open(resume=True)
+
+
+@pytest.fixture(scope="module")
+def pickle_models(tmp_path_factory, tiny_policy_dir, tiny_rm_dir) -> SimpleNamespace:
+    root = tmp_path_factory.mktemp("pickle")
+    return SimpleNamespace(policy=pickle_copy(tiny_policy_dir, root / "policy", "AutoModelForCausalLM"),
+                           rm=pickle_copy(tiny_rm_dir, root / "rm", "AutoModelForSequenceClassification"))
+
+
+def test_pickle_only_models_need_allow_unsafe_weights(tmp_path, monkeypatch, capsys, pickle_models, tiny_policy_dir,
+                                                      tiny_rm_dir, prompts_file):
+    """Refused up front (exit 2, one line naming the model and the recipe key), else every loader reads them."""
+    safe = SimpleNamespace(policy=tiny_policy_dir, rm=tiny_rm_dir, prompts=prompts_file)
+    tiny = {"rounds": 1, "prompts_per_round": 4, "generation": {"n": 2, "max_new_tokens": 6, "batch_size": 4},
+            "update": {"epochs": 1, "batch_size": 4, "max_length": 48}, "eval": {"num_prompts": 2, "n": 2}}
+    out = tmp_path / "loop"
+    for key, over, path in (
+        ("policy:", {"policy": str(pickle_models.policy)}, pickle_models.policy),
+        ("rewards[0]:", {"rewards": [str(pickle_models.rm)]}, pickle_models.rm),
+        ("eval.rewards[0]:", {"eval": {"rewards": [str(pickle_models.rm)]}}, pickle_models.rm),
+        ("rm_update.labeler:", {"rm_update": {"labeler": str(pickle_models.rm)}}, pickle_models.rm),
+    ):
+        recipe = write_recipe(tmp_path / "refused.yaml", safe, out, **_merge(tiny, over))
+        code, err = _loop_cli(monkeypatch, capsys, str(recipe))
+        assert code == 2, err
+        assert err.startswith("error: ") and err.count("\n") == 1 and "Traceback" not in err, err
+        assert key in err and str(path) in err and "pytorch_model.bin" in err, err
+        assert "set allow_unsafe_weights: true in the recipe" in err, err
+        assert not out.exists()
+
+    # Opted in: a round runs with a pickle-only policy (generation, SFT) and RM (scoring, rm_update's base).
+    from bonsynth.loop import run_loop
+
+    m = SimpleNamespace(policy=pickle_models.policy, rm=pickle_models.rm, prompts=prompts_file)
+    recipe = write_recipe(tmp_path / "allowed.yaml", m, out, allow_unsafe_weights=True,
+                          rm_update={"labeler": str(tiny_rm_dir), "epochs": 1, "batch_size": 4, "eval_split": 0.0},
+                          **tiny)
+    summary = run_loop(recipe, show_progress=False)
+    assert summary["rounds_complete"] == 1
+    rd = out / "round_000"
+    assert (rd / "policy" / "model.safetensors").is_file() and json.loads((rd / "train.json").read_text())["num_examples"]
+    assert json.loads((rd / "rm_update.json").read_text())["num_pairs"] >= 2  # trained from the pickle RM
+    assert (rd / "rm" / "model.safetensors").is_file()
+    man = json.loads((rd / "generate" / "manifest.json").read_text())
+    assert man["config"]["allow_unsafe_weights"] is True and man["config"]["rewards"] == [str(pickle_models.rm)]
 
 
 # ---------------------------------------------------------------------------------------------------- loops

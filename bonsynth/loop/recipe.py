@@ -10,8 +10,11 @@
     prompts_per_round: 64 | all       # a number: fresh prompts each round; all: every prompt every round
     device: auto                      # generation, scoring and training
     dtype: auto
+    trust_remote_code: false          # run model code from the policy/RM directories (every load in the loop)
+    allow_unsafe_weights: false       # also load pickle .bin/.pt weights (they can run code); default safetensors only
     generation: {n, temperature, top_p, max_new_tokens, stop, backend, long_prompts, reward_engine, batch_size,
-                 gen_batch_size, tensor_parallel_size, gpu_memory_utilization, subprocess}
+                 gen_batch_size, tensor_parallel_size, gpu_memory_utilization, subprocess,
+                 prefix_sharing, reward_dtype, max_model_len, enforce_eager}
     selection: {select: best | top-k:K | pairs, min_reward, min_margin, dedup, length_normalize}
     update: {method: sft | dpo, epochs, lr, batch_size, grad_accum, max_length, beta, loss_type, lora: {...}}
     rm_update: {labeler: PATH, epochs, lr, ...}   # optional: fine-tune the RM on each round's relabelled pairs
@@ -35,7 +38,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
-from bonsynth.errors import ConfigError
+from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.select.selection import parse_select
 
 UPDATE_METHODS = ("sft", "dpo")
@@ -43,10 +46,14 @@ UPDATE_METHODS = ("sft", "dpo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 LOOP_BACKENDS = ("auto", "hf", "vllm")
-# Recipe keys that do not change what a loop writes: a resumed loop may change them.
-NOT_IN_FINGERPRINT = {"out", "rounds"}
+# Recipe keys that do not change what a loop writes: a resumed loop may change them. As in GenerateConfig, the
+# loading options only decide whether a model may be loaded, and prefix sharing changes rewards only by rounding.
+NOT_IN_FINGERPRINT = {"out", "rounds", "trust_remote_code", "allow_unsafe_weights"}
 _NOT_IN_FINGERPRINT_NESTED = {"generation": {"subprocess", "batch_size", "gen_batch_size",
-                                             "gpu_memory_utilization"}}
+                                             "gpu_memory_utilization", "prefix_sharing", "enforce_eager"}}
+# Keys that do change outputs but are left out while unset, so loops started before they existed still resume.
+_FINGERPRINT_IF_SET_NESTED = {"generation": ("reward_dtype", "max_model_len")}
+VLLM_ONLY = ("max_model_len", "enforce_eager")  # generation keys that only the vllm backend reads
 
 
 class _Section(BaseModel):
@@ -69,6 +76,10 @@ class GenerationSection(_Section):
     tensor_parallel_size: int | None = Field(None, ge=1)  # vllm
     gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # vllm
     subprocess: bool | None = None  # run generation in a child process; default: only for vllm
+    prefix_sharing: Literal["auto", "on", "off"] = "auto"  # RM prefix sharing (as `generate --prefix-sharing`)
+    reward_dtype: str | None = None  # the RMs' dtype; None: the recipe's `dtype`
+    max_model_len: int | None = Field(None, ge=1)  # vllm: context length (prompt + new tokens)
+    enforce_eager: bool = False  # vllm: no CUDA graphs (faster start, less GPU memory)
 
     @field_validator("backend")
     @classmethod
@@ -77,6 +88,31 @@ class GenerationSection(_Section):
             extra = " (the policy changes every round, so a served model cannot be used)" if v == "openai" else ""
             raise ValueError(f"unknown backend {v!r}; expected one of {', '.join(LOOP_BACKENDS)}{extra}")
         return v
+
+    @field_validator("prefix_sharing", mode="before")
+    @classmethod
+    def _prefix_sharing(cls, v: Any) -> Any:
+        """YAML reads a bare `on`/`off` as a boolean; take it as the mode the user wrote."""
+        return ("on" if v else "off") if isinstance(v, bool) else v
+
+    @field_validator("reward_dtype")
+    @classmethod
+    def _reward_dtype(cls, v: str | None) -> str | None:
+        from bonsynth.models import dtype_name
+
+        if v is not None:
+            try:
+                dtype_name(v)
+            except BonsynthError:
+                raise ValueError(f"unknown dtype {v!r}; expected auto, float32, bfloat16 or float16") from None
+        return v
+
+    @model_validator(mode="after")
+    def _vllm_only(self) -> GenerationSection:
+        given = [k for k in VLLM_ONLY if getattr(self, k)]
+        if given and self.backend == "hf":
+            raise ValueError(f"{' and '.join(given)} only apply to the vllm backend (backend is hf)")
+        return self
 
 
 class SelectionSection(_Section):
@@ -189,6 +225,8 @@ class LoopRecipe(_Section):
     prompts_per_round: int | Literal["all"] = "all"
     device: str = "auto"
     dtype: str = "auto"
+    trust_remote_code: bool = False  # every policy/RM load of the loop may run model code from its directory
+    allow_unsafe_weights: bool = False  # every policy/RM load may read pickle weights (default: safetensors only)
     generation: GenerationSection = Field(default_factory=GenerationSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
     update: UpdateSection
@@ -238,6 +276,12 @@ def fingerprint_view(recipe: LoopRecipe) -> dict:
     for section, keys in _NOT_IN_FINGERPRINT_NESTED.items():
         for k in keys:
             d[section].pop(k, None)
+    if d["generation"].get("reward_dtype") == recipe.dtype:
+        d["generation"]["reward_dtype"] = None  # spelled out or defaulted, the RMs run in the same dtype
+    for section, keys in _FINGERPRINT_IF_SET_NESTED.items():
+        for k in keys:
+            if d[section].get(k) is None:
+                d[section].pop(k, None)
     return d
 
 

@@ -29,7 +29,8 @@ def _as_reply(prompt, text: str):
     return [{"role": "assistant", "content": text}] if isinstance(prompt, list) else text
 
 
-def relabel_pairs(dpo_path: Path, labeler: str, out_path: Path, *, device: str = "auto", dtype: str = "auto") -> dict:
+def relabel_pairs(dpo_path: Path, labeler: str, out_path: Path, *, device: str = "auto", dtype: str = "auto",
+                  trust_remote_code: bool = False, allow_unsafe_weights: bool = False) -> dict:
     """Order each pair by the labeller and write the pairwise dataset; returns counts and the agreement rate."""
     from bonsynth.generate.outputs import dumps_row
     from bonsynth.rm.model import RewardModel
@@ -43,7 +44,8 @@ def relabel_pairs(dpo_path: Path, labeler: str, out_path: Path, *, device: str =
     rows = kept
     if not rows:
         return stats
-    rm = RewardModel.load(labeler, device=device, dtype=dtype)
+    rm = RewardModel.load(labeler, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                          allow_unsafe_weights=allow_unsafe_weights)
     items = [(r["prompt"], _reply(r[key])) for r in rows for key in ("chosen", "rejected")]
     scores = rm.score(items)
     out_rows, agree = [], 0
@@ -75,13 +77,19 @@ def update_reward_model(
     device: str = "auto",
     dtype: str = "auto",
     show_progress: bool = True,
+    trust_remote_code: bool = False,
+    allow_unsafe_weights: bool = False,
 ) -> dict:
-    """Relabel the round's pairs and fine-tune `rm_in` on them into `out_dir` (built aside, then moved in)."""
+    """Relabel the round's pairs and fine-tune `rm_in` on them into `out_dir` (built aside, then moved in).
+
+    The loading switches apply to the labeller and to `rm_in` (the recipe's RM in round 0, so it may be pickle-only).
+    """
     from bonsynth.rm.train import RMTrainConfig, train_reward_model
 
     gen_dir, out_dir = Path(gen_dir), Path(out_dir)
     pairs_path = out_dir.parent / "rm_pairs.jsonl"
-    summary = relabel_pairs(gen_dir / "dpo.jsonl", labeler, pairs_path, device=device, dtype=dtype)
+    summary = relabel_pairs(gen_dir / "dpo.jsonl", labeler, pairs_path, device=device, dtype=dtype,
+                            trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights)
     if summary["num_pairs"] < 2:
         summary["skipped"] = f"only {summary['num_pairs']} labelled pair(s); the RM is kept as it was"
         return summary
@@ -90,7 +98,8 @@ def update_reward_model(
     trained = train_reward_model(RMTrainConfig(
         base=rm_in, data=[str(pairs_path)], objective="pairwise", out=partial, epochs=cfg.epochs, lr=cfg.lr,
         batch_size=cfg.batch_size, max_length=cfg.max_length, eval_split=cfg.eval_split, seed=seed,
-        lora_r=cfg.lora_r, disable_tqdm=not show_progress,
+        lora_r=cfg.lora_r, disable_tqdm=not show_progress, trust_remote_code=trust_remote_code,
+        allow_unsafe_weights=allow_unsafe_weights,
     ))
     for key in ("train_loss", "num_train", "num_eval", "reward_mean", "reward_std", "eval_accuracy"):
         if key in trained:

@@ -43,7 +43,7 @@ import yaml
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.outputs import write_json_atomic
 from bonsynth.generate.pipeline import GenerateConfig
-from bonsynth.loop.recipe import LoopRecipe, fingerprint_view, load_recipe
+from bonsynth.loop.recipe import VLLM_ONLY, LoopRecipe, fingerprint_view, load_recipe
 from bonsynth.loop.report import RoundView, write_report
 from bonsynth.loop.sources import ResolvedSources, derive_seed, resolve_sources, round_prompts, write_prompts
 
@@ -274,7 +274,14 @@ class LoopRunner:
             min_margin=min_margin, dedup=dedup, length_normalize=length_normalize, batch_size=g.batch_size,
             long_prompt=g.long_prompts, reward_engine=g.reward_engine, resume=True, device=self.recipe.device,
             dtype=self.recipe.dtype, backend_options=opts, show_progress=self.show_progress,
+            reward_dtype=g.reward_dtype, prefix_sharing=g.prefix_sharing, max_model_len=g.max_model_len,
+            enforce_eager=g.enforce_eager, **self._load_options(),
         )
+
+    def _load_options(self) -> dict[str, bool]:
+        """The recipe's model-loading switches, for every policy and RM load of the loop."""
+        return {"trust_remote_code": self.recipe.trust_remote_code,
+                "allow_unsafe_weights": self.recipe.allow_unsafe_weights}
 
     def _use_subprocess(self) -> bool:
         g = self.recipe.generation
@@ -342,7 +349,7 @@ class LoopRunner:
             summary = train_policy(
                 self.recipe.update.method, rd / "generate", self.policy_for(r), ckpt, self.recipe.update,
                 seed=derive_seed(self.recipe.seed, "round", r, "train"), device=self.recipe.device,
-                dtype=self.recipe.dtype, show_progress=self.show_progress,
+                dtype=self.recipe.dtype, show_progress=self.show_progress, **self._load_options(),
             )
         summary.pop("runtime_s", None)
         summary["policy_in"] = self.rel(self.policy_for(r))
@@ -362,7 +369,7 @@ class LoopRunner:
             summary = update_reward_model(
                 rd / "generate", rm_in, self.src.labeler, rd / "rm", cfg,
                 seed=derive_seed(self.recipe.seed, "round", r, "rm_update"), device=self.recipe.device,
-                dtype=self.recipe.dtype, show_progress=self.show_progress,
+                dtype=self.recipe.dtype, show_progress=self.show_progress, **self._load_options(),
             )
         summary.pop("runtime_s", None)
         summary["rm_in"] = self.rel(rm_in)
@@ -487,6 +494,18 @@ class LoopRunner:
         return self.write_summary()
 
 
+def check_vllm_options(recipe: LoopRecipe, source: str) -> None:
+    """vLLM-only generation keys with `backend: auto` that resolves to hf here: an error before anything is
+    written, not a failure at the first generation (an explicit `backend: hf` is refused by the recipe itself)."""
+    from bonsynth.generate.backends import resolve_backend_name
+
+    g = recipe.generation
+    given = [f"generation.{k}" for k in VLLM_ONLY if getattr(g, k)]
+    if given and (name := resolve_backend_name(g.backend)) != "vllm":
+        raise ConfigError(f"{source}: {' and '.join(given)} only apply to the vllm backend "
+                          f"(backend {g.backend} is {name} here)")
+
+
 def run_loop(recipe_path: str | Path, resume: bool = False, rounds: int | None = None, *, out: str | Path | None = None,
              show_progress: bool = True) -> dict:
     """Run (or with `resume`, continue) the loop a recipe describes; returns the loop summary.
@@ -502,6 +521,7 @@ def run_loop(recipe_path: str | Path, resume: bool = False, rounds: int | None =
     if out is not None:
         recipe.out = str(out)
     sources = resolve_sources(recipe, str(recipe_path))  # every path is checked before anything is written
+    check_vllm_options(recipe, str(recipe_path))
     runner = LoopRunner(recipe, sources, Path(recipe.out), recipe_path=str(recipe_path), show_progress=show_progress)
     with runner.locked():
         runner.open(resume, rounds_given=rounds is not None)

@@ -53,11 +53,16 @@ def resolve_path(value: str, *, build_demo: bool = True) -> str:
     raise ConfigError(f"unknown demo name {value!r}; use demo:policy, demo:rm or demo:data/FILE")
 
 
-def check_model(value: str, key: str, what: str) -> str:
+UNSAFE_OPT_IN = "set allow_unsafe_weights: true in the recipe"
+
+
+def check_model(value: str, key: str, what: str, *, allow_unsafe_weights: bool = False) -> str:
+    """Resolve and check one model of the recipe (pickle-only weights refused unless the recipe opts in)."""
     from bonsynth.models import check_model_source
 
     try:
-        return check_model_source(resolve_path(value), what=what)
+        return check_model_source(resolve_path(value), what=what, allow_unsafe_weights=allow_unsafe_weights,
+                                  opt_in=UNSAFE_OPT_IN)
     except BonsynthError as e:
         raise ConfigError(f"{key}: {e}") from None
 
@@ -95,16 +100,19 @@ def _load_many(paths: list[str], key: str, fmt: str) -> list[PromptRecord]:
 
 def resolve_sources(recipe: LoopRecipe, source: str) -> ResolvedSources:
     """Check every model and data path of the recipe and load the prompts; errors name the recipe key."""
+    unsafe = recipe.allow_unsafe_weights
     try:
-        policy = check_model(recipe.policy, "policy", "policy")
-        rewards = [check_model(r, f"rewards[{i}]", "reward model") for i, r in enumerate(recipe.rewards)]
+        policy = check_model(recipe.policy, "policy", "policy", allow_unsafe_weights=unsafe)
+        rewards = [check_model(r, f"rewards[{i}]", "reward model", allow_unsafe_weights=unsafe)
+                   for i, r in enumerate(recipe.rewards)]
         ev = recipe.eval
         eval_rewards = (
-            [check_model(r, f"eval.rewards[{i}]", "reward model") for i, r in enumerate(ev.rewards)]
+            [check_model(r, f"eval.rewards[{i}]", "reward model", allow_unsafe_weights=unsafe)
+             for i, r in enumerate(ev.rewards)]
             if ev.rewards else list(rewards)
         )
-        labeler = check_model(recipe.rm_update.labeler, "rm_update.labeler", "labelling reward model") \
-            if recipe.rm_update else None
+        labeler = check_model(recipe.rm_update.labeler, "rm_update.labeler", "labelling reward model",
+                              allow_unsafe_weights=unsafe) if recipe.rm_update else None
         pool = _load_many(recipe.prompts, "prompts", recipe.prompt_format)
         if ev.prompts:
             eval_prompts = _load_many(ev.prompts, "eval.prompts", recipe.prompt_format)

@@ -140,11 +140,14 @@ def train_policy(
     device: str = "auto",
     dtype: str = "auto",
     show_progress: bool = True,
+    trust_remote_code: bool = False,
+    allow_unsafe_weights: bool = False,
 ) -> dict:
     """Train the round's update from `policy_in` on the data in `gen_dir`; save the result to `out_dir`.
 
     Returns a summary of what was trained (deterministic fields only, so a resumed loop reproduces it). With
-    no examples (nothing selected, no pairs) nothing is trained and `skipped` says why.
+    no examples (nothing selected, no pairs) nothing is trained and `skipped` says why. `allow_unsafe_weights`
+    lets a recipe's pickle-only policy be trained from (the checkpoint written is safetensors either way).
     """
     import transformers
     from datasets import Dataset
@@ -156,7 +159,7 @@ def train_policy(
         raise ConfigError(f"unknown update step {method!r}; expected sft or dpo")
     gen_dir, out_dir = Path(gen_dir), Path(out_dir)
     device = resolve_device(device)
-    tokenizer = load_tokenizer(policy_in, padding_side="right")
+    tokenizer = load_tokenizer(policy_in, padding_side="right", trust_remote_code=trust_remote_code)
     rows = sft_rows(gen_dir, tokenizer) if method == "sft" else dpo_rows(gen_dir, tokenizer)
     summary: dict[str, Any] = {"method": method, "num_examples": len(rows), "lora": update.lora is not None}
     if not rows:
@@ -168,7 +171,8 @@ def train_policy(
     partial.mkdir(parents=True)
     transformers.set_seed(seed)
     load_dtype, precision = _precision(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(policy_in, dtype=load_dtype, use_safetensors=True)
+    model = AutoModelForCausalLM.from_pretrained(policy_in, dtype=load_dtype, trust_remote_code=trust_remote_code,
+                                                 use_safetensors=None if allow_unsafe_weights else True)
     dataset = Dataset.from_list(rows)
     args = _common_args(update, partial / "_trainer", seed, device, precision, show_progress)
     peft_config = _peft_config(update.lora)

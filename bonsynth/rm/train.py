@@ -57,6 +57,7 @@ class RMTrainConfig:
     report_to: str = "none"
     trust_remote_code: bool = False
     # not on the command line: library / benchmark knobs
+    allow_unsafe_weights: bool = False  # also load a pickle-only base (the loop's rm_update, when its recipe opts in)
     lora_alpha: int | None = None  # default 2 * lora_r
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str | None = None  # default: peft's choice for the architecture
@@ -311,7 +312,7 @@ def load_base_model(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
                 base,
                 config=config,
                 trust_remote_code=trc,
-                use_safetensors=True,
+                use_safetensors=None if cfg.allow_unsafe_weights else True,
                 dtype=torch.float32,
                 ignore_mismatched_sizes=True,
                 output_loading_info=True,
