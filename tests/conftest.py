@@ -82,6 +82,20 @@ def pickle_copy(src: Path, dst: Path, auto_cls: str) -> Path:
     return dst
 
 
+def config_from_generate_argv(monkeypatch, cfg):
+    """The GenerateConfig that `bonsynth generate` builds from the loop's `generate_argv(cfg)` (nothing runs)."""
+    from bonsynth.cli import cli
+    from bonsynth.generate import pipeline
+    from bonsynth.loop.runner import generate_argv
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
+    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
+    cli.main(args=generate_argv(cfg), standalone_mode=False)
+    (got,) = seen
+    return got
+
+
 def write_jsonl(path: Path, rows) -> Path:
     path.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
     return path

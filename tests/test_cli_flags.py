@@ -13,7 +13,7 @@ import pytest
 
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.pipeline import GenerateConfig, backend_kwargs
-from tests.conftest import corpus, pickle_copy, write_jsonl
+from tests.conftest import config_from_generate_argv, corpus, pickle_copy, write_jsonl
 
 NEW_FIELDS = ("reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len",
               "enforce_eager")
@@ -283,17 +283,9 @@ def test_vllm_reward_engine_gets_the_loading_options(monkeypatch):
 
 
 def test_loop_subprocess_argv_carries_the_new_options(tmp_path, monkeypatch):
-    from bonsynth.cli import cli
-    from bonsynth.generate import pipeline
-    from bonsynth.loop.runner import generate_argv
-
     cfg = _config(backend="vllm", reward_dtype="bfloat16", prefix_sharing=False, trust_remote_code=True,
                   allow_unsafe_weights=True, max_model_len=300, enforce_eager=True, show_progress=False)
-    seen = []
-    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
-    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
-    cli.main(args=generate_argv(cfg), standalone_mode=False)
-    (got,) = seen
+    got = config_from_generate_argv(monkeypatch, cfg)
     assert got.fingerprint() == cfg.fingerprint()
     assert {k: getattr(got, k) for k in NEW_FIELDS} == {**{k: getattr(cfg, k) for k in NEW_FIELDS},
                                                         "prefix_sharing": "off"}

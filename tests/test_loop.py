@@ -22,7 +22,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import WORDS, pickle_copy, write_jsonl
+from tests.conftest import WORDS, config_from_generate_argv, pickle_copy, write_jsonl
 
 TARGET_WORDS = ("gold", "star", "sea", "coffee", "map", "sword")
 # Tiny models train and sample many times faster on one thread (and a shared CPU does not thrash); loops started
@@ -208,10 +208,7 @@ def test_eval_metrics_percentiles_bon_gain_and_paired_win_rate(tmp_path):
 
 def test_generation_subprocess_argv_rebuilds_the_same_config(monkeypatch, tmp_path):
     """The vLLM path runs `bonsynth generate` in a child: its flags must give the very same (resumable) config."""
-    from bonsynth.cli import cli
-    from bonsynth.generate import pipeline
     from bonsynth.generate.pipeline import GenerateConfig
-    from bonsynth.loop.runner import generate_argv
 
     cfg = GenerateConfig(
         policy="/m/policy", rewards=["/m/rm1", "/m/rm2"], reward_weights=[0.7, 0.3], prompts="/d/p.jsonl",
@@ -220,11 +217,7 @@ def test_generation_subprocess_argv_rebuilds_the_same_config(monkeypatch, tmp_pa
         length_normalize=True, batch_size=17, resume=True, device="cpu", dtype="float32",
         backend_options={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5}, show_progress=False,
     )
-    seen = []
-    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
-    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
-    cli.main(args=generate_argv(cfg), standalone_mode=False)
-    (got,) = seen
+    got = config_from_generate_argv(monkeypatch, cfg)
     assert got.fingerprint() == cfg.fingerprint()
     assert got.resume and not got.show_progress and got.backend_options == cfg.backend_options
     assert got.batch_size == cfg.batch_size
@@ -383,8 +376,6 @@ def _runner(recipe_dict: dict, out: Path):
 
 
 def test_generation_options_reach_the_config_and_the_child_argv(tmp_path, monkeypatch):
-    from bonsynth.cli import cli
-    from bonsynth.generate import pipeline
     from bonsynth.loop.runner import generate_argv
 
     def gen_config(runner):
@@ -410,11 +401,7 @@ def test_generation_options_reach_the_config_and_the_child_argv(tmp_path, monkey
     for flag, value in (("--prefix-sharing", "off"), ("--reward-dtype", "bfloat16"), ("--max-model-len", "300")):
         assert argv[argv.index(flag) + 1] == value
     # The child rebuilds the very same config, so its resume fingerprint matches.
-    seen = []
-    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
-    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
-    cli.main(args=argv, standalone_mode=False)
-    (got,) = seen
+    got = config_from_generate_argv(monkeypatch, cfg)
     assert got.fingerprint() == cfg.fingerprint() and got.allow_unsafe_weights and got.trust_remote_code
 
 
