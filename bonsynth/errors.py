@@ -6,6 +6,9 @@ into one clear line on stderr and exit code 2, never a traceback.
 
 from __future__ import annotations
 
+import contextlib
+import errno
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -43,3 +46,32 @@ class InputError(BonsynthError):
 
 class ConfigError(BonsynthError):
     """A bad config or recipe (YAML) or bad command-line combination."""
+
+
+class EnvironmentIOError(BonsynthError):
+    """The machine refused a write or read the user can fix: a full disk, a read-only or forbidden path."""
+
+
+# errno values that say something about the user's disk or paths, not about bonsynth.
+USER_IO_ERRNOS = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EROFS, errno.EACCES, errno.EPERM, errno.ENOTDIR,
+                            errno.EISDIR, errno.ENAMETOOLONG, errno.EFBIG, errno.EMFILE})
+
+
+def describe_io_error(e: OSError, path: str | Path | None = None) -> str:
+    """`PATH: No space left on device`, with the path the OS named, else the one given."""
+    where = e.filename if e.filename is not None else path
+    reason = e.strerror or str(e)
+    if e.errno in (errno.ENOSPC, errno.EDQUOT):
+        reason += " (free some space, then run again; a --resume continues from the last complete batch)"
+    return f"{where}: {reason}" if where is not None else reason
+
+
+@contextlib.contextmanager
+def io_errors(path: str | Path | None = None) -> Iterator[None]:
+    """Turn a full disk or a forbidden path into one line naming the file (exit 2), not a traceback."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno in USER_IO_ERRNOS:
+            raise EnvironmentIOError(describe_io_error(e, path)) from e
+        raise

@@ -118,7 +118,7 @@ class GPT2OpenAIServer:
                 text = json.dumps(fault.get("body", {"error": {"message": "injected failure"}}))
                 self._send(h, fault["status"], text.replace("{auth}", auth or ""), fault.get("headers", {}))
                 return
-            status, payload = self._answer(h.path, body)
+            status, payload = self._answer(h.path.split("?", 1)[0], body)  # routes ignore the query, as servers do
             self._send(h, status, json.dumps(payload))
         except (BrokenPipeError, ConnectionResetError):
             pass  # the client gave up (timeout) before we answered

@@ -236,7 +236,7 @@ def test_hf_long_prompts_in_mixed_batches_skip_or_truncate_as_before(tiny_policy
 
 def test_chat_prompts_write_trl_conversational_rows(tmp_path, tiny_policy_dir, tiny_rm_dir, chat_prompts_file):
     out = tmp_path / "chat"
-    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, chat_prompts_file, out, select="pairs"))
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, chat_prompts_file, out, write_pairs=True))
     sft = _rows(out / "sft.jsonl")
     assert sft[0]["messages"][-1]["role"] == "assistant"
     assert sft[0]["messages"][:2][0]["content"] == "You are a pirate."
@@ -260,7 +260,7 @@ def test_outputs_load_in_datasets_and_trl(tmp_path, tiny_policy_dir, tiny_rm_dir
     from transformers import AutoModelForCausalLM
 
     out = tmp_path / "trl"
-    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out))
+    run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out, write_pairs=True))
     sft = datasets.load_dataset("json", data_files=str(out / "sft.jsonl"), split="train")
     dpo = datasets.load_dataset("json", data_files=str(out / "dpo.jsonl"), split="train")
     cands = datasets.load_dataset("json", data_files=str(out / "candidates.jsonl"), split="train")

@@ -14,9 +14,41 @@ from bonsynth.select.selection import (
 
 
 def test_best_picks_argmax_and_ties_go_to_earlier_candidate():
-    res = select_candidates(["a b", "c d", "e f"], [1.0, 3.0, 3.0], [2, 2, 2], SelectionConfig())
+    res = select_candidates(["a b", "c d", "e f"], [1.0, 3.0, 3.0], [2, 2, 2], SelectionConfig(write_pairs=True))
     assert res.selected == [1]
     assert res.pair == (1, 0)
+
+
+def test_modes_write_distinct_things():
+    texts, rewards = ["a b", "c d", "e f"], [1.0, 3.0, 2.0]
+    best = select_candidates(texts, rewards, [2] * 3, SelectionConfig())
+    assert best.selected == [1] and best.pair is None  # best: SFT rows only, unless pairs are asked for
+    both = select_candidates(texts, rewards, [2] * 3, SelectionConfig(write_pairs=True))
+    assert both.selected == [1] and both.pair == (1, 0)
+    pairs = select_candidates(texts, rewards, [2] * 3, SelectionConfig(mode="pairs"))
+    assert pairs.selected == [] and pairs.pair == (1, 0)  # pairs: DPO pairs only
+    topk = select_candidates(texts, rewards, [2] * 3, SelectionConfig(mode="top-k", k=2, write_pairs=True))
+    assert topk.selected == [1, 2] and topk.pair == (1, 0)
+
+
+@pytest.mark.parametrize("bad", [math.nan, math.inf, -math.inf])
+def test_nonfinite_rewards_are_never_selected(bad):
+    texts = ["a b", "c d", "e f", "g h"]
+    # inf would win and -inf would be the rejected side; NaN sorts unpredictably: none may be picked.
+    rewards = [0.5, bad, 2.0, -1.0]
+    res = select_candidates(texts, rewards, [2] * 4, SelectionConfig(mode="top-k", k=4, write_pairs=True))
+    assert res.nonfinite == [1]
+    assert res.selected == [2, 0, 3]
+    assert res.pair == (2, 3)
+    only_bad = select_candidates(["a", "b"], [bad, bad], [1, 1], SelectionConfig(write_pairs=True))
+    assert only_bad.selected == [] and only_bad.pair is None
+
+
+def test_dedup_ignores_nonfinite_candidates():
+    # The NaN candidate comes first; its finite twin must survive dedup and be selected.
+    res = select_candidates(["same text", "same text", "other"], [math.nan, 1.0, 0.0], [2] * 3,
+                            SelectionConfig(dedup=True))
+    assert res.duplicates == [] and res.selected == [1]
 
 
 def test_top_k_orders_by_reward():
@@ -48,7 +80,7 @@ def test_min_reward_filters_selection():
     res = select_candidates(["a", "b", "c"], [0.1, 0.5, 0.2], [1] * 3, SelectionConfig(mode="top-k", k=3, min_reward=0.15))
     assert res.selected == [1, 2]
     assert res.below_min_reward == 1
-    res = select_candidates(["a", "b"], [0.1, 0.2], [1, 1], SelectionConfig(min_reward=1.0))
+    res = select_candidates(["a", "b"], [0.1, 0.2], [1, 1], SelectionConfig(min_reward=1.0, write_pairs=True))
     assert res.selected == [] and res.pair is None and res.skipped_pair_reason == "min-reward"
 
 

@@ -45,6 +45,9 @@ def _rows(count: int, seed: int = 0, n: int = 4) -> Iterator[dict]:
         } for i in range(k)]
         selected = sorted(rng.sample(range(k), rng.randint(0, min(k, 2))))
         pair = rng.sample(range(k), 2) if k and rng.random() < 0.6 else None
+        for i, c in enumerate(cands):  # a broken RM's NaN, written as null: never selected nor paired
+            if i not in selected and i not in (pair or ()) and rng.random() < 0.05:
+                c["reward"] = None
         yield {"id": f"p{p}", "prompt": "q", "prompt_truncated": rng.random() < 0.1, "skipped": skipped,
                "candidates": cands, "selected": selected, "pair": pair,
                "pair_skipped": None if pair else rng.choice(["margin", "too-few", None]),
@@ -57,7 +60,7 @@ def _straightforward(rows: list[dict], n: int) -> tuple[dict, dict]:
     sel = [r["candidates"][i] for r in rows for i in r["selected"]]
     pairs = [(r["candidates"][r["pair"][0]]["reward"], r["candidates"][r["pair"][1]]["reward"])
              for r in rows if r["pair"]]
-    rewards = [c["reward"] for c in cands]
+    rewards = [c["reward"] for c in cands if c["reward"] is not None]
     mean_all = statistics.fmean(rewards)
     mean_sel = statistics.fmean([c["reward"] for c in sel])
     counts = {
@@ -73,6 +76,7 @@ def _straightforward(rows: list[dict], n: int) -> tuple[dict, dict]:
         "finish_reasons": dict(sorted(Counter(c["finish_reason"] for c in cands).items())),
         "pairs_skipped": dict(sorted(Counter(r["pair_skipped"] for r in rows
                                              if not r["pair"] and r["pair_skipped"]).items())),
+        "nonfinite_rewards": sum(c["reward"] is None for c in cands),
     }
     summary = {
         "mean_reward_all": mean_all,

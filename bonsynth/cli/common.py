@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bonsynth.errors import BonsynthError
+from bonsynth.errors import USER_IO_ERRNOS, BonsynthError, describe_io_error
 
 
 def run_guarded(group: click.Group) -> None:
@@ -26,6 +26,12 @@ def run_guarded(group: click.Group) -> None:
     except BonsynthError as e:
         click.echo(f"error: {e}", err=True)
         sys.exit(e.exit_code)
+    except OSError as e:
+        if e.errno not in USER_IO_ERRNOS:
+            raise
+        # A full disk or a forbidden path, wherever it surfaced: the user can fix it, so no traceback.
+        click.echo(f"error: {describe_io_error(e)}", err=True)
+        sys.exit(2)
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

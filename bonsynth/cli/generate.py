@@ -33,9 +33,17 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--max-new-tokens", type=int, default=128, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
 @click.option("--stop", multiple=True, help="Stop string; repeatable.")
-@click.option("--select", "select", default="best", show_default=True, help="best | top-k:K | pairs")
+@click.option("--select", "select", default="best", show_default=True,
+              help="best: the best candidate of each prompt as an SFT row (sft.jsonl); top-k:K: the K best; "
+                   "pairs: only a best-vs-worst DPO pair per prompt (dpo.jsonl), no SFT rows.")
+@click.option("--write-pairs", is_flag=True,
+              help="With best or top-k:K: also write each prompt's best-vs-worst DPO pair to dpo.jsonl.")
 @click.option("--min-reward", type=float, default=None, help="Never select a candidate below this reward.")
-@click.option("--min-margin", type=float, default=None, help="Skip a DPO pair whose reward margin is below this.")
+@click.option("--min-margin", type=float, default=None,
+              help="Skip a DPO pair whose reward margin is below this (needs pairs: --select pairs or --write-pairs).")
+@click.option("--max-nonfinite", type=click.FloatRange(0, 1), default=0.0, show_default=True,
+              help="Share of the run's candidates that may get a NaN/inf reward (never selected, written as null) "
+                   "before the run stops with an error.")
 @click.option("--dedup", is_flag=True, help="Drop exact and near-duplicate candidates before selecting.")
 @click.option("--length-normalize", is_flag=True, help="Rank candidates by reward per token.")
 @click.option("--long-prompts", "long_prompt", type=click.Choice(["truncate", "skip"]), default="truncate",
@@ -84,6 +92,10 @@ def generate(**kw) -> None:
     from bonsynth.generate.pipeline import GenerateConfig, run_generate
     from bonsynth.generate.report import summary_table
 
+    if kw["quiet"]:  # transformers' own "Loading weights" bars too
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.disable_progress_bar()
     engine = kw.pop("engine")
     ray_kw = {key: kw.pop(key) for key in ("workers", "gpus_per_worker", "address")}
     if engine == "local":
@@ -101,7 +113,8 @@ def generate(**kw) -> None:
         policy=kw["policy"], rewards=list(kw["rewards"]), reward_weights=_weights(kw["reward_weights"]),
         prompts=kw["prompts"], out=str(kw["out"]), n=kw["n"], backend=kw["backend"],
         temperature=kw["temperature"], top_p=kw["top_p"], max_new_tokens=kw["max_new_tokens"], seed=kw["seed"],
-        stop=list(kw["stop"]), long_prompt=kw["long_prompt"], select=kw["select"], min_reward=kw["min_reward"], min_margin=kw["min_margin"],
+        stop=list(kw["stop"]), long_prompt=kw["long_prompt"], select=kw["select"], write_pairs=kw["write_pairs"],
+        min_reward=kw["min_reward"], min_margin=kw["min_margin"], max_nonfinite=kw["max_nonfinite"],
         dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
         resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
         limit=kw["limit"], reward_engine=kw["reward_engine"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],

@@ -156,7 +156,7 @@ def run_quickstart(out: Path, *, n: int = 8, limit: int | None = None, seed: int
     cfg = GenerateConfig(
         policy=str(models / "policy"), rewards=[str(models / "rm")], prompts=str(data_dir / "prompts.jsonl"),
         out=str(out), n=n, backend="hf", temperature=1.0, top_p=1.0, max_new_tokens=48, seed=seed,
-        select="best", batch_size=32, limit=limit, device="cpu", backend_options={"batch_size": 32},
+        select="best", write_pairs=True, batch_size=32, limit=limit, device="cpu", backend_options={"batch_size": 32},
     )
     manifest = run_generate(cfg)
     click.echo(summary_table(manifest, out))

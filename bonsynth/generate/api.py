@@ -18,10 +18,12 @@ from bonsynth.data.records import Location, PromptRecord
 from bonsynth.generate import outputs
 from bonsynth.generate.pipeline import (
     GenerateConfig,
+    NonFiniteGuard,
     backend_for,
     build_manifest,
     build_rows,
-    prepare_out_dir,
+    finish_run,
+    open_run_dir,
 )
 
 
@@ -107,16 +109,15 @@ class BestOfN:
             for _ in self.run(prompts):
                 pass
         cfg = dataclasses.replace(self.config, out=str(out_dir), resume=False)
-        out, state = prepare_out_dir(cfg)
-        writer = outputs.DurableWriter(out, state)
-        try:
-            writer.append_batch(self._rows, len(self._rows[outputs.CANDIDATES]))
-        finally:
-            writer.close()
-        manifest = build_manifest(cfg, out, self.backend, self.scorer)
-        outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
-        state["complete"] = True
-        outputs.write_json_atomic(out / outputs.STATE, state)
+        with open_run_dir(cfg) as (out, state):
+            NonFiniteGuard(cfg, state, len(self._rows[outputs.CANDIDATES])).check(self._rows)
+            writer = outputs.DurableWriter(out, state)
+            try:
+                writer.append_batch(self._rows, len(self._rows[outputs.CANDIDATES]))
+            finally:
+                writer.close()
+            manifest = build_manifest(cfg, out, self.backend, self.scorer)
+            finish_run(out, state, manifest)
         return manifest
 
     def close(self) -> None:

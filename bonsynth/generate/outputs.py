@@ -21,6 +21,7 @@ from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
 from bonsynth.data.writers import fsync_dir
+from bonsynth.errors import io_errors
 
 CANDIDATES = "candidates.jsonl"
 SFT = "sft.jsonl"
@@ -31,7 +32,8 @@ DATA_FILES = (CANDIDATES, SFT, DPO)
 
 
 def dumps_row(row: dict) -> bytes:
-    return (json.dumps(row, ensure_ascii=False, separators=(",", ":")) + "\n").encode("utf-8")
+    """One strict-JSON line: a NaN or inf that got this far is a bug, so it raises instead of writing `NaN`."""
+    return (json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
 
 
 def sft_row(rec: PromptRecord, text: str, reward: float) -> dict:
@@ -55,14 +57,15 @@ def dpo_row(rec: PromptRecord, chosen: str, rejected: str, score_chosen: float, 
 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
+    text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
     tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", encoding="utf-8") as fh:
-        json.dump(obj, fh, indent=2, sort_keys=True, ensure_ascii=False)
-        fh.write("\n")
-        fh.flush()
-        os.fsync(fh.fileno())
-    os.replace(tmp, path)
-    fsync_dir(path.parent)
+    with io_errors(path):
+        with open(tmp, "w", encoding="utf-8") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+        fsync_dir(path.parent)
 
 
 class DurableWriter:
@@ -83,16 +86,21 @@ class DurableWriter:
     def append_batch(self, rows: dict[str, Iterable[dict]], prompts_done: int) -> None:
         for name in DATA_FILES:
             fh = self.handles[name]
-            fh.write(b"".join(dumps_row(r) for r in rows.get(name, ())))
-            fh.flush()
-            os.fsync(fh.fileno())
+            data = b"".join(dumps_row(r) for r in rows.get(name, ()))
+            with io_errors(self.out / name):  # disk full: one line naming the file; --resume cuts the tail off
+                fh.write(data)
+                fh.flush()
+                os.fsync(fh.fileno())
             self.state["offsets"][name] = fh.tell()
         self.state["prompts_done"] = prompts_done
         write_json_atomic(self.out / STATE, self.state)
 
     def close(self) -> None:
         for fh in self.handles.values():
-            fh.close()
+            try:
+                fh.close()
+            except OSError:
+                pass  # a write that failed (disk full) is still buffered; --resume cuts the files back anyway
         self.handles = {}
 
 

@@ -7,27 +7,33 @@ where the last batch ended and produces the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import math
 import shutil
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
-from bonsynth.errors import ConfigError
+from bonsynth.errors import ConfigError, InputError
 from bonsynth.generate import outputs
 from bonsynth.generate.backends.base import GenerationBackend, GenerationResult, SamplingConfig
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.prompts import FilePrompts, PromptSource, as_prompt_source
 from bonsynth.generate.summary import summarize
+from bonsynth.locks import LOCK_FILE, dir_lock
+from bonsynth.redact import redact
 from bonsynth.select.selection import SelectionConfig, parse_select, select_candidates
 
 # Config fields that do not change what the run writes (a resume may change them). Prefix sharing changes
 # rewards only by float rounding, and the loading options only decide whether a model may be loaded.
+# `max_nonfinite` only decides whether a run stops, so a resume may raise it.
 NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options", "show_progress",
-                      "trust_remote_code", "allow_unsafe_weights", "prefix_sharing", "enforce_eager"}
+                      "trust_remote_code", "allow_unsafe_weights", "prefix_sharing", "enforce_eager",
+                      "max_nonfinite"}
 # Fields that do change outputs but are left out while unset, so runs made before they existed still resume.
 _FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len")
 _DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
@@ -49,7 +55,8 @@ class GenerateConfig:
     seed: int = 0
     stop: list[str] = field(default_factory=list)
     long_prompt: str = "truncate"
-    select: str = "best"
+    select: str = "best"  # best | top-k:K (SFT rows) | pairs (DPO pairs only)
+    write_pairs: bool = False  # best / top-k: also write the best-vs-worst DPO pair of each prompt
     min_reward: float | None = None
     min_margin: float | None = None
     dedup: bool = False
@@ -70,13 +77,23 @@ class GenerateConfig:
     allow_unsafe_weights: bool = False  # policy backend and RMs: also load pickle .bin/.pt weights
     max_model_len: int | None = None  # vllm backend: context length (bounds prompt + new tokens)
     enforce_eager: bool = False  # vllm backend: no CUDA graphs (faster start, less memory)
+    max_nonfinite: float = 0.0  # share of candidates allowed a NaN/inf reward before the run stops (never selected)
+
+    def __repr__(self) -> str:  # backend_options may hold a base URL with credentials
+        fields = redact(asdict(self))
+        return f"GenerateConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
     def validate(self) -> None:
         if self.n < 1:
             raise ConfigError(f"--n must be >= 1 (got {self.n})")
         mode, _ = parse_select(self.select)
-        if mode == "pairs" and self.n < 2:
-            raise ConfigError("--select pairs needs --n >= 2")
+        if (mode == "pairs" or self.write_pairs) and self.n < 2:
+            raise ConfigError(f"{'--select pairs' if mode == 'pairs' else '--write-pairs'} needs --n >= 2")
+        if mode == "pairs" and self.write_pairs:
+            raise ConfigError("--write-pairs is for --select best or top-k:K; --select pairs always writes pairs")
+        if self.min_margin is not None and not (mode == "pairs" or self.write_pairs):
+            raise ConfigError("--min-margin filters DPO pairs, which this run does not write: use --select pairs, "
+                              "or add --write-pairs")
         if self.temperature < 0:
             raise ConfigError("--temperature must be >= 0")
         if not 0 < self.top_p <= 1:
@@ -95,6 +112,13 @@ class GenerateConfig:
             parse_shard(self.shard)
         if not self.rewards:
             raise ConfigError("at least one --reward model is needed")
+        if self.reward_weights is not None and len(self.rewards) == 1:
+            raise ConfigError("--reward-weights needs two or more --reward models (a single RM's reward is used as "
+                              "it is); drop --reward-weights")
+        if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
+            raise ConfigError(f"--reward-weights must be finite numbers (got {self.reward_weights})")
+        if not (isinstance(self.max_nonfinite, (int, float)) and 0 <= self.max_nonfinite <= 1):
+            raise ConfigError(f"--max-nonfinite must be a share between 0 and 1 (got {self.max_nonfinite!r})")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ConfigError(f"--reward-weights has {len(self.reward_weights)} values for {len(self.rewards)} --reward models")
         if self.reward_dtype is not None and str(self.reward_dtype).lower().removeprefix("torch.") not in _DTYPES:
@@ -115,7 +139,7 @@ class GenerateConfig:
     def selection(self) -> SelectionConfig:
         mode, k = parse_select(self.select)
         return SelectionConfig(mode=mode, k=k, min_reward=self.min_reward, min_margin=self.min_margin,
-                               dedup=self.dedup, length_normalize=self.length_normalize)
+                               dedup=self.dedup, length_normalize=self.length_normalize, write_pairs=self.write_pairs)
 
     @property
     def rm_dtype(self) -> str:
@@ -228,6 +252,11 @@ def check_model_sources(cfg: GenerateConfig, *, policy: bool = True, rewards: bo
         check_model_source(path, what="reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
 
 
+def finite_or_none(x: float) -> float | None:
+    """A reward as written to disk: strict JSON has no NaN or Infinity, so a non-finite reward is `null`."""
+    return x if math.isfinite(x) else None
+
+
 def build_rows(
     batch: list[PromptRecord],
     results: list[GenerationResult],
@@ -240,7 +269,7 @@ def build_rows(
     k = 0
     for rec, res in zip(batch, results, strict=True):
         comps = res.completions
-        r = rewards[k : k + len(comps)]
+        r = [float(x) for x in rewards[k : k + len(comps)]]
         per = {name: vals[k : k + len(comps)] for name, vals in per_model.items()}
         k += len(comps)
         texts = [c.text for c in comps]
@@ -251,13 +280,13 @@ def build_rows(
             cand_rows.append({
                 "index": i,
                 "text": c.text,
-                "reward": r[i],
-                "rewards": {name: vals[i] for name, vals in per.items()},
+                "reward": finite_or_none(r[i]),
+                "rewards": {name: finite_or_none(float(vals[i])) for name, vals in per.items()},
                 "finish_reason": c.finish_reason,
                 "num_tokens": c.num_tokens,
                 "duplicate": i in dup,
             })
-        rows[outputs.CANDIDATES].append({
+        row = {
             "id": rec.id,
             "prompt": rec.prompt,
             "prompt_tokens": res.prompt_tokens,
@@ -268,7 +297,10 @@ def build_rows(
             "pair": list(sel.pair) if sel.pair else None,
             "pair_skipped": sel.skipped_pair_reason,
             "below_min_reward": sel.below_min_reward,
-        })
+        }
+        if sel.nonfinite:
+            row["nonfinite_rewards"] = len(sel.nonfinite)
+        rows[outputs.CANDIDATES].append(row)
         for i in sel.selected:
             rows[outputs.SFT].append(outputs.sft_row(rec, texts[i], r[i]))
         if sel.pair:
@@ -277,13 +309,78 @@ def build_rows(
     return rows
 
 
-def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> tuple[Path, dict]:
-    """The output directory and its state: new, or the run to `--resume` (same config, same prompts)."""
+class NonFiniteGuard:
+    """Stops a run whose RM gives NaN or inf for more than `max_share` of the candidates the run will score.
+
+    The budget is a share of the run's planned candidates (prompts x N), not of those seen so far, so where
+    a run stops does not depend on the batch size. The count lives in state.json, so it survives a resume.
+    """
+
+    def __init__(self, cfg: GenerateConfig, state: dict, num_prompts: int) -> None:
+        self.max_share = float(cfg.max_nonfinite)
+        self.planned = num_prompts * cfg.n
+        self.state = state
+        self.rewards = ", ".join(cfg.rewards)
+
+    def check(self, rows: dict[str, list[dict]]) -> None:
+        """Count this batch's non-finite rewards; raise before it is written if the budget is exceeded."""
+        cand_rows = rows[outputs.CANDIDATES]
+        bad = sum(row.get("nonfinite_rewards", 0) for row in cand_rows)
+        if not bad:
+            return
+        total = int(self.state.get("nonfinite_rewards", 0)) + bad
+        if total > self.max_share * self.planned:
+            first = next(row["id"] for row in cand_rows if row.get("nonfinite_rewards"))
+            raise ConfigError(
+                f"reward model {self.rewards} gave NaN/inf rewards ({total} of the run's {self.planned} candidates "
+                f"so far; first in this batch at prompt id {first!r}): the RM is likely broken. Such candidates are "
+                f"never selected; to go on anyway, allow a share with --max-nonfinite (now {self.max_share:g})"
+            )
+        self.state["nonfinite_rewards"] = total
+
+
+# What a run killed before its first state.json can leave: the half-written state file and the lock.
+_DEBRIS = (outputs.STATE + ".tmp", LOCK_FILE)
+
+
+def _read_state(state_path: Path) -> dict:
+    """state.json, or one clear line when it is damaged (it is written atomically, so only an outside edit or a
+    failing disk can damage it)."""
+    hint = (f"it records how far the run in {state_path.parent} got. Restore it, or start again with another "
+            "--out (or delete the directory)")
+    try:
+        state = json.loads(state_path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as e:
+        raise InputError(f"not valid JSON ({e.msg}); {hint}", path=state_path, line=e.lineno) from None
+    except UnicodeDecodeError:
+        raise InputError(f"not UTF-8 text; {hint}", path=state_path) from None
+    if not isinstance(state, dict) or not isinstance(state.get("offsets", {}), dict):
+        raise InputError(f"not a bonsynth run state; {hint}", path=state_path)
+    for key in ("prompts_done", "config_fingerprint"):
+        if key not in state:
+            raise InputError(f"not a bonsynth run state; {hint}", path=state_path, field=key)
+    return state
+
+
+def _make_out_dir(out: Path) -> None:
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"--out {out} exists and is not a directory; choose a directory path")
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"cannot create --out {out}: {e.strerror or e}") from None
+
+
+def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> tuple[Path, dict, bool]:
+    """The output directory and its state: new, or the run to `--resume` (same config, same prompts).
+
+    The caller holds the directory's lock. Returns (out, state, fresh); `fresh` is True for a new run.
+    """
     out = Path(cfg.out)
     state_path = out / outputs.STATE
     fp = cfg.fingerprint()
     if state_path.exists():
-        state = json.loads(state_path.read_text(encoding="utf-8"))
+        state = _read_state(state_path)
         if not cfg.resume:
             raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
         if state.get("config_fingerprint") != fp:
@@ -299,10 +396,12 @@ def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> t
             )
         if known is None and prompts_digest is not None:
             state["prompts_digest"] = prompts_digest  # a run from before digests: recorded from now on
-        return out, state
-    if out.exists() and any(out.iterdir()):
-        raise ConfigError(f"{out} exists and is not empty; choose another --out")
-    out.mkdir(parents=True, exist_ok=True)
+        return out, state, False
+    others = [p.name for p in out.iterdir() if p.name not in _DEBRIS]
+    if others:
+        raise ConfigError(f"{out} exists and is not empty (it holds {others[0]!r}, and no bonsynth run); "
+                          "choose another --out")
+    (out / (outputs.STATE + ".tmp")).unlink(missing_ok=True)  # a run killed before its first state: nothing done
     state = {
         "config_fingerprint": fp,
         "config": cfg.fingerprinted(),
@@ -313,7 +412,33 @@ def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> t
     if prompts_digest is not None:
         state["prompts_digest"] = prompts_digest
     outputs.write_json_atomic(out / outputs.STATE, state)
-    return out, state
+    return out, state, True
+
+
+@contextlib.contextmanager
+def open_run_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> Iterator[tuple[Path, dict]]:
+    """Lock OUT for this run, open its state (new or resumed), and clean up after an early failure.
+
+    One process writes a directory at a time: a second `generate` on it exits 2 naming the holder's pid (two
+    resumes at once would append the same batches twice). A new run that fails before its first batch is
+    durable leaves nothing behind.
+    """
+    out = Path(cfg.out)
+    created = not out.exists()
+    _make_out_dir(out)
+    with dir_lock(out, what="bonsynth generate"):
+        out, state, fresh = prepare_out_dir(cfg, prompts_digest)
+        try:
+            yield out, state
+        except BaseException:
+            if fresh and int(state.get("prompts_done", 0)) == 0:
+                if created:
+                    shutil.rmtree(out, ignore_errors=True)
+                else:  # the user's own (empty) directory: take back only what this run put there
+                    for p in out.iterdir():
+                        if p.name != LOCK_FILE:
+                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+            raise
 
 
 def load_generation_prompts(cfg: GenerateConfig) -> PromptSource:
@@ -334,71 +459,71 @@ def run_generate(
 
     `prompts` (records, or a `PromptSource`) replaces reading `cfg.prompts`.
     """
-    from tqdm.auto import tqdm
-
     cfg.validate()
-    selection = cfg.selection()
-    sampling = cfg.sampling()
     if prompts is None:
         prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
     prompts, shard_info = apply_shard(cfg, prompts)
     check_model_sources(cfg, policy=backend is None, rewards=scorer is None)
-    own_scorer = scorer is None
-    if scorer is None:
-        from bonsynth.rm.ensemble import RewardEnsemble
-
-        scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, **cfg.reward_load_kwargs())
-    own_backend = backend is None
-    if backend is None:
-        backend = backend_for(cfg)
-
-    created = not Path(cfg.out).exists()
+    own_scorer, own_backend = scorer is None, backend is None
     try:
-        out, state = prepare_out_dir(cfg, prompts.digest())
-    except Exception:
-        if own_backend:
-            backend.close()
-        raise
-    try:
-        start = int(state.get("prompts_done", 0))
-        if not state.get("complete"):
-            writer = outputs.DurableWriter(out, state)
-            try:
-                n_cands, t_start = 0, time.perf_counter()
-                bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
-                           disable=not cfg.show_progress, dynamic_ncols=True)
-                for lo, batch in prompts.batches(cfg.batch_size, start):
-                    results = backend.generate(batch, sampling)
-                    flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
-                    flat_texts = [c.text for res in results for c in res.completions]
-                    scores = scorer.score(flat_prompts, flat_texts)
-                    rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
-                    writer.append_batch(rows, lo + len(batch))
-                    n_cands += len(flat_texts)
-                    bar.update(len(batch))
-                    bar.set_postfix(cand_per_s=f"{n_cands / max(1e-9, time.perf_counter() - t_start):.1f}")
-                    if on_batch is not None:
-                        on_batch(lo + len(batch), len(prompts))
-                bar.close()
-            finally:
-                writer.close()
-        manifest = build_manifest(cfg, out, backend, scorer)
-        if shard_info is not None:
-            manifest["shard"] = shard_info
-        outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
-        state["complete"] = True
-        outputs.write_json_atomic(out / outputs.STATE, state)
-        return manifest
-    except BaseException:
-        # A user error before any batch landed leaves no partial output behind.
-        if created and int(state.get("prompts_done", 0)) == 0 and Path(cfg.out).exists():
-            shutil.rmtree(cfg.out, ignore_errors=True)
-        raise
+        # The lock comes first: a second run on this directory is refused before it loads any model.
+        with open_run_dir(cfg, prompts.digest()) as (out, state):
+            if scorer is None:
+                from bonsynth.rm.ensemble import RewardEnsemble
+
+                scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, **cfg.reward_load_kwargs())
+            if backend is None:
+                backend = backend_for(cfg)
+            if not state.get("complete"):
+                _generate_batches(cfg, out, state, prompts, backend, scorer, on_batch)
+            manifest = build_manifest(cfg, out, backend, scorer)
+            if shard_info is not None:
+                manifest["shard"] = shard_info
+            finish_run(out, state, manifest)
+            return manifest
     finally:
-        if own_backend:
+        if own_backend and backend is not None:
             backend.close()
-        if own_scorer and hasattr(scorer, "close"):
+        if own_scorer and scorer is not None and hasattr(scorer, "close"):
             scorer.close()
+
+
+def _generate_batches(cfg: GenerateConfig, out: Path, state: dict, prompts: PromptSource,
+                      backend: GenerationBackend, scorer, on_batch: Callable[[int, int], None] | None) -> None:
+    """The remaining batches, each generated, scored, selected and appended durably."""
+    from tqdm.auto import tqdm
+
+    selection, sampling = cfg.selection(), cfg.sampling()
+    guard = NonFiniteGuard(cfg, state, len(prompts))
+    start = int(state.get("prompts_done", 0))
+    writer = outputs.DurableWriter(out, state)
+    try:
+        n_cands, t_start = 0, time.perf_counter()
+        bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
+                   disable=not cfg.show_progress, dynamic_ncols=True)
+        for lo, batch in prompts.batches(cfg.batch_size, start):
+            results = backend.generate(batch, sampling)
+            flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
+            flat_texts = [c.text for res in results for c in res.completions]
+            scores = scorer.score(flat_prompts, flat_texts)
+            rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
+            guard.check(rows)
+            writer.append_batch(rows, lo + len(batch))
+            n_cands += len(flat_texts)
+            bar.update(len(batch))
+            bar.set_postfix(cand_per_s=f"{n_cands / max(1e-9, time.perf_counter() - t_start):.1f}")
+            if on_batch is not None:
+                on_batch(lo + len(batch), len(prompts))
+        bar.close()
+    finally:
+        writer.close()
+
+
+def finish_run(out: Path, state: dict, manifest: dict) -> None:
+    """The manifest, then `complete` in state.json: a run killed in between finishes on --resume."""
+    outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
+    state["complete"] = True
+    outputs.write_json_atomic(out / outputs.STATE, state)
 
 
 def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer) -> dict:
@@ -412,7 +537,7 @@ def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, s
 def compose_manifest(config: dict, out: Path, backend: dict, models: dict, versions: dict) -> dict:
     """The manifest, with counts and summary recomputed from OUT/candidates.jsonl (also used by gather)."""
     counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), config["n"])
-    config = {k: v for k, v in config.items() if k not in ("resume", "show_progress")}
+    config = redact({k: v for k, v in config.items() if k not in ("resume", "show_progress")})
     config["out"] = str(Path(config["out"]))
     return {
         "bonsynth_manifest": 1,

@@ -32,7 +32,6 @@ import json
 import math
 import os
 import re
-import shutil
 import time
 from collections.abc import Callable, Sequence
 from contextlib import contextmanager
@@ -47,13 +46,15 @@ from bonsynth.generate.backends.base import Completion, GenerationBackend, Gener
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.pipeline import (
     GenerateConfig,
+    NonFiniteGuard,
     apply_shard,
     backend_kwargs,
     build_rows,
     check_model_sources,
     compose_manifest,
+    finish_run,
     load_generation_prompts,
-    prepare_out_dir,
+    open_run_dir,
 )
 from bonsynth.generate.prompts import PromptSource, as_prompt_source
 from bonsynth.select.selection import SelectionConfig
@@ -298,27 +299,21 @@ def run_generate_ray(
     started = connect(ray, address)
     try:
         plan = plan_resources(ray.cluster_resources(), workers, gpus_per_worker, rm_workers, rm_gpus)
-        created = not Path(cfg.out).exists()
-        out, state = prepare_out_dir(cfg, prompts.digest())
-        try:
-            if state.get("complete") and (out / outputs.MANIFEST).exists():
-                return json.loads((out / outputs.MANIFEST).read_text(encoding="utf-8"))
-            describe = _run_blocks(ray, cfg, plan, selection, prompts, probe, out, state, tqdm, on_batch)
-            manifest = _manifest(cfg, out, describe, plan, ray.__version__)
-            if shard_info is not None:
-                manifest["shard"] = shard_info
-            outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
-            state["complete"] = True
-            outputs.write_json_atomic(out / outputs.STATE, state)
-            return manifest
-        except BaseException as e:
-            # As in the local run: a failure before any batch landed leaves no partial output behind.
-            if created and int(state.get("prompts_done", 0)) == 0 and Path(cfg.out).exists():
-                shutil.rmtree(cfg.out, ignore_errors=True)
-            err = _user_error(e)
-            if err is not None and err is not e:
-                raise err from None
-            raise
+        with open_run_dir(cfg, prompts.digest()) as (out, state):
+            try:
+                if state.get("complete") and (out / outputs.MANIFEST).exists():
+                    return json.loads((out / outputs.MANIFEST).read_text(encoding="utf-8"))
+                describe = _run_blocks(ray, cfg, plan, selection, prompts, probe, out, state, tqdm, on_batch)
+                manifest = _manifest(cfg, out, describe, plan, ray.__version__)
+                if shard_info is not None:
+                    manifest["shard"] = shard_info
+                finish_run(out, state, manifest)
+                return manifest
+            except BaseException as e:
+                err = _user_error(e)
+                if err is not None and err is not e:
+                    raise err from None
+                raise
     finally:
         if started:
             ray.shutdown()
@@ -373,6 +368,7 @@ def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig,
 
     describe: dict | None = None  # from this run's replicas, as the local run describes its own backend
     writer = outputs.DurableWriter(out, state)  # also cuts the files back to state.json, as the local run does
+    guard = NonFiniteGuard(cfg, state, len(prompts))
     pending: dict[int, dict] = {}
     next_lo = blocks[0]["lo"]
     n_cands, t_start = 0, time.perf_counter()
@@ -390,6 +386,7 @@ def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig,
                 done = pending.pop(next_lo)
                 rows = json.loads(done["rows"])
                 hi = int(done["hi"])
+                guard.check(rows)
                 writer.append_batch(rows, hi)
                 n_cands += sum(len(r["candidates"]) for r in rows[outputs.CANDIDATES])
                 bar.update(hi - next_lo)

@@ -222,8 +222,11 @@ def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP)
         counts["candidates"] += len(cands)
         grams = []
         for c in cands:
-            all_rewards.append(c["reward"])
-            mean_all.add(c["reward"])
+            if c["reward"] is None:  # a NaN/inf reward, written as null: never selected, left out of the means
+                counts["nonfinite_rewards"] += 1
+            else:
+                all_rewards.append(c["reward"])
+                mean_all.add(c["reward"])
             mean_len.add(c["num_tokens"])
             finish[c["finish_reason"]] += 1
             g = ngram_hashes(c["text"], 2)
@@ -267,6 +270,6 @@ def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP)
     out_counts["finish_reasons"] = dict(sorted(finish.items()))
     out_counts["pairs_skipped"] = dict(sorted(skipped.items()))
     for key in ("prompts", "candidates", "selected", "pairs", "duplicates", "below_min_reward", "prompts_without_selection",
-                "prompts_truncated", "prompts_skipped"):
+                "prompts_truncated", "prompts_skipped", "nonfinite_rewards"):
         out_counts.setdefault(key, 0)
     return out_counts, summary

@@ -255,9 +255,13 @@ class LoopRecipe(_Section):
             raise ValueError("'rewards' is empty; name at least one reward model")
         if not self.prompts:
             raise ValueError("'prompts' is empty; name at least one prompt source")
+        if self.reward_weights is not None and len(self.rewards) == 1:
+            raise ValueError("'reward_weights' needs two or more 'rewards' (one RM's reward is used as it is)")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise ValueError(f"'reward_weights' has {len(self.reward_weights)} values for {len(self.rewards)} rewards")
         ev = self.eval
+        if ev.reward_weights is not None and len(ev.rewards or self.rewards) == 1:
+            raise ValueError("'eval.reward_weights' needs two or more eval reward models")
         if ev.reward_weights is not None and len(ev.reward_weights) != len(ev.rewards or self.rewards):
             raise ValueError("'eval.reward_weights' needs one value per eval reward model")
         if self.rm_update is not None and len(self.rewards) != 1:

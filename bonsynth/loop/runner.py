@@ -34,7 +34,6 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
 from pathlib import Path
 
 import click
@@ -43,6 +42,7 @@ import yaml
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.outputs import write_json_atomic
 from bonsynth.generate.pipeline import GenerateConfig
+from bonsynth.locks import LOCK_FILE, dir_lock
 from bonsynth.loop.recipe import VLLM_ONLY, LoopRecipe, fingerprint_view, load_recipe
 from bonsynth.loop.report import RoundView, write_report
 from bonsynth.loop.sources import ResolvedSources, derive_seed, resolve_sources, round_prompts, write_prompts
@@ -50,7 +50,6 @@ from bonsynth.loop.sources import ResolvedSources, derive_seed, resolve_sources,
 STATE_FILE = "loop_state.json"
 SUMMARY_FILE = "loop_summary.json"
 RECIPE_COPY = "recipe.yaml"
-LOCK_FILE = ".lock"
 STATE_VERSION = 1
 
 # Runs before `python -m bonsynth generate`: the child dies with the loop process (Linux), so a killed loop
@@ -96,6 +95,8 @@ def generate_argv(cfg: GenerateConfig) -> list[str]:
     for s in cfg.stop:
         argv += ["--stop", s]
     argv += ["--long-prompts", cfg.long_prompt, "--reward-engine", cfg.reward_engine]
+    if cfg.max_nonfinite:
+        argv += ["--max-nonfinite", repr(float(cfg.max_nonfinite))]
     if cfg.limit is not None:
         argv += ["--limit", str(cfg.limit)]
     if cfg.shard is not None:
@@ -104,6 +105,8 @@ def generate_argv(cfg: GenerateConfig) -> list[str]:
         argv += ["--min-reward", repr(cfg.min_reward)]
     if cfg.min_margin is not None:
         argv += ["--min-margin", repr(cfg.min_margin)]
+    if cfg.write_pairs:
+        argv.append("--write-pairs")
     if cfg.dedup:
         argv.append("--dedup")
     if cfg.length_normalize:
@@ -209,24 +212,10 @@ class LoopRunner:
         self.state["timings_s"][step] = round(seconds, 2)
         self._save_state()
 
-    @contextlib.contextmanager
-    def locked(self) -> Iterator[None]:
+    def locked(self) -> contextlib.AbstractContextManager:
         """One loop process per directory at a time (the lock goes with the process, even on SIGKILL)."""
-        try:
-            import fcntl
-        except ImportError:  # not POSIX: no lock
-            yield
-            return
         self.out.mkdir(parents=True, exist_ok=True)
-        fh = open(self.out / LOCK_FILE, "a")
-        try:
-            try:
-                fcntl.flock(fh.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except OSError:
-                raise ConfigError(f"another bonsynth loop is running in {self.out}") from None
-            yield
-        finally:
-            fh.close()
+        return dir_lock(self.out, what="bonsynth loop")
 
     # ------------------------------------------------------------------------------------------ paths
 
@@ -263,15 +252,16 @@ class LoopRunner:
 
     def _gen_config(self, *, policy: str, rewards: list[str], weights, prompts: Path, out: Path, n: int,
                     temperature: float, top_p: float, max_new_tokens: int, seed: int, select: str,
-                    min_reward=None, min_margin=None, dedup=False, length_normalize=False) -> GenerateConfig:
+                    min_reward=None, min_margin=None, dedup=False, length_normalize=False,
+                    write_pairs: bool = False) -> GenerateConfig:
         g = self.recipe.generation
         opts = {k: v for k, v in (("batch_size", g.gen_batch_size), ("tensor_parallel_size", g.tensor_parallel_size),
                                   ("gpu_memory_utilization", g.gpu_memory_utilization)) if v is not None}
         return GenerateConfig(
             policy=policy, rewards=list(rewards), reward_weights=list(weights) if weights is not None else None,
             prompts=str(prompts), out=str(out), n=n, backend=g.backend, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, seed=seed, stop=list(g.stop), select=select, min_reward=min_reward,
-            min_margin=min_margin, dedup=dedup, length_normalize=length_normalize, batch_size=g.batch_size,
+            max_new_tokens=max_new_tokens, seed=seed, stop=list(g.stop), select=select, write_pairs=write_pairs,
+            min_reward=min_reward, min_margin=min_margin, dedup=dedup, length_normalize=length_normalize, batch_size=g.batch_size,
             long_prompt=g.long_prompts, reward_engine=g.reward_engine, resume=True, device=self.recipe.device,
             dtype=self.recipe.dtype, backend_options=opts, show_progress=self.show_progress,
             reward_dtype=g.reward_dtype, prefix_sharing=g.prefix_sharing, max_model_len=g.max_model_len,
@@ -334,8 +324,16 @@ class LoopRunner:
             out=rd / "generate", n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
             seed=derive_seed(self.recipe.seed, "round", r, "generate"), select=s.select, min_reward=s.min_reward,
             min_margin=s.min_margin, dedup=s.dedup, length_normalize=s.length_normalize,
+            write_pairs=self._needs_pairs(),
         )
         self._generate(cfg)
+
+    def _needs_pairs(self) -> bool:
+        """best / top-k rounds write DPO pairs too when something reads them: a DPO update, rm_update, or a
+        `min_margin` that filters them (`pairs` mode always writes them)."""
+        s = self.recipe.selection
+        return s.select != "pairs" and (self.recipe.update.method == "dpo" or self.recipe.rm_update is not None
+                                        or s.min_margin is not None)
 
     def stage_train(self, r: int) -> None:
         from bonsynth.loop.train_policy import TRAIN_SUMMARY, train_policy

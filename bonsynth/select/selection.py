@@ -1,11 +1,16 @@
 """Pick training data out of N scored candidates for one prompt.
 
 Every choice is deterministic: candidates are ranked by (reward desc, candidate index asc), so ties go to
-the earlier candidate, whatever the batch or machine.
+the earlier candidate, whatever the batch or machine. A candidate whose reward is not a finite number (a broken
+RM's NaN or inf) is never selected, neither for SFT nor as either side of a pair.
+
+The modes write different files: `best` and `top-k:K` give SFT rows (plus a best-vs-worst DPO pair per prompt
+only when `pairs` is asked for too); `pairs` gives only the DPO pair.
 """
 
 from __future__ import annotations
 
+import math
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -24,6 +29,17 @@ class SelectionConfig:
     dedup: bool = False  # drop exact and near-duplicate candidates before selecting
     near_dup_threshold: float = 0.9  # Jaccard similarity of word 3-gram shingles
     length_normalize: bool = False  # rank by reward / number of tokens
+    write_pairs: bool = False  # best / top-k: also form the DPO pair (always on in `pairs` mode)
+
+    @property
+    def sft(self) -> bool:
+        """Whether SFT rows are selected (every mode but `pairs`)."""
+        return self.mode != "pairs"
+
+    @property
+    def pairs(self) -> bool:
+        """Whether a DPO pair is formed."""
+        return self.mode == "pairs" or self.write_pairs
 
     def describe(self) -> str:
         return f"top-k:{self.k}" if self.mode == "top-k" else self.mode
@@ -45,6 +61,7 @@ class SelectionResult:
     pair: tuple[int, int] | None = None  # (chosen, rejected) for DPO
     duplicates: list[int] = field(default_factory=list)  # indices dropped as duplicates
     below_min_reward: int = 0
+    nonfinite: list[int] = field(default_factory=list)  # indices whose reward is NaN or inf (never selected)
     skipped_pair_reason: str | None = None  # "margin", "identical", "too-few", "min-reward"
 
 
@@ -90,12 +107,14 @@ def select_candidates(
     num_tokens: Sequence[int],
     cfg: SelectionConfig,
 ) -> SelectionResult:
-    """Rank one prompt's candidates and choose SFT rows and one DPO pair."""
+    """Rank one prompt's candidates and choose SFT rows and/or one DPO pair, as the mode asks."""
     res = SelectionResult()
     scores = ranking_scores(rewards, num_tokens, cfg.length_normalize)
-    pool = list(range(len(texts)))
-    if cfg.dedup:
-        res.duplicates = find_duplicates(texts, cfg.near_dup_threshold)
+    res.nonfinite = [i for i, r in enumerate(rewards) if not math.isfinite(r)]
+    bad = set(res.nonfinite)
+    pool = [i for i in range(len(texts)) if i not in bad]
+    if cfg.dedup:  # among the scored candidates only: a NaN one must not knock out its finite twin
+        res.duplicates = [pool[j] for j in find_duplicates([texts[i] for i in pool], cfg.near_dup_threshold)]
         dropped = set(res.duplicates)
         pool = [i for i in pool if i not in dropped]
     ranked = sorted(pool, key=lambda i: (-scores[i], i))
@@ -106,7 +125,10 @@ def select_candidates(
         res.below_min_reward = len(ranked) - len(eligible)
 
     k = 1 if cfg.mode in ("best", "pairs") else cfg.k
-    res.selected = eligible[:k]
+    if cfg.sft:
+        res.selected = eligible[:k]
+    if not cfg.pairs:
+        return res
 
     # Pair: the best eligible against the worst candidate, never two identical texts.
     if not eligible or len(ranked) < 2:

@@ -43,6 +43,7 @@ from bonsynth.data.records import PromptRecord
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
 from bonsynth.generate.seeding import prompt_seed
+from bonsynth.redact import redact_text, redact_url, url_secrets
 
 log = logging.getLogger(__name__)
 
@@ -54,12 +55,8 @@ MAX_MESSAGE_CHARS = 500
 
 
 def public_url(url: str) -> str:
-    """The URL without user:password and query string, which may hold credentials."""
-    parts = urlsplit(url)
-    host = parts.hostname or ""
-    if parts.port is not None:
-        host = f"{host}:{parts.port}"
-    return urlunsplit((parts.scheme, host, parts.path, "", ""))
+    """The URL as it may be logged or recorded: no user:password, no secret-looking query parameters."""
+    return redact_url(url)
 
 
 def resolve_base_url(base_url: str | None) -> str:
@@ -140,13 +137,23 @@ def completion_token_counts(
 
 
 class _Redactor:
-    """Masks the API key in any text that may reach a log line or an exception."""
+    """Masks the API key, and the base URL's password and secret query values, in any text that may reach a log
+    line or an exception (a server may echo the request's URL or headers back in its error message)."""
 
-    def __init__(self, secret: str | None) -> None:
-        self._secret = secret or None
+    def __init__(self, secret: str | None, base_url: str | None = None) -> None:
+        self._secrets = sorted({s for s in (secret, *url_secrets(base_url or "")) if s and len(s) >= 3},
+                               key=len, reverse=True)
 
     def __call__(self, text: str) -> str:
-        return text.replace(self._secret, "***") if self._secret else text
+        for s in self._secrets:
+            text = text.replace(s, "***")
+        return redact_text(text)
+
+
+def join_url(base_url: str, path: str) -> str:
+    """`base_url` + `path`, with the path before the base URL's query string (e.g. Azure's `?api-version=`)."""
+    parts = urlsplit(base_url)
+    return urlunsplit((parts.scheme, parts.netloc, parts.path.rstrip("/") + path, parts.query, parts.fragment))
 
 
 class OpenAIBackend(GenerationBackend):
@@ -267,7 +274,7 @@ class OpenAIBackend(GenerationBackend):
     ) -> dict:
         import httpx
 
-        url = self.base_url + path
+        url = join_url(self.base_url, path)
         where = f"{public_url(url)} (prompt {rec.id})"
         reason = ""
         for attempt in range(self.max_retries + 1):
@@ -343,7 +350,7 @@ class OpenAIBackend(GenerationBackend):
         import httpx
 
         key = self._api_key()
-        redact = _Redactor(key)
+        redact = _Redactor(key, self.base_url)
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
@@ -354,7 +361,7 @@ class OpenAIBackend(GenerationBackend):
         async def one(i: int, client: httpx.AsyncClient) -> GenerationResult:
             path, body, text = requests[i]
             data = await self._post(client, sem, prompts[i], path, body, redact)
-            where = f"{public_url(self.base_url + path)} (prompt {prompts[i].id})"
+            where = f"{public_url(join_url(self.base_url, path))} (prompt {prompts[i].id})"
             return self._result(
                 data, text, "chat" if path.startswith("/chat") else "completions", sampling, where
             )
