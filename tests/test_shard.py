@@ -108,3 +108,16 @@ def test_gather_refuses_a_shard_directory_given_twice(tmp_path, monkeypatch, cap
         assert not out.exists()
     code, err = _gather_cli(monkeypatch, capsys, zero, one, "--out", str(out))
     assert code == 0 and out.is_dir(), err
+
+
+def test_gather_reads_the_prompts_as_a_skip_invalid_run_did(tmp_path):
+    # A run made with --skip-invalid (config key `skip_invalid`) numbered only the valid prompts.
+    from bonsynth.errors import InputError
+    from bonsynth.generate.gather import _expected_ids
+
+    path = write_jsonl(tmp_path / "p.jsonl", [{"id": "a", "prompt": "x"}, {"id": "b", "prompt": ""},
+                                              {"id": "c", "prompt": "y"}])
+    assert _expected_ids(str(path), {"config": {"skip_invalid": True}}) == ["a", "c"]
+    assert _expected_ids(str(path), {"config": {"skip_invalid": True, "limit": 1}}) == ["a"]
+    with pytest.raises(InputError, match="--skip-invalid"):
+        _expected_ids(str(path), {"config": {}})

@@ -129,7 +129,9 @@ def _expected_ids(prompts: str, manifest: dict) -> list[str] | None:
     from bonsynth.data.readers import iter_prompts
 
     fmt = manifest["config"].get("prompt_format", "auto")
-    ids = [r.id for r in iter_prompts(prompts, fmt=fmt)]  # only the ids are kept, not the records
+    # A run made with --skip-invalid numbered only the valid prompts: read the file the same way.
+    skip_invalid = bool(manifest["config"].get("skip_invalid", False))
+    ids = [r.id for r in iter_prompts(prompts, fmt=fmt, skip_invalid=skip_invalid)]  # the ids only, not the records
     limit = manifest["config"].get("limit")
     return ids if limit is None else ids[:limit]
 
