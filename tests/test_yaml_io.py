@@ -18,6 +18,13 @@ REPO = Path(__file__).resolve().parents[1]
 BILLION_LAUGHS = 'a: &a ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]\n' + "".join(
     f"{cur}: &{cur} [{', '.join(['*' + prev] * 9)}]\n" for prev, cur in zip("abcdefgh", "bcdefghi", strict=True)
 )
+# The same bomb under a key each command validates (and, before the fix, printed the repr of): both hung.
+_BOMB_ITEMS = "".join(f"    - {line.split(': ', 1)[1]}\n" for line in BILLION_LAUGHS.splitlines())
+LAUGHS_FOR = {
+    "merge": "merge_method: linear\nmodels: [{model: a}, {model: b}]\nparameters:\n  weight:\n" + _BOMB_ITEMS,
+    "loop": "out: runs/x\npolicy: p\nrewards: [r]\nprompts: [q.jsonl]\nrounds: 1\nupdate: {method: sft}\n"
+            "prompts_per_round:\n" + _BOMB_ITEMS.replace("    - ", "  - "),
+}
 
 
 def _bonsynth(*args: str, timeout: float = 60) -> subprocess.CompletedProcess:
@@ -83,10 +90,10 @@ def test_short_repr_is_bounded_and_cheap():
 @pytest.mark.parametrize("command", ["merge", "loop"])
 def test_cli_refuses_billion_laughs_in_seconds(tmp_path, command):
     cfg = tmp_path / "laughs.yaml"
-    cfg.write_text(BILLION_LAUGHS)
+    cfg.write_text(LAUGHS_FOR[command])
     args = [command, str(cfg)] + ([str(tmp_path / "out")] if command == "merge" else [])
     start = time.perf_counter()
-    proc = _bonsynth(*args, timeout=60)
+    proc = _bonsynth(*args, timeout=60)  # before the fix: no end, memory growing
     assert time.perf_counter() - start < 60
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
