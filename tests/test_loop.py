@@ -284,7 +284,7 @@ def test_bad_recipes_fail_with_one_clear_line_and_exit_2(tmp_path, monkeypatch, 
     bad_yaml = tmp_path / "bad.yaml"
     bad_yaml.write_text("out: x\nrounds: 2\n  method: sft\n", encoding="utf-8")
     code, err = _loop_cli(monkeypatch, capsys, str(bad_yaml))
-    assert code == 2 and "not valid YAML (line 3" in err, err
+    assert code == 2 and "bad.yaml:3: mapping values are not allowed here" in err, err
     code, err = _loop_cli(monkeypatch, capsys, str(tmp_path / "nope.yaml"))
     assert code == 2 and "recipe not found" in err
     code, err = _loop_cli(monkeypatch, capsys, str(write_recipe(tmp_path / "ok.yaml", m, out)), "--rounds", "0")

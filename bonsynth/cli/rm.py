@@ -12,6 +12,8 @@ FORMATS = click.Choice(["auto", "pairwise", "binary", "ranked", "prompts"])
 PREFIX_SHARING = click.Choice(["auto", "on", "off"])
 UNSAFE_WEIGHTS_HELP = ("Also load pickle .bin/.pt weights, which can run code on load (default: safetensors only). "
                        "Use only for files you trust.")
+SKIP_INVALID_HELP = ("Drop rows that fail validation instead of stopping at the first: each is printed on stderr "
+                     "(file:line: field), and their count and lines are recorded in the output.")
 PREFIX_SHARING_HELP = ("Score responses that share a prompt on one pass over the prompt (causal RMs): auto = when "
                        "prompts repeat, on = always, off = never. Rewards match either way, up to float rounding.")
 
@@ -61,6 +63,7 @@ def slice_cmd(base: str, layers: str, out: Path, trust_remote_code: bool) -> Non
 @click.option("--seed", type=int, default=42, show_default=True)
 @click.option("--report-to", default="none", show_default=True, help="Trainer report_to (none, tensorboard, wandb).")
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
+@click.option("--skip-invalid", is_flag=True, help=SKIP_INVALID_HELP)
 def train_cmd(**kw) -> None:
     """Train a reward model.
 
@@ -87,8 +90,9 @@ def train_cmd(**kw) -> None:
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
               help="Run Python code shipped in the model directory (custom architectures).")
 @click.option("--allow-unsafe-weights", is_flag=True, help=UNSAFE_WEIGHTS_HELP)
+@click.option("--skip-invalid", is_flag=True, help=SKIP_INVALID_HELP)
 def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_length, ndcg_k, as_json: bool,
-             trust_remote_code: bool, allow_unsafe_weights: bool) -> None:
+             trust_remote_code: bool, allow_unsafe_weights: bool, skip_invalid: bool) -> None:
     """Evaluate a reward model: accuracy, loss, rewards, margin (pairwise); AUC (binary); NDCG@k (ranked).
 
     \b
@@ -100,7 +104,8 @@ def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_l
     from bonsynth.rm.evaluate import evaluate_files
 
     results = evaluate_files(model, list(data), fmt=fmt, batch_size=batch_size, max_length=max_length, ndcg_k=ndcg_k,
-                             trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights)
+                             trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights,
+                             skip_invalid=skip_invalid)
     for res in results:
         if as_json:
             click.echo(json.dumps(res, sort_keys=True))
@@ -124,17 +129,26 @@ def eval_cmd(model: str, data: tuple[str, ...], fmt: str, batch_size: int, max_l
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
               help="Run Python code shipped in the model directory (custom architectures).")
 @click.option("--allow-unsafe-weights", is_flag=True, help=UNSAFE_WEIGHTS_HELP)
+@click.option("--skip-invalid", is_flag=True, help=SKIP_INVALID_HELP)
 def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: str, dtype: str, max_length,
-              token_budget, prefix_sharing: str, trust_remote_code: bool, allow_unsafe_weights: bool) -> None:
+              token_budget, prefix_sharing: str, trust_remote_code: bool, allow_unsafe_weights: bool,
+              skip_invalid: bool) -> None:
     """Score records with a reward model; writes each record back with a `reward` field.
 
     \b
     Example:
       bonsynth rm score --model rm-pairs --input candidates.jsonl --output scored.jsonl
     """
+    from bonsynth.data.normalize import Skipped
     from bonsynth.rm.score_file import score_file
 
+    skipped = Skipped()
     n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
                    token_budget=token_budget, prefix_sharing=prefix_sharing, trust_remote_code=trust_remote_code,
-                   allow_unsafe_weights=allow_unsafe_weights)
-    click.echo(f"scored {n} records -> {output_path}")
+                   allow_unsafe_weights=allow_unsafe_weights, skip_invalid=skip_invalid, skipped=skipped)
+    note = ""
+    if skip_invalid:
+        shown = ", ".join(str(line) for line in skipped.lines[: Skipped.SHOWN])
+        more = f", ... and {skipped.count - Skipped.SHOWN} more" if skipped.count > Skipped.SHOWN else ""
+        note = f" (skipped {skipped.count} invalid rows" + (f": lines {shown}{more})" if skipped.count else ")")
+    click.echo(f"scored {n} records -> {output_path}{note}")

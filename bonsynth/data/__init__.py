@@ -1,8 +1,11 @@
 """Data layer: read jsonl / json / parquet / save-to-disk / hub datasets into typed records.
 
 Public surface:
-- `load_records(source, fmt="auto", split="train") -> LoadedData`: detect (or force with `fmt`) the kind and
-  normalise every row; bad input raises one `InputError` naming the file, line and field.
+- `load_records(source, fmt="auto", split="train", skip_invalid=False) -> LoadedData`: detect (or force with
+  `fmt`) the kind and normalise every row; bad input raises one `InputError` naming the file, line and field
+  (and how many rows are invalid in all). `skip_invalid=True` drops the invalid rows instead: `LoadedData.skipped`
+  (a `Skipped`) lists them.
+- `load_yaml` / `parse_yaml` (`bonsynth.data.yaml_io`): the one YAML loader for configs and recipes.
 - `load_prompts`, `load_pairs` (ranked groups expand to pairs), `load_binary`, `load_ranked`: one kind only;
   `iter_prompts` is `load_prompts` one record at a time (big prompt files are never held whole).
 - `iter_raw_rows`: the raw dict rows with their locations (to write rows back with extra fields);
@@ -11,7 +14,7 @@ Public surface:
 - `append_jsonl_durable` + `repair_jsonl_tail`: fsynced appends for resumable outputs.
 """
 
-from bonsynth.data.normalize import KINDS, LoadedData, detect_kind, normalize_rows
+from bonsynth.data.normalize import KINDS, LoadedData, Skipped, detect_kind, normalize_rows
 from bonsynth.data.readers import (
     iter_prompts,
     iter_raw_rows,
@@ -45,6 +48,7 @@ __all__ = [
     "PairRecord",
     "PromptRecord",
     "RankedGroup",
+    "Skipped",
     "append_jsonl_durable",
     "content_id",
     "detect_kind",

@@ -17,9 +17,10 @@ from __future__ import annotations
 import math
 import os
 import re
+import sys
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import IO, Any, NoReturn, TypeVar
 
 from bonsynth.data.records import (
     BinaryRecord,
@@ -67,14 +68,95 @@ _EXPECTED = "prompt/chosen/rejected, positive/negative, input_text/labels, text/
 _ASSISTANT = re.compile(r"(?:^|\n)Assistant:")
 
 
+class Skipped:
+    """The rows a `skip_invalid` read dropped: how many, their lines, and the first `SHOWN` errors.
+
+    Real datasets hold a few broken rows (hh-rlhf has replies that are empty after the shared prompt). Dropping
+    them must never be silent: each is reported as `file:line: field 'x': why`, and the count and lines go into
+    the output's metadata (`to_json`).
+    """
+
+    SHOWN = 20
+
+    def __init__(self) -> None:
+        self.count = 0
+        self.lines: list[int | None] = []  # every skipped row's line (1-based; record index + 1 for non-jsonl)
+        self.messages: list[str] = []  # the first SHOWN errors, as `file:line: field 'x': why`
+
+    def add(self, error: InputError) -> None:
+        self.count += 1
+        self.lines.append(error.line)
+        if len(self.messages) < self.SHOWN:
+            self.messages.append(str(error))
+
+    def to_json(self) -> dict[str, Any]:
+        """`{"num_skipped_invalid": K, "skipped_lines": [...]}`, for manifests and summaries."""
+        return {"num_skipped_invalid": self.count, "skipped_lines": list(self.lines)}
+
+    def report(self, file: IO[str] | None = None) -> None:
+        """Print the skipped rows (the first SHOWN, then a count of the rest) on stderr; nothing if none."""
+        out = file if file is not None else sys.stderr
+        for msg in self.messages:
+            print(f"skipped invalid row: {msg}", file=out)
+        if self.count > len(self.messages):
+            print(f"skipped invalid row: ... and {self.count - len(self.messages)} more", file=out)
+        out.flush()
+
+
+def invalid_rows_hint(error: InputError, count: int) -> InputError:
+    """`error` (the first bad row) with how many rows fail in all, and that `--skip-invalid` drops them."""
+    rows = f"{count} invalid row{'s' if count != 1 else ''}"
+    hint = f" ({rows} in the file; --skip-invalid drops {'them' if count != 1 else 'it'})"
+    return InputError(error.reason + hint, path=error.path, line=error.line, field=error.field)
+
+
+T = TypeVar("T")
+
+
+def screen_rows(
+    rows: Iterable[tuple[Location, Any]],
+    convert: Callable[[Location, dict], T],
+    *,
+    skip_invalid: bool = False,
+    skipped: Skipped | None = None,
+) -> Iterator[T]:
+    """`convert(loc, row)` for every row; a row it refuses (an `InputError`) is dropped or fails the read.
+
+    `rows` may hold an `InputError` in place of a row (a line that is not JSON, from
+    `iter_raw_rows(keep_bad_rows=True)`): that row is invalid too. With `skip_invalid` the bad rows are recorded
+    in `skipped` and the rest come out. Without it nothing comes out after the first bad row, but the rest of the
+    input is still checked, so the error can say how many rows `--skip-invalid` would drop.
+    """
+    skipped = skipped if skipped is not None else Skipped()
+    first_error: InputError | None = None
+    for loc, raw in rows:
+        try:
+            if isinstance(raw, InputError):
+                raise raw
+            out = convert(loc, raw)
+        except InputError as e:
+            skipped.add(e)
+            if not skip_invalid and first_error is None:
+                first_error = e
+            continue
+        if first_error is None:
+            yield out
+    if first_error is not None:
+        raise invalid_rows_hint(first_error, skipped.count)
+
+
 @dataclass
 class LoadedData:
-    """Records of one kind from one source. `fields` are the fields that decided the kind (for messages)."""
+    """Records of one kind from one source. `fields` are the fields that decided the kind (for messages).
+
+    `skipped`: the invalid rows a `skip_invalid` read dropped (empty otherwise).
+    """
 
     kind: str
     records: list
     path: str
     fields: tuple[str, ...] = field(default=())
+    skipped: Skipped = field(default_factory=Skipped)
 
 
 def check_fmt(fmt: str | None) -> str | None:
@@ -104,11 +186,16 @@ def kind_fields(row: dict, kind: str) -> tuple[str, ...]:
     return tuple(f for f in _FIELDS[kind] if f in row)
 
 
-def normalize_rows(rows: Iterable[tuple[Location, dict]], fmt: str | None, path: str) -> LoadedData:
-    """Convert all rows of one source; every row must be of the same kind (the forced one, if given)."""
-    stream = RecordStream(rows, fmt, path)
+def normalize_rows(
+    rows: Iterable[tuple[Location, dict]], fmt: str | None, path: str, *, skip_invalid: bool = False
+) -> LoadedData:
+    """Convert all rows of one source; every row must be of the same kind (the forced one, if given).
+
+    `skip_invalid`: drop the rows that fail validation (listed in the result's `skipped`) instead of failing.
+    """
+    stream = RecordStream(rows, fmt, path, skip_invalid=skip_invalid)
     records = list(stream)
-    return LoadedData(kind=stream.kind, records=records, path=path, fields=stream.fields)
+    return LoadedData(kind=stream.kind, records=records, path=path, fields=stream.fields, skipped=stream.skipped)
 
 
 class RecordStream:
@@ -117,39 +204,51 @@ class RecordStream:
     `kind` and `fields` are set once the first record is out; an empty input fails when the rows run out.
     `validated=True` is for rows that passed a full stream before (a run reading its prompts again): no
     duplicate-id check, whose id set would cost memory, and no empty-input check, as a range of them may be empty.
+    `skip_invalid=True` drops rows that fail validation (a bad field, another kind than the file's first valid
+    row, a duplicate id, a line that is not JSON) and records them in `skipped` (pass one to fill it in place).
+    Without it the first bad row fails, once the whole input was checked (see `screen_rows`).
     """
 
     def __init__(
-        self, rows: Iterable[tuple[Location, dict]], fmt: str | None, path: str, *, validated: bool = False
+        self,
+        rows: Iterable[tuple[Location, dict]],
+        fmt: str | None,
+        path: str,
+        *,
+        validated: bool = False,
+        skip_invalid: bool = False,
+        skipped: Skipped | None = None,
     ) -> None:
         self.forced = check_fmt(fmt)
         self.kind: str | None = self.forced
         self.fields: tuple[str, ...] = ()
         self.path = path
+        self.skip_invalid = skip_invalid
+        self.skipped = skipped if skipped is not None else Skipped()
         self._rows = rows
         self._validated = validated
 
     def __iter__(self) -> Iterator[Record]:
-        forced, kind, first, count = self.forced, self.forced, None, 0
+        forced = self.forced
+        first: list[Location] = []  # the first valid row, which fixes the kind of the file
         seen_ids: dict[str, int | None] = {}  # id -> line: no Location per id, these live as long as the pass
-        for loc, raw in self._rows:
+
+        def convert(loc: Location, raw: dict) -> Record:
             row = _Row({k: v for k, v in raw.items() if v is not None}, loc)
+            kind = self.kind
             if forced is None:
                 found = detect_kind(row.data)
                 if found is None:
                     keys = ", ".join(sorted(row.data)) or "none"
                     row.fail(None, f"cannot tell the kind of data from the fields ({keys}); expected {_EXPECTED}")
-                if first is None:
-                    kind, first = found, loc
-                    self.kind = kind
+                if kind is None:
+                    kind = found
                 elif found != kind:
                     row.fail(
                         None,
                         f"this row looks like {found} data (fields {'/'.join(kind_fields(row.data, found))}) but "
-                        f"line {first.line} is {kind} data; all rows of a file must be the same kind",
+                        f"line {first[0].line} is {kind} data; all rows of a file must be the same kind",
                     )
-            if not self.fields:
-                self.fields = kind_fields(row.data, kind)
             try:
                 record = _CONVERTERS[kind](row)
             except InputError as e:
@@ -158,10 +257,30 @@ class RecordStream:
                 raise e from None
             if not self._validated:
                 _check_unique(record, row, seen_ids)
+            if not first:
+                first.append(loc)
+                self.kind = kind
+            if not self.fields:
+                self.fields = kind_fields(row.data, kind)
+            return record
+
+        count = 0
+        for record in screen_rows(self._rows, convert, skip_invalid=self.skip_invalid, skipped=self.skipped):
             count += 1
             yield record
         if not count and not self._validated:
+            if self.skipped.count:
+                raise InputError(
+                    f"no valid records: all {self.skipped.count} rows are invalid "
+                    f"(the first: {self.skipped.messages[0]})",
+                    path=self.path,
+                )
             raise InputError("no records (the input is empty)", path=self.path)
+
+
+def convert_row(loc: Location, raw: dict, kind: str) -> Record:
+    """One row as a record of `kind` (None values dropped), or the `InputError` naming its bad field."""
+    return _CONVERTERS[kind](_Row({k: v for k, v in raw.items() if v is not None}, loc))
 
 
 def _with_detection_hint(e: InputError, row: dict, kind: str) -> InputError:

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
 
-from bonsynth.data.normalize import LoadedData, RecordStream, normalize_rows, type_name
+from bonsynth.data.normalize import LoadedData, RecordStream, Skipped, normalize_rows, type_name
 from bonsynth.data.records import BinaryRecord, Location, PairRecord, PromptRecord, RankedGroup
 from bonsynth.errors import InputError
 
@@ -23,8 +23,21 @@ PARQUET_SUFFIXES = (".parquet", ".pq")
 _HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
-def iter_raw_rows(source: str | Path, split: str = "train") -> Iterator[tuple[Location, dict]]:
-    """Yield `(location, row)` for every record of `source`, as the raw dicts (e.g. to write rows back)."""
+def iter_raw_rows(
+    source: str | Path, split: str = "train", *, keep_bad_rows: bool = False
+) -> Iterator[tuple[Location, dict]]:
+    """Yield `(location, row)` for every record of `source`, as the raw dicts (e.g. to write rows back).
+
+    A row that is not a JSON object (bad UTF-8, malformed JSON, a list) fails the read, or with `keep_bad_rows`
+    comes out as `(location, InputError)`, so that `skip_invalid` readers can drop it and go on.
+    """
+    for loc, row in _iter_rows(source, split):
+        if isinstance(row, InputError) and not keep_bad_rows:
+            raise row
+        yield loc, row
+
+
+def _iter_rows(source: str | Path, split: str) -> Iterator[tuple[Location, dict | InputError]]:
     path = Path(source).expanduser()
     if path.is_dir():
         yield from _iter_saved_dataset(path, split)
@@ -48,22 +61,38 @@ def iter_raw_rows(source: str | Path, split: str = "train") -> Iterator[tuple[Lo
         raise InputError("file does not exist", path=source)
 
 
-def load_records(source: str | Path, fmt: str | None = "auto", split: str = "train") -> LoadedData:
-    """Read `source` and normalise it; the kind is detected from the fields unless `fmt` forces it."""
-    return normalize_rows(iter_raw_rows(source, split), fmt, str(source))
+def load_records(
+    source: str | Path, fmt: str | None = "auto", split: str = "train", *, skip_invalid: bool = False
+) -> LoadedData:
+    """Read `source` and normalise it; the kind is detected from the fields unless `fmt` forces it.
+
+    By default the first invalid row fails the read (its message counts all the invalid rows). `skip_invalid`
+    drops them instead: `result.skipped` lists them (`.count`, `.lines`, `.report()`, `.to_json()`).
+    """
+    return normalize_rows(_iter_rows(source, split), fmt, str(source), skip_invalid=skip_invalid)
 
 
-def load_prompts(source: str | Path, fmt: str | None = "auto", split: str = "train") -> list[PromptRecord]:
-    return list(iter_prompts(source, fmt, split))
+def load_prompts(
+    source: str | Path, fmt: str | None = "auto", split: str = "train", *, skip_invalid: bool = False
+) -> list[PromptRecord]:
+    return list(iter_prompts(source, fmt, split, skip_invalid=skip_invalid))
 
 
-def iter_prompts(source: str | Path, fmt: str | None = "auto", split: str = "train") -> Iterator[PromptRecord]:
+def iter_prompts(
+    source: str | Path,
+    fmt: str | None = "auto",
+    split: str = "train",
+    *,
+    skip_invalid: bool = False,
+    skipped: Skipped | None = None,
+) -> Iterator[PromptRecord]:
     """`load_prompts` one record at a time, so a big prompts file is never held whole.
 
     Rows are checked as they come (unique ids too: only the ids are kept); data of another kind fails at its
-    first record, with the message `load_prompts` gives.
+    first record, with the message `load_prompts` gives. With `skip_invalid`, invalid rows are dropped and
+    recorded in `skipped` (complete once the iterator is exhausted).
     """
-    stream = RecordStream(iter_raw_rows(source, split), fmt, str(source))
+    stream = RecordStream(_iter_rows(source, split), fmt, str(source), skip_invalid=skip_invalid, skipped=skipped)
     for record in stream:
         if stream.kind != "prompts":
             _fail_kind(stream.kind, stream.fields, "prompts", fmt, str(source))
@@ -90,9 +119,11 @@ def source_stamp(source: str | Path) -> tuple | None:
     return None
 
 
-def load_pairs(source: str | Path, fmt: str | None = "auto", split: str = "train") -> list[PairRecord]:
+def load_pairs(
+    source: str | Path, fmt: str | None = "auto", split: str = "train", *, skip_invalid: bool = False
+) -> list[PairRecord]:
     """Pairwise records; ranked groups are expanded into their strictly ordered pairs."""
-    data = load_records(source, fmt, split)
+    data = load_records(source, fmt, split, skip_invalid=skip_invalid)
     if data.kind != "ranked":
         return _expect(data, "pairwise", fmt).records
     pairs = [p for group in data.records for p in group.to_pairs()]
@@ -101,12 +132,16 @@ def load_pairs(source: str | Path, fmt: str | None = "auto", split: str = "train
     return pairs
 
 
-def load_binary(source: str | Path, fmt: str | None = "auto", split: str = "train") -> list[BinaryRecord]:
-    return _expect(load_records(source, fmt, split), "binary", fmt).records
+def load_binary(
+    source: str | Path, fmt: str | None = "auto", split: str = "train", *, skip_invalid: bool = False
+) -> list[BinaryRecord]:
+    return _expect(load_records(source, fmt, split, skip_invalid=skip_invalid), "binary", fmt).records
 
 
-def load_ranked(source: str | Path, fmt: str | None = "auto", split: str = "train") -> list[RankedGroup]:
-    return _expect(load_records(source, fmt, split), "ranked", fmt).records
+def load_ranked(
+    source: str | Path, fmt: str | None = "auto", split: str = "train", *, skip_invalid: bool = False
+) -> list[RankedGroup]:
+    return _expect(load_records(source, fmt, split, skip_invalid=skip_invalid), "ranked", fmt).records
 
 
 def _expect(data: LoadedData, kind: str, fmt: str | None) -> LoadedData:
@@ -133,28 +168,33 @@ def _looks_like_hub_name(source: str) -> bool:
     return "/" not in source or not Path(source).parent.is_dir()
 
 
-def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict]]:
-    # Bytes, line by line: streams big files and lets a bad UTF-8 byte be pinned to its line.
+def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict | InputError]]:
+    # Bytes, line by line: streams big files and lets a bad UTF-8 byte be pinned to its line. A bad line comes
+    # out as its error (raised by iter_raw_rows, dropped by skip_invalid readers).
     with open(path, "rb") as fh:
         for n, raw in enumerate(fh, 1):
+            loc = Location(str(path), n)
             try:
                 text = raw.decode("utf-8-sig" if n == 1 else "utf-8")
             except UnicodeDecodeError as e:
-                raise InputError(
+                yield loc, InputError(
                     f"not valid UTF-8 (byte 0x{raw[e.start]:02x} at column {e.start + 1})", path=path, line=n
-                ) from None
+                )
+                continue
             if not text.strip():
                 continue
             try:
                 row = json.loads(text)
             except json.JSONDecodeError as e:
-                raise InputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path, line=n) from None
+                yield loc, InputError(f"malformed JSON: {e.msg} (column {e.colno})", path=path, line=n)
+                continue
             if not isinstance(row, dict):
-                raise InputError(f"expected a JSON object, got {type_name(row)}", path=path, line=n)
-            yield Location(str(path), n), row
+                yield loc, InputError(f"expected a JSON object, got {type_name(row)}", path=path, line=n)
+                continue
+            yield loc, row
 
 
-def _iter_json(path: Path) -> Iterator[tuple[Location, dict]]:
+def _iter_json(path: Path) -> Iterator[tuple[Location, dict | InputError]]:
     data = path.read_bytes()
     try:
         text = data.decode("utf-8-sig")
@@ -186,7 +226,7 @@ def _iter_json(path: Path) -> Iterator[tuple[Location, dict]]:
         raise InputError(f"expected a list of records, got {type_name(obj)}", path=path)
     for i, row in enumerate(obj):
         if not isinstance(row, dict):
-            raise InputError(f"expected a JSON object, got {type_name(row)}", path=path, line=i + 1)
+            row = InputError(f"expected a JSON object, got {type_name(row)}", path=path, line=i + 1)
         yield Location(str(path), i + 1), row
 
 

@@ -52,6 +52,7 @@ def gather(shard_dirs: list[str | Path], out: str | Path, prompts: str | None = 
     for d in dirs:
         if not d.is_dir():
             raise BonsynthError(f"shard directory not found: {d}")
+    _check_distinct(dirs)
     manifests = [_load_manifest(d) for d in dirs]
     ref = {k: v for k, v in manifests[0]["config"].items() if k not in _PER_SHARD}
     for d, m in zip(dirs, manifests, strict=True):
@@ -107,6 +108,20 @@ def gather(shard_dirs: list[str | Path], out: str | Path, prompts: str | None = 
     return manifest
 
 
+def _check_distinct(dirs: list[Path]) -> None:
+    """Each shard directory once: one given twice would be concatenated twice, or (an empty shard) pass unseen.
+
+    Compared by resolved path, so `shards/0`, `shards/0/`, `./shards/0` and a symlink to it are the same shard.
+    """
+    first: dict[Path, Path] = {}
+    for d in dirs:
+        key = d.resolve()
+        if key in first:
+            same = f" (the same directory as {first[key]})" if str(first[key]) != str(d) else ""
+            raise ConfigError(f"shard directory given more than once: {d}{same}")
+        first[key] = d
+
+
 def _expected_ids(prompts: str, manifest: dict) -> list[str] | None:
     """The prompt ids the shards should cover, from the prompts file (None when it is not readable here)."""
     if not Path(prompts).exists():
@@ -114,7 +129,9 @@ def _expected_ids(prompts: str, manifest: dict) -> list[str] | None:
     from bonsynth.data.readers import iter_prompts
 
     fmt = manifest["config"].get("prompt_format", "auto")
-    ids = [r.id for r in iter_prompts(prompts, fmt=fmt)]  # only the ids are kept, not the records
+    # A run made with --skip-invalid numbered only the valid prompts: read the file the same way.
+    skip_invalid = bool(manifest["config"].get("skip_invalid", False))
+    ids = [r.id for r in iter_prompts(prompts, fmt=fmt, skip_invalid=skip_invalid)]  # the ids only, not the records
     limit = manifest["config"].get("limit")
     return ids if limit is None else ids[:limit]
 

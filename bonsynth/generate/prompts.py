@@ -19,7 +19,7 @@ from collections.abc import Iterator, Sequence
 from itertools import islice
 from typing import Any
 
-from bonsynth.data.normalize import RecordStream
+from bonsynth.data.normalize import RecordStream, Skipped
 from bonsynth.data.readers import iter_prompts, iter_raw_rows, source_stamp
 from bonsynth.data.records import PromptRecord
 from bonsynth.errors import InputError
@@ -120,30 +120,39 @@ class FilePrompts(PromptSource):
     """
 
     def __init__(self, source: str, split: str, id_hashes: array, stamp: tuple | None,
-                 digest: str | None = None) -> None:
+                 digest: str | None = None, skipped: Skipped | None = None) -> None:
         self._source = source
         self._split = split
         self._ids = id_hashes
         self._stamp = stamp
         self._digest = digest
+        # The invalid rows `open(skip_invalid=True)` dropped; their lines are left out when the file is read again.
+        self.skipped = skipped if skipped is not None else Skipped()
+        self._skip_lines = frozenset(self.skipped.lines)
 
     @classmethod
-    def open(cls, source: str, fmt: str = "auto", limit: int | None = None, split: str = "train") -> FilePrompts:
+    def open(cls, source: str, fmt: str = "auto", limit: int | None = None, split: str = "train", *,
+             skip_invalid: bool = False) -> FilePrompts:
         """Validate every row of `source` now (bad input fails here); keep the count and the ids' hashes only.
 
         `limit` keeps the first LIMIT prompts, as `records[:limit]` did (every row is still validated).
+        `skip_invalid` drops the rows that fail validation instead of failing: positions count the valid rows
+        only, and `self.skipped` lists the dropped ones (`.count`, `.lines`, `.report()`, `.to_json()`). A limit
+        counts valid prompts; rows skipped after the limit are still listed.
         """
         stamp = source_stamp(source)
         hashes = array("q")  # hash() of a str is a C long: 8 bytes a prompt, not a ~1 KB record
         content = hashlib.blake2b(digest_size=16)
-        for i, rec in enumerate(iter_prompts(source, fmt, split)):
+        skipped = Skipped()
+        for i, rec in enumerate(iter_prompts(source, fmt, split, skip_invalid=skip_invalid, skipped=skipped)):
             hashes.append(hash(rec.id))
             if limit is None or i < limit:
                 _update_digest(content, rec)
         if limit is not None:
             del hashes[len(range(len(hashes))[:limit]) :]  # slice semantics, a negative limit included
         # A negative limit (library use) is only known at the end: that digest is computed when asked for.
-        self = cls(str(source), split, hashes, stamp, content.hexdigest() if limit is None or limit >= 0 else None)
+        self = cls(str(source), split, hashes, stamp, content.hexdigest() if limit is None or limit >= 0 else None,
+                   skipped=skipped)
         if source_stamp(source) != stamp:
             raise self._changed("while it was being validated")
         return self
@@ -167,7 +176,10 @@ class FilePrompts(PromptSource):
         # One raw row per record, so the rows before `lo` are skipped without converting them (they passed
         # validation); the rest are converted by the same code, as the kind the first pass found. No id set:
         # the id hashes already pin every position to its validated id.
-        rows = islice(iter_raw_rows(self._source, self._split), lo, hi)
+        rows = iter_raw_rows(self._source, self._split, keep_bad_rows=bool(self._skip_lines))
+        if self._skip_lines:  # the rows open() dropped are not positions: leave them out before counting
+            rows = (r for r in rows if r[0].line not in self._skip_lines)
+        rows = islice(rows, lo, hi)
         stream = RecordStream(rows, "prompts", self._source, validated=True)
         pos = lo
         try:

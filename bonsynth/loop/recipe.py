@@ -35,9 +35,9 @@ import json
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bonsynth.data.yaml_io import load_yaml, short_repr
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.select.selection import parse_select
 
@@ -86,7 +86,7 @@ class GenerationSection(_Section):
     def _backend(cls, v: str) -> str:
         if v not in LOOP_BACKENDS:
             extra = " (the policy changes every round, so a served model cannot be used)" if v == "openai" else ""
-            raise ValueError(f"unknown backend {v!r}; expected one of {', '.join(LOOP_BACKENDS)}{extra}")
+            raise ValueError(f"unknown backend {short_repr(v)}; expected one of {', '.join(LOOP_BACKENDS)}{extra}")
         return v
 
     @field_validator("prefix_sharing", mode="before")
@@ -104,7 +104,7 @@ class GenerationSection(_Section):
             try:
                 dtype_name(v)
             except BonsynthError:
-                raise ValueError(f"unknown dtype {v!r}; expected auto, float32, bfloat16 or float16") from None
+                raise ValueError(f"unknown dtype {short_repr(v)}; expected auto, float32, bfloat16 or float16") from None
         return v
 
     @model_validator(mode="after")
@@ -128,7 +128,7 @@ class SelectionSection(_Section):
         try:
             parse_select(v)
         except ConfigError:
-            raise ValueError(f"unknown selection {v!r}; expected best, pairs or top-k:K (K >= 1)") from None
+            raise ValueError(f"unknown selection {short_repr(v)}; expected best, pairs or top-k:K (K >= 1)") from None
         return v
 
 
@@ -160,14 +160,14 @@ class UpdateSection(_Section):
     @classmethod
     def _method(cls, v: str) -> str:
         if v not in UPDATE_METHODS:
-            raise ValueError(f"unknown update step {v!r}; expected one of {', '.join(UPDATE_METHODS)}")
+            raise ValueError(f"unknown update step {short_repr(v)}; expected one of {', '.join(UPDATE_METHODS)}")
         return v
 
     @field_validator("loss_type")
     @classmethod
     def _loss_type(cls, v: str) -> str:
         if v not in DPO_LOSS_TYPES:
-            raise ValueError(f"unknown DPO loss {v!r}; expected one of {', '.join(DPO_LOSS_TYPES)}")
+            raise ValueError(f"unknown DPO loss {short_repr(v)}; expected one of {', '.join(DPO_LOSS_TYPES)}")
         return v
 
     @model_validator(mode="after")
@@ -244,7 +244,7 @@ class LoopRecipe(_Section):
     @classmethod
     def _ppr(cls, v: Any) -> Any:
         if isinstance(v, bool) or (not isinstance(v, int) and v != "all"):
-            raise ValueError(f"expected a positive number or 'all', got {v!r}")
+            raise ValueError(f"expected a positive number or 'all', got {short_repr(v)}")
         if isinstance(v, int) and v < 1:
             raise ValueError(f"must be at least 1, got {v}")
         return v
@@ -294,18 +294,7 @@ def fingerprint_view(recipe: LoopRecipe) -> dict:
 
 def load_recipe(path: str | Path) -> LoopRecipe:
     """Read and validate a recipe; every problem is a one-line `ConfigError` naming the file and the key."""
-    p = Path(path)
-    if not p.is_file():
-        raise ConfigError(f"recipe not found: {path}" if not p.exists() else f"recipe is not a file: {path}")
-    try:
-        data = yaml.safe_load(p.read_text(encoding="utf-8"))
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" (line {mark.line + 1}, column {mark.column + 1})" if mark is not None else ""
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        raise ConfigError(f"{path}: not valid YAML{where}: {problem}") from None
-    except UnicodeDecodeError:
-        raise ConfigError(f"{path}: not valid UTF-8") from None
+    data, _ = load_yaml(path, "recipe")
     if data is None:
         raise ConfigError(f"{path}: the recipe is empty")
     if not isinstance(data, dict):
@@ -340,7 +329,7 @@ def describe_validation_error(e: ValidationError, model: type[BaseModel]) -> str
             text = text.removeprefix(prefix)
         msg = f"{key}: {text}" if loc else text
         if kind not in ("value_error", "assertion_error") and "input" in first and not isinstance(first["input"], dict):
-            msg += f" (got {first['input']!r})"
+            msg += f" (got {short_repr(first['input'])})"
     more = len(errors) - 1
     return msg + (f" (and {more} more problem{'s' if more > 1 else ''})" if more else "")
 

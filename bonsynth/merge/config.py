@@ -34,9 +34,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
+from bonsynth.data.yaml_io import load_yaml, short_repr
 from bonsynth.errors import ConfigError
 
 Scalar = bool | int | float | str
@@ -80,7 +80,7 @@ def _parse_setting(name: str, value: Any) -> ParameterSetting:
             return list(value)
         if all(isinstance(v, dict) for v in value):
             return [ConditionalParameter.model_validate(v) for v in value]
-    raise ValueError(f"'{name}' must be {shape}, got {value!r}")
+    raise ValueError(f"'{name}' must be {shape}, got {short_repr(value)}")
 
 
 def _iter_values(setting: ParameterSetting):
@@ -98,7 +98,7 @@ def _check_parameters(params: dict[str, Any] | None) -> dict[str, ParameterSetti
     if params is None:
         return None
     if not isinstance(params, dict):
-        raise ValueError(f"'parameters' must be a mapping, got {params!r}")
+        raise ValueError(f"'parameters' must be a mapping, got {short_repr(params)}")
     out: dict[str, ParameterSetting] = {}
     for name, raw in params.items():
         if name not in KNOWN_PARAMETERS:
@@ -108,9 +108,9 @@ def _check_parameters(params: dict[str, Any] | None) -> dict[str, ParameterSetti
             if name in ("weight", "density", "lambda", "t", "scale") and (
                 isinstance(v, bool) or not isinstance(v, int | float)
             ):
-                raise ValueError(f"'{name}' must be a number, got {v!r}")
+                raise ValueError(f"'{name}' must be a number, got {short_repr(v)}")
             if name in ("normalize", "rescale", "int8_mask") and not isinstance(v, bool):
-                raise ValueError(f"'{name}' must be true or false, got {v!r}")
+                raise ValueError(f"'{name}' must be true or false, got {short_repr(v)}")
             if name == "density" and not 0 < v <= 1:
                 raise ValueError(f"density {v} is outside (0, 1]")
         out[name] = setting
@@ -301,11 +301,7 @@ def load_config(path: str | Path) -> tuple[MergeConfig, str]:
     p = Path(path)
     if not p.is_file():
         raise ConfigError(f"merge config not found: {p}")
-    text = p.read_text(encoding="utf-8")
-    try:
-        data = yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{p}: not valid YAML: {e}") from None
+    data, text = load_yaml(p, "merge config")
     return parse_config(data, str(p)), text
 
 

@@ -26,6 +26,7 @@ from typing import Any
 import torch
 import yaml
 
+from bonsynth.data.yaml_io import parse_yaml
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.merge import heads as H
 from bonsynth.merge.config import _NO_VALUE, MergeConfig, load_config, normalize_dtype, resolve
@@ -403,7 +404,7 @@ def _rm_meta(pl: _Planner, cfg: MergeConfig, config_text: str | None):
             "sources": sources,
             "heads_averaged_without_base": [n for n in pl.averaged],
             "left_out": pl.left_out,
-            "config": yaml.safe_load(config_text) if config_text else cfg.model_dump(exclude_none=True),
+            "config": parse_yaml(config_text) if config_text else cfg.model_dump(exclude_none=True),
         },
     )
 

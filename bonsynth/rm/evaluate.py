@@ -171,8 +171,13 @@ def evaluate_files(
     device: str = "auto",
     trust_remote_code: bool = False,
     allow_unsafe_weights: bool = False,
+    skip_invalid: bool = False,
 ) -> list[dict[str, Any]]:
-    """Evaluate a saved RM on each file; one result dict per file (`file`, `kind`, `num_examples` + metrics)."""
+    """Evaluate a saved RM on each file; one result dict per file (`file`, `kind`, `num_examples` + metrics).
+
+    `skip_invalid` drops rows that fail validation (reported on stderr; `num_skipped_invalid` and
+    `skipped_lines` in each result) instead of failing.
+    """
     from bonsynth.data.readers import load_records
     from bonsynth.rm.model import RewardModel
 
@@ -180,7 +185,8 @@ def evaluate_files(
         raise InputError(f"--k must be at least 1, got {ndcg_k}")
     loaded = []
     for path in files:  # read (and validate) every file before loading the model
-        data = load_records(path, fmt)
+        data = load_records(path, fmt, skip_invalid=skip_invalid)
+        data.skipped.report()
         if data.kind == "prompts":
             raise InputError(
                 "holds prompts only (no preferences, labels or scores to evaluate against)", path=path
@@ -193,6 +199,8 @@ def evaluate_files(
     results = []
     for path, data in zip(files, loaded, strict=True):
         result: dict[str, Any] = {"file": str(path), "kind": data.kind, "num_examples": len(data.records)}
+        if skip_invalid:
+            result.update(data.skipped.to_json())
         result.update(evaluate_records(rm, data.kind, data.records, batch_size=batch_size, ndcg_k=ndcg_k))
         results.append(_json_safe(result))
     return results

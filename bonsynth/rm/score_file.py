@@ -20,7 +20,15 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from bonsynth.data.normalize import check_fmt, detect_kind, kind_fields, normalize_rows
+from bonsynth.data.normalize import (
+    Skipped,
+    check_fmt,
+    convert_row,
+    detect_kind,
+    kind_fields,
+    normalize_rows,
+    screen_rows,
+)
 from bonsynth.data.readers import iter_raw_rows
 from bonsynth.data.records import BinaryRecord, Location, PairRecord, RankedGroup
 from bonsynth.data.writers import write_jsonl_atomic
@@ -44,21 +52,28 @@ def score_file(
     allow_unsafe_weights: bool = False,
     prefix_sharing: bool | str = "auto",
     show_progress: bool | None = None,
+    skip_invalid: bool = False,
+    skipped: Skipped | None = None,
 ) -> int:
     """Score every record of `input` with `model` (a directory or a `RewardModel`); returns the rows written.
 
     The loading options (device ... prefix_sharing) apply only when `model` is a directory; a `RewardModel`
-    is used as it is. `show_progress=None` shows a bar only on a terminal.
+    is used as it is. `show_progress=None` shows a bar only on a terminal. `skip_invalid` drops (and reports on
+    stderr) the rows that fail validation instead of failing; pass `skipped` to get them (count and lines).
     """
     from tqdm.auto import tqdm
 
     from bonsynth.rm.model import RewardModel
 
     forced = check_fmt(fmt)
-    rows = iter_raw_rows(input)
+    state = _FileState(path=str(input), forced=forced)
+    skipped = skipped if skipped is not None else Skipped()
+    rows = screen_rows(iter_raw_rows(input, keep_bad_rows=True), lambda loc, raw: _check_row(loc, raw, state),
+                       skip_invalid=skip_invalid, skipped=skipped)
     first = _take(rows, CHUNK_ROWS)  # read (and validate) the start of the input before loading the model
     if not first:
-        raise InputError("no records (the input is empty)", path=input)
+        why = f"all {skipped.count} rows are invalid" if skipped.count else "the input is empty"
+        raise InputError(f"no records ({why})", path=input)
     if isinstance(model, RewardModel):
         rm = model
     else:
@@ -71,7 +86,6 @@ def score_file(
             allow_unsafe_weights=allow_unsafe_weights,
             prefix_sharing=prefix_sharing,
         )
-    state = _FileState(path=str(input), forced=forced)
 
     def scored() -> Iterator[dict]:
         disable = None if show_progress is None else not show_progress  # None: only on a terminal
@@ -86,6 +100,7 @@ def score_file(
             bar.close()
 
     n = write_jsonl_atomic(output, scored())
+    skipped.report()
     stats = dict(rm.last_stats)
     stats.update(num_truncated=state.num_truncated, num_rows=n, num_texts=state.num_texts)
     rm.last_stats = stats
@@ -141,6 +156,16 @@ def _row_kind(loc: Location, raw: dict, state: _FileState) -> str:
             line=loc.line,
         )
     return kind
+
+
+def _check_row(loc: Location, raw: dict, state: _FileState) -> tuple[Location, dict]:
+    """Validate one row as `_score_chunk` reads it, so that a bad row fails (or is skipped) before scoring."""
+    kind = _row_kind(loc, raw, state)
+    if kind == CANDIDATES:
+        _candidate_units(loc, raw)
+    else:
+        convert_row(loc, _for_validation(loc, raw, kind), kind)
+    return loc, raw
 
 
 def _for_validation(loc: Location, raw: dict, kind: str) -> dict:

@@ -56,6 +56,7 @@ class RMTrainConfig:
     seed: int = 42
     report_to: str = "none"
     trust_remote_code: bool = False
+    skip_invalid: bool = False  # drop rows that fail validation (reported, counted in the summary) instead of failing
     # not on the command line: library / benchmark knobs
     allow_unsafe_weights: bool = False  # also load a pickle-only base (the loop's rm_update, when its recipe opts in)
     lora_alpha: int | None = None  # default 2 * lora_r
@@ -100,7 +101,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train, merge, save (model + tokenizer + bonsynth_rm.json) and return a summary with eval metrics."""
     start = time.perf_counter()
     report_to = _report_to(cfg.report_to)
-    records, hashes = _load_data(cfg)  # user errors in the data surface before any model is loaded
+    records, hashes, skips = _load_data(cfg)  # user errors in the data surface before any model is loaded
     train_recs, eval_recs = split_records(records, cfg.eval_split, cfg.seed)
     if not train_recs:
         raise InputError(
@@ -161,6 +162,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         "reward_mean": meta.reward_mean,
         "reward_std": meta.reward_std,
         "stats_split": split_name,
+        **skips,
         **prefixed,
         "seconds": round(seconds, 2),
     }
@@ -180,13 +182,18 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
 # ---------------------------------------------------------------------------------------------------- data
 
 
-def _load_data(cfg: RMTrainConfig) -> tuple[list, dict[str, str]]:
+def _load_data(cfg: RMTrainConfig) -> tuple[list, dict[str, str], dict[str, Any]]:
     from bonsynth.data.readers import load_records
 
     records: list = []
     hashes: dict[str, str] = {}
+    skips: dict[str, Any] = {"num_skipped_invalid": 0, "skipped_lines": {}} if cfg.skip_invalid else {}
     for path in cfg.data:
-        data = load_records(path, cfg.fmt)
+        data = load_records(path, cfg.fmt, skip_invalid=cfg.skip_invalid)
+        if data.skipped.count:  # only with skip_invalid: reported now, and per file in the summary
+            data.skipped.report()
+            skips["num_skipped_invalid"] += data.skipped.count
+            skips["skipped_lines"][str(path)] = data.skipped.lines
         if data.kind != cfg.objective:
             hint = (
                 "it holds prompts only; training needs pairwise, binary or ranked data"
@@ -199,7 +206,7 @@ def _load_data(cfg: RMTrainConfig) -> tuple[list, dict[str, str]]:
         records.extend(data.records)
         p = Path(path)
         hashes[str(path)] = file_sha256(p) if p.exists() else "hub:" + str(path)
-    return records, hashes
+    return records, hashes, skips
 
 
 def split_records(records: list, eval_split: float, seed: int) -> tuple[list, list]:
