@@ -16,7 +16,7 @@ from bonsynth.generate.pipeline import GenerateConfig, backend_kwargs
 from tests.conftest import config_from_generate_argv, corpus, pickle_copy, write_jsonl
 
 NEW_FIELDS = ("reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len",
-              "enforce_eager")
+              "enforce_eager", "max_nonfinite", "skip_invalid")
 
 
 def _rows(path: Path) -> list[dict]:
@@ -225,10 +225,15 @@ def test_fingerprint_keeps_what_changes_outputs():
     assert {c.fingerprint() for c in same} == {base.fingerprint()}
     assert _config(dtype="float32", reward_dtype="bfloat16").fingerprint() != base.fingerprint()
     assert _config(dtype="float32", max_model_len=512).fingerprint() != base.fingerprint()
-    # New fields at their defaults leave the fingerprint as it was, so older runs still --resume.
+    # New fields at their defaults leave the fingerprint as it was, so older runs still --resume; except
+    # write_pairs: the select modes changed meaning with it, so a run from before must not continue.
     old = {k: v for k, v in asdict(base).items() if k not in NEW_FIELDS and k not in
-           {"out", "resume", "batch_size", "device", "backend_options", "show_progress"}}
-    assert base.fingerprint() == hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+           {"out", "resume", "batch_size", "device", "backend_options", "show_progress", "write_pairs"}}
+    old_fp = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    assert base.fingerprint() == hashlib.sha256(
+        json.dumps(dict(old, write_pairs=False), sort_keys=True, default=str).encode()).hexdigest()[:16] != old_fp
+    assert _config(dtype="float32", max_nonfinite=0.5).fingerprint() == base.fingerprint()  # may change on resume
+    assert _config(dtype="float32", skip_invalid=True).fingerprint() != base.fingerprint()
 
 
 @pytest.mark.parametrize(("kw", "flag"), [

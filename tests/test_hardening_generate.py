@@ -394,3 +394,25 @@ def test_lock_holder_pid_is_written_and_refusal_is_quick(tmp_path):
         assert time.perf_counter() - t < 1.0
     with dir_lock(tmp_path):  # released on exit
         pass
+
+
+# ----------------------------------------------------------------------------------------------- 19: --skip-invalid
+
+def test_generate_skip_invalid_drops_bad_rows_and_records_them(tmp_path, tiny_policy_dir, tiny_rm_dir):
+    good = [{"id": f"g{i}", "prompt": t} for i, t in enumerate(corpus(4, seed=8))]
+    clean = write_jsonl(tmp_path / "clean.jsonl", good)
+    dirty = write_jsonl(tmp_path / "dirty.jsonl", [good[0], {"id": "bad1", "prompt": ""}, good[1], good[2],
+                                                    {"id": "bad2"}, good[3]])
+    out = tmp_path / "out"
+    line = _one_error_line(_main(_args(tiny_policy_dir, tiny_rm_dir, dirty, out)))
+    assert f"{dirty}:2:" in line and "2 invalid rows" in line and "--skip-invalid" in line
+    assert not out.exists()
+    res = _main(_args(tiny_policy_dir, tiny_rm_dir, dirty, out, "--skip-invalid"))
+    assert res.exit_code == 0, res.stderr
+    assert f"skipped invalid row: {dirty}:2:" in res.stderr and f"{dirty}:5:" in res.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert manifest["input"]["num_skipped_invalid"] == 2 and manifest["input"]["skipped_lines"] == [2, 5]
+    ref = tmp_path / "ref"
+    assert _main(_args(tiny_policy_dir, tiny_rm_dir, clean, ref)).exit_code == 0
+    for name in ("candidates.jsonl", "sft.jsonl", "dpo.jsonl"):  # the same rows as a clean file gives
+        assert (out / name).read_bytes() == (ref / name).read_bytes()

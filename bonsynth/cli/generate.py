@@ -52,6 +52,9 @@ def _weights(value: str | None) -> list[float] | None:
 @click.option("--resume", is_flag=True, help="Continue an interrupted run in OUT.")
 @click.option("--format", "prompt_format", type=click.Choice(["auto", "prompts"]), default="auto", show_default=True)
 @click.option("--limit", type=int, default=None, help="Use only the first LIMIT prompts.")
+@click.option("--skip-invalid", is_flag=True,
+              help="Drop prompt rows that fail validation (each printed as file:line:field, listed in the "
+                   "manifest) instead of stopping at the first.")
 @click.option("--reward-engine", type=click.Choice(["hf", "vllm"]), default="hf", show_default=True,
               help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
 @click.option("--device", default="auto", show_default=True, help="Device for the hf backend and the RMs.")
@@ -115,6 +118,7 @@ def generate(**kw) -> None:
         temperature=kw["temperature"], top_p=kw["top_p"], max_new_tokens=kw["max_new_tokens"], seed=kw["seed"],
         stop=list(kw["stop"]), long_prompt=kw["long_prompt"], select=kw["select"], write_pairs=kw["write_pairs"],
         min_reward=kw["min_reward"], min_margin=kw["min_margin"], max_nonfinite=kw["max_nonfinite"],
+        skip_invalid=kw["skip_invalid"],
         dedup=kw["dedup"], length_normalize=kw["length_normalize"], batch_size=kw["batch_size"],
         resume=kw["resume"], device=kw["device"], dtype=kw["dtype"], prompt_format=kw["prompt_format"],
         limit=kw["limit"], reward_engine=kw["reward_engine"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],

@@ -34,8 +34,10 @@ from bonsynth.select.selection import SelectionConfig, parse_select, select_cand
 NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options", "show_progress",
                       "trust_remote_code", "allow_unsafe_weights", "prefix_sharing", "enforce_eager",
                       "max_nonfinite"}
-# Fields that do change outputs but are left out while unset, so runs made before they existed still resume.
-_FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len")
+# Fields that do change outputs but are left out while unset (None or False), so runs made before they existed
+# still resume. `write_pairs` is always in: the select modes changed meaning with it, so older runs must not
+# continue under the new meaning.
+_FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len", "skip_invalid")
 _DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
 _PREFIX_MODES = ("auto", "on", "off")
 
@@ -78,6 +80,7 @@ class GenerateConfig:
     max_model_len: int | None = None  # vllm backend: context length (bounds prompt + new tokens)
     enforce_eager: bool = False  # vllm backend: no CUDA graphs (faster start, less memory)
     max_nonfinite: float = 0.0  # share of candidates allowed a NaN/inf reward before the run stops (never selected)
+    skip_invalid: bool = False  # drop prompt rows that fail validation (reported, listed in the manifest)
 
     def __repr__(self) -> str:  # backend_options may hold a base URL with credentials
         fields = redact(asdict(self))
@@ -158,7 +161,7 @@ class GenerateConfig:
         if d.get("reward_dtype") == self.dtype:
             d["reward_dtype"] = None  # spelled out or defaulted, the RMs run in the same dtype
         for key in _FINGERPRINT_IF_SET:
-            if d.get(key) is None:
+            if d.get(key) is None or d.get(key) is False:
                 d.pop(key, None)
         return d
 
@@ -444,7 +447,11 @@ def open_run_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> Iter
 def load_generation_prompts(cfg: GenerateConfig) -> PromptSource:
     """Validate the whole prompts file now (bad input fails before anything is written), without keeping it:
     the run reads it again batch by batch (`FilePrompts`), so memory does not grow with the number of prompts."""
-    return FilePrompts.open(cfg.prompts, fmt=cfg.prompt_format or "auto", limit=cfg.limit)
+    prompts = FilePrompts.open(cfg.prompts, fmt=cfg.prompt_format or "auto", limit=cfg.limit,
+                               skip_invalid=cfg.skip_invalid)
+    if cfg.show_progress or prompts.skipped.count:
+        prompts.skipped.report()
+    return prompts
 
 
 def run_generate(
@@ -462,6 +469,7 @@ def run_generate(
     cfg.validate()
     if prompts is None:
         prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
+    skipped = getattr(prompts, "skipped", None)
     prompts, shard_info = apply_shard(cfg, prompts)
     check_model_sources(cfg, policy=backend is None, rewards=scorer is None)
     own_scorer, own_backend = scorer is None, backend is None
@@ -479,6 +487,8 @@ def run_generate(
             manifest = build_manifest(cfg, out, backend, scorer)
             if shard_info is not None:
                 manifest["shard"] = shard_info
+            if cfg.skip_invalid and skipped is not None:
+                manifest["input"] = skipped_record(cfg, skipped)
             finish_run(out, state, manifest)
             return manifest
     finally:
@@ -517,6 +527,11 @@ def _generate_batches(cfg: GenerateConfig, out: Path, state: dict, prompts: Prom
         bar.close()
     finally:
         writer.close()
+
+
+def skipped_record(cfg: GenerateConfig, skipped) -> dict:
+    """What `--skip-invalid` dropped from the prompts file, for the manifest (the whole file's rows)."""
+    return {"prompts": cfg.prompts, **skipped.to_json()}
 
 
 def finish_run(out: Path, state: dict, manifest: dict) -> None:

@@ -55,6 +55,7 @@ from bonsynth.generate.pipeline import (
     finish_run,
     load_generation_prompts,
     open_run_dir,
+    skipped_record,
 )
 from bonsynth.generate.prompts import PromptSource, as_prompt_source
 from bonsynth.select.selection import SelectionConfig
@@ -293,6 +294,7 @@ def run_generate_ray(
     selection = cfg.selection()
     prompts = load_generation_prompts(cfg)  # bad input fails here, before anything is written
     probe = prompts  # the whole file's first prompt, for a shard with nothing to do
+    skipped = getattr(prompts, "skipped", None)
     prompts, shard_info = apply_shard(cfg, prompts)
     if not (address or os.environ.get("RAY_ADDRESS")):
         _check_models(cfg)  # on a remote cluster the paths need only exist on the workers
@@ -307,6 +309,8 @@ def run_generate_ray(
                 manifest = _manifest(cfg, out, describe, plan, ray.__version__)
                 if shard_info is not None:
                     manifest["shard"] = shard_info
+                if cfg.skip_invalid and skipped is not None:
+                    manifest["input"] = skipped_record(cfg, skipped)
                 finish_run(out, state, manifest)
                 return manifest
             except BaseException as e:

@@ -95,6 +95,8 @@ def generate_argv(cfg: GenerateConfig) -> list[str]:
     for s in cfg.stop:
         argv += ["--stop", s]
     argv += ["--long-prompts", cfg.long_prompt, "--reward-engine", cfg.reward_engine]
+    if cfg.skip_invalid:
+        argv.append("--skip-invalid")
     if cfg.max_nonfinite:
         argv += ["--max-nonfinite", repr(float(cfg.max_nonfinite))]
     if cfg.limit is not None:
