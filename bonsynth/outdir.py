@@ -15,6 +15,7 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import re
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ _ENV_ERRNOS = {
     errno.EPERM: "operation not permitted",
     errno.ENOTDIR: "a path component is a file, not a directory",
 }
+_OS_ERROR_IN_TEXT = re.compile(r"\(os error (\d+)\)")
 
 
 def os_error(e: OSError, path: str | Path, *, action: str = "write") -> BonsynthError | None:
@@ -41,6 +43,15 @@ def os_error(e: OSError, path: str | Path, *, action: str = "write") -> Bonsynth
         return None
     where = e.filename if e.filename else path
     return BonsynthError(f"cannot {action} {where}: {reason}")
+
+
+def _wrapped_os_error(e: Exception, path: Path) -> BonsynthError | None:
+    """An OS error that a native writer reported as its own exception type (safetensors' Rust writer says
+    "... (os error 28)"): the same one-line user error, naming the directory being written."""
+    m = _OS_ERROR_IN_TEXT.search(str(e))
+    if m is None:
+        return None
+    return os_error(OSError(int(m.group(1)), str(e)), path)
 
 
 def check_output_dir(out: str | Path, *, overwrite: bool, what: str = "output directory",
@@ -81,14 +92,12 @@ def build_dir_atomic(out: str | Path, *, overwrite: bool = False, what: str = "o
             yield tmp
             _fsync_tree(tmp)
             _replace_dir(tmp, out)
-        except OSError as e:
-            err = os_error(e, out)
+        except Exception as e:
+            err = os_error(e, out) if isinstance(e, OSError) else _wrapped_os_error(e, out)
             if err is None:
                 raise
             # Name the file as the user will look for it: under OUT, not under the temp directory.
-            if e.filename and str(e.filename).startswith(str(tmp)):
-                err = BonsynthError(str(err).replace(str(tmp), str(out), 1))
-            raise err from e
+            raise BonsynthError(str(err).replace(str(tmp), str(out))) from e
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -625,3 +625,15 @@ def test_build_dir_atomic_replaces_whole_or_not_at_all(tmp_path):
         (work / "b.txt").write_text("2")
     assert [p.name for p in out.iterdir()] == ["b.txt"]
     assert hidden_leftovers(tmp_path) == []
+
+
+def test_build_dir_atomic_names_a_native_writers_disk_full(tmp_path):
+    """safetensors' Rust writer reports ENOSPC as its own exception type, "... (os error 28)"."""
+    from bonsynth.outdir import build_dir_atomic
+
+    out = tmp_path / "out"
+    with pytest.raises(BonsynthError, match="no space left on device") as exc, build_dir_atomic(out) as work:
+        (work / "config.json").write_text("{}")
+        raise RuntimeError("Error while serializing: I/O error: No space left on device (os error 28)")
+    assert str(out) in str(exc.value) and ".tmp-" not in str(exc.value)
+    assert not out.exists() and hidden_leftovers(tmp_path) == []
