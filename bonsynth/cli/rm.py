@@ -50,7 +50,7 @@ def slice_cmd(base: str, layers: str, out: Path, trust_remote_code: bool) -> Non
 @click.option("--data", "data", required=True, multiple=True, help="Training data file(s); repeatable.")
 @click.option("--objective", required=True, type=click.Choice(["pairwise", "binary", "ranked"]))
 @click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace --out if it exists and is not empty (only once training succeeded).")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (once the new model is complete).")
 @click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True, help="Override kind detection.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--lr", type=float, default=5e-5, show_default=True)
@@ -170,5 +170,5 @@ def calibrate_cmd(model: str, data: str, fmt: str, device: str, dtype: str, max_
     res = calibrate_reward_model(model, data, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
                                  token_budget=token_budget, trust_remote_code=trust_remote_code,
                                  allow_unsafe_weights=allow_unsafe_weights)
-    click.echo(f"calibrated {model} on {res['num_texts']} responses from {data}: reward_mean {res['reward_mean']:.6g}, "
-               f"reward_std {res['reward_std']:.6g} -> {res['meta_file']}")
+    click.echo(f"calibrated {model} on {res['num_texts']} responses from {data}: "
+               f"reward_mean {res['reward_mean']:.6g}, reward_std {res['reward_std']:.6g} -> {res['meta_file']}")

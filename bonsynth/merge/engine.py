@@ -446,7 +446,8 @@ def merge_config(
     calibration: dict[str, Any] | None = None
     if calibrate_data is not None:
         if not pl.is_rm:
-            raise ConfigError("--calibrate-data measures reward statistics, but this merge does not produce a reward model")
+            raise ConfigError("--calibrate-data measures reward statistics, but this merge does not produce a "
+                              "reward model")
         check_calibration_data(calibrate_data)
     notes = _unused_parameter_notes(cfg, method)
 
@@ -546,7 +547,8 @@ def run_merge(
     Summary keys: out, merge_method, num_tensors, num_parameters, num_layers, num_shards, architecture,
     reward_model, dtype, converted_heads, averaged_without_base, left_out, tokenizer_files, notes, and
     random_seed for the DARE methods, and calibration (the measured reward mean/std) with `calibrate_data`: a
-    file of responses the merged RM scores before OUT appears. User errors raise `ConfigError` / `BonsynthError` and leave no output.
+    file of responses the merged RM scores before OUT appears. User errors raise `ConfigError` /
+    `BonsynthError` and leave no output.
     """
     cfg, text = load_config(config_path)
     return merge_config(cfg, out_dir, device=device, random_seed=random_seed, out_shard_size=out_shard_size,
