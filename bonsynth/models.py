@@ -6,7 +6,9 @@ opts in. A path that does not exist and is not a plausible hub id is a clear use
 
 from __future__ import annotations
 
+import json
 import re
+import struct
 from pathlib import Path
 from typing import Any
 
@@ -15,6 +17,11 @@ from bonsynth.errors import BonsynthError
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
 # How to opt in to pickle weights, as the refusal says it (a caller with its own switch, e.g. a recipe, says its own).
 UNSAFE_OPT_IN = "pass --allow-unsafe-weights (allow_unsafe_weights=True in Python)"
+REMOTE_CODE_OPT_IN = "--trust-remote-code (trust_remote_code=True in Python)"
+# Any one of these makes a directory hold a tokenizer (AutoTokenizer finds the rest from it).
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt",
+                   "spiece.model", "sentencepiece.bpe.model")
+_MAX_SAFETENSORS_HEADER = 100_000_000  # the format's own limit on the JSON header
 
 
 def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_weights: bool = False,
@@ -41,7 +48,10 @@ def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights:
     The one weights check that the generators, the reward models and vLLM share. Safetensors anywhere in the
     directory win (loaders are told to use them); a directory with no weights at all is "not found".
     """
-    if any(path.glob("*.safetensors")) or (path / "model.safetensors.index.json").exists():
+    shards = sorted(path.glob("*.safetensors"))
+    if shards or (path / "model.safetensors.index.json").exists():
+        for shard in shards:
+            check_safetensors_file(shard, what=what)
         return
     pickles = sorted(f.name for f in path.iterdir() if f.suffix in (".bin", ".pt") and f.is_file())
     if (path / "pytorch_model.bin.index.json").exists():
@@ -54,6 +64,82 @@ def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights:
             f"{what} at {path} has only pickle weights ({names}), which can run code when loaded; bonsynth "
             f"loads safetensors only. Convert them to safetensors, or {opt_in} if you trust the source"
         )
+
+
+def check_safetensors_file(path: Path, *, what: str = "model") -> None:
+    """Read a safetensors header (8 bytes + JSON, no tensor data): a truncated or corrupted file is named here,
+    in one line, instead of failing deep inside the loader."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as fh:
+            head = fh.read(8)
+            if len(head) < 8:
+                raise ValueError(f"{size} bytes, shorter than a safetensors header")
+            (n,) = struct.unpack("<Q", head)
+            if n > _MAX_SAFETENSORS_HEADER or 8 + n > size:
+                raise ValueError(f"header of {n} bytes does not fit in the file's {size} bytes (truncated?)")
+            header = json.loads(fh.read(n))
+        if not isinstance(header, dict):
+            raise ValueError("header is not a JSON object")
+        data = size - 8 - n
+        for name, info in header.items():
+            if name == "__metadata__":
+                continue
+            begin, end = info["data_offsets"]
+            if not 0 <= begin <= end <= data:
+                raise ValueError(f"tensor {name!r} ends at byte {end} of a {data}-byte data section (truncated?)")
+    except OSError as e:
+        raise BonsynthError(f"cannot read {what} weights {path}: {e.strerror or e}") from e
+    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as e:
+        reason = f"missing {e}" if isinstance(e, KeyError) else str(e).splitlines()[0]
+        raise BonsynthError(f"{what} weights file {path} is not a valid safetensors file: {reason}") from e
+
+
+def check_remote_code(path: str | Path, *, trust_remote_code: bool, what: str = "model",
+                      opt_in: str = REMOTE_CODE_OPT_IN) -> None:
+    """A local model whose config (or tokenizer config) maps to custom classes needs its own Python code run.
+
+    With that off, say so in one line instead of transformers' multi-line error (or a prompt on stdin).
+    """
+    if trust_remote_code:
+        return
+    p = Path(path)
+    if not p.is_dir():
+        return
+    for name in ("config.json", "tokenizer_config.json"):
+        f = p / name
+        if not f.is_file():
+            continue
+        try:
+            raw = json.loads(f.read_text(encoding="utf-8"))
+        except (OSError, ValueError) as e:
+            if name == "config.json":
+                raise BonsynthError(f"{what} config {f} is not valid JSON: {e}") from e
+            continue
+        auto_map = raw.get("auto_map") if isinstance(raw, dict) else None
+        if auto_map:
+            classes = auto_map.values() if isinstance(auto_map, dict) else [auto_map]
+            flat = sorted({str(c[0] if isinstance(c, list | tuple) else c) for c in classes})
+            raise BonsynthError(
+                f"{what} at {p} uses custom code ({name} auto_map: {', '.join(flat[:3])}); loading it runs Python "
+                f"code from the model directory. Pass {opt_in} to allow that, only for a model you trust"
+            )
+
+
+def has_tokenizer_files(path: str | Path) -> bool:
+    """Whether a local directory holds a tokenizer (without it, transformers may build an empty stand-in)."""
+    p = Path(path)
+    return any((p / f).is_file() for f in TOKENIZER_FILES)
+
+
+def check_tokenizer(tok: Any, source: str | Path, *, what: str = "model") -> None:
+    """A tokenizer that turns text into no tokens at all would give every text the same (empty) input."""
+    try:
+        ids = tok("hello world", add_special_tokens=False)["input_ids"]
+    except (TypeError, ValueError, IndexError, KeyError, AttributeError) as e:
+        raise BonsynthError(f"the tokenizer of {what} {source} cannot encode text: {e}") from e
+    if not ids:
+        raise BonsynthError(f"the tokenizer of {what} {source} encodes text to no tokens (an empty vocabulary?)")
 
 
 _DTYPE_NAMES = {
@@ -106,11 +192,27 @@ def resolve_dtype(dtype: str | Any, device: str) -> Any:
     return getattr(torch, name)
 
 
-def load_tokenizer(path_or_id: str, *, padding_side: str, trust_remote_code: bool = False):
-    """A tokenizer with a pad token (the EOS token when it has none)."""
+def load_tokenizer(path_or_id: str, *, padding_side: str, trust_remote_code: bool = False, what: str = "model"):
+    """A tokenizer with a pad token (the EOS token when it has none).
+
+    A local directory without tokenizer files is a user error naming it (transformers would fail later with
+    an IndexError, or build a tokenizer that encodes nothing).
+    """
     from transformers import AutoTokenizer
 
-    tok = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    p = Path(path_or_id)
+    if p.is_dir() and not has_tokenizer_files(p):
+        raise BonsynthError(
+            f"{what} directory {path_or_id} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:5])}); "
+            "copy the tokenizer files of the model it was made from into it"
+        )
+    check_remote_code(path_or_id, trust_remote_code=trust_remote_code, what=what)
+    try:
+        tok = AutoTokenizer.from_pretrained(path_or_id, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise BonsynthError(f"cannot load the tokenizer of {what} {path_or_id}: {reason}") from e
+    check_tokenizer(tok, path_or_id, what=what)
     tok.padding_side = padding_side
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token

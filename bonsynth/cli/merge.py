@@ -17,8 +17,11 @@ import click
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
 @click.option("--allow-pickle", is_flag=True, help="Also read pytorch_model.bin weights (torch.load, weights_only).")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
+@click.option("--calibrate-data", type=click.Path(path_type=Path), default=None,
+              help="Responses to score with the merged RM (any file `rm score` reads): its measured reward mean/std "
+                   "go into bonsynth_rm.json (without it they are unmeasured placeholders, 0 / 1).")
 def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str, dtype, trust_remote_code: bool,
-          allow_pickle: bool, overwrite: bool) -> None:
+          allow_pickle: bool, overwrite: bool, calibrate_data: Path | None) -> None:
     """Merge models from a mergekit-style YAML (passthrough, linear, task_arithmetic, ties, dare_*, slerp).
 
     Reward models with mixed heads (none, 1-label, 2-label) merge into one scalar reward head.
@@ -32,6 +35,7 @@ def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str
     summary = run_merge(
         config, out, device=device, random_seed=random_seed, out_shard_size=out_shard_size, dtype=dtype,
         trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, overwrite=overwrite,
+        calibrate_data=calibrate_data,
     )
     for note in summary.get("notes", []):
         click.echo(f"note: {note}", err=True)
@@ -51,3 +55,10 @@ def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str
         click.echo(f"random seed: {summary['random_seed']}", err=True)
     kind = f" ({summary['architecture']}, reward model)" if summary.get("reward_model") else ""
     click.echo(f"merged {summary['num_tensors']} tensors with {summary['merge_method']} -> {out}{kind}")
+    cal = summary.get("calibration")
+    if cal:
+        click.echo(f"calibrated on {cal['num_texts']} responses from {cal['data']}: reward_mean "
+                   f"{cal['reward_mean']:.6g}, reward_std {cal['reward_std']:.6g}")
+    elif summary.get("reward_model"):
+        click.echo("note: reward_mean/std are unmeasured placeholders (0 / 1); measure them with "
+                   f"`bonsynth rm calibrate {out} --data FILE` (or --calibrate-data) before mixing this RM", err=True)

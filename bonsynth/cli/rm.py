@@ -1,4 +1,4 @@
-"""`bonsynth rm {slice,train,eval,score}`."""
+"""`bonsynth rm {slice,train,eval,score,calibrate}`."""
 
 from __future__ import annotations
 
@@ -52,6 +52,7 @@ def slice_cmd(base: str, layers: str, out: Path, trust_remote_code: bool) -> Non
 @click.option("--data", "data", required=True, multiple=True, help="Training data file(s); repeatable.")
 @click.option("--objective", required=True, type=click.Choice(["pairwise", "binary", "ranked"]))
 @click.option("--out", required=True, type=click.Path(path_type=Path))
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (once the new model is complete).")
 @click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True, help="Override kind detection.")
 @click.option("--epochs", type=float, default=1.0, show_default=True)
 @click.option("--lr", type=float, default=5e-5, show_default=True)
@@ -143,12 +144,44 @@ def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: 
     from bonsynth.rm.score_file import score_file
 
     skipped = Skipped()
+    stats: dict = {}
     n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
                    token_budget=token_budget, prefix_sharing=prefix_sharing, trust_remote_code=trust_remote_code,
-                   allow_unsafe_weights=allow_unsafe_weights, skip_invalid=skip_invalid, skipped=skipped)
-    note = ""
+                   allow_unsafe_weights=allow_unsafe_weights, skip_invalid=skip_invalid, skipped=skipped, stats=stats)
+    bad = stats.get("num_nonfinite", 0)
+    note = f" ({bad} non-finite rewards written as null)" if bad else ""
     if skip_invalid:
         shown = ", ".join(str(line) for line in skipped.lines[: Skipped.SHOWN])
         more = f", ... and {skipped.count - Skipped.SHOWN} more" if skipped.count > Skipped.SHOWN else ""
-        note = f" (skipped {skipped.count} invalid rows" + (f": lines {shown}{more})" if skipped.count else ")")
-    click.echo(f"scored {n} records -> {output_path}{note}")
+        note += f" (skipped {skipped.count} invalid rows" + (f": lines {shown}{more})" if skipped.count else ")")
+    click.echo(f"scored {n} records{note} -> {output_path}")
+
+
+@rm.command("calibrate")
+@click.argument("model")
+@click.option("--data", "data", required=True, help="Responses to score (any file `rm score` reads).")
+@click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True)
+@click.option("--device", default="auto", show_default=True)
+@click.option("--dtype", default="auto", show_default=True, help="auto = bf16 on GPU, fp32 on CPU.")
+@click.option("--max-length", type=int, default=None, help="Default: the length the RM was trained with.")
+@click.option("--token-budget", type=int, default=None, help="Max padded tokens per batch (default: by device).")
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True,
+              help="Run Python code shipped in the model directory (custom architectures).")
+@click.option("--allow-unsafe-weights", is_flag=True, help=UNSAFE_WEIGHTS_HELP)
+def calibrate_cmd(model: str, data: str, fmt: str, device: str, dtype: str, max_length, token_budget,
+                  trust_remote_code: bool, allow_unsafe_weights: bool) -> None:
+    """Measure the reward mean/std on real responses and store them in MODEL/bonsynth_rm.json.
+
+    Ensembles z-normalise each RM with these; a merged RM has only placeholders (0 / 1) until calibrated.
+
+    \b
+    Example:
+      bonsynth rm calibrate merged-rm --data data/pairs.jsonl
+    """
+    from bonsynth.rm.calibrate import calibrate_reward_model
+
+    res = calibrate_reward_model(model, data, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
+                                 token_budget=token_budget, trust_remote_code=trust_remote_code,
+                                 allow_unsafe_weights=allow_unsafe_weights)
+    click.echo(f"calibrated {model} on {res['num_texts']} responses from {data}: "
+               f"reward_mean {res['reward_mean']:.6g}, reward_std {res['reward_std']:.6g} -> {res['meta_file']}")

@@ -15,10 +15,8 @@ from __future__ import annotations
 import copy
 import json
 import logging
-import os
 import random
 import shutil
-import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -32,6 +30,8 @@ from bonsynth.merge import heads as H
 from bonsynth.merge.config import _NO_VALUE, MergeConfig, load_config, normalize_dtype, resolve
 from bonsynth.merge.io import ModelSource, ShardWriter, copy_tokenizer, parse_size, resolve_model_dir
 from bonsynth.merge.methods import REQUIRED, Entry, MergeMethod, TensorGroup, get_method, weighted_average
+from bonsynth.outdir import build_dir_atomic, check_output_dir
+from bonsynth.rm.calibrate import calibrate_reward_model, check_calibration_data
 
 LOG = logging.getLogger("bonsynth.merge")
 CONFIG_COPY = "bonsynth_merge.yml"
@@ -361,7 +361,7 @@ def _out_config(pl: _Planner, cfg: MergeConfig, dtype_name: str | None) -> dict[
 
 
 def _rm_meta(pl: _Planner, cfg: MergeConfig, config_text: str | None):
-    from bonsynth.rm.meta import RMMeta
+    from bonsynth.rm.meta import UNMEASURED, RMMeta
 
     sources = []
     weights = {m.model: (m.parameters or {}).get("weight") for m in cfg.models or ()}
@@ -399,6 +399,7 @@ def _rm_meta(pl: _Planner, cfg: MergeConfig, config_text: str | None):
         data_hashes=hashes,
         base_model=cfg.base_model,
         max_length=min(max_lengths) if max_lengths else None,
+        reward_stats_source=UNMEASURED,  # mean 0 / std 1 are placeholders until `rm calibrate` measures them
         extra={
             "merge_method": cfg.merge_method,
             "sources": sources,
@@ -422,12 +423,14 @@ def merge_config(
     overwrite: bool = False,
     config_text: str | None = None,
     require_tokenizer: bool = False,
+    calibrate_data: str | Path | None = None,
 ) -> dict[str, Any]:
-    """Run a validated config; see `run_merge`."""
-    del trust_remote_code  # nothing here executes model code: configs are read as JSON, tokenizers copied as files
-    out = Path(out_dir)
-    if out.exists() and not overwrite and (not out.is_dir() or any(out.iterdir())):
-        raise ConfigError(f"output directory {out} already exists and is not empty (use --overwrite to replace it)")
+    """Run a validated config; see `run_merge`.
+
+    Merging executes no model code (configs are read as JSON, tokenizers copied as files); `trust_remote_code`
+    only reaches the calibration, which loads the merged RM to score `calibrate_data`.
+    """
+    out = check_output_dir(out_dir, overwrite=overwrite)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but CUDA is not available")
     if device != "cpu" and not device.startswith("cuda"):
@@ -441,6 +444,12 @@ def merge_config(
                for ref in cfg.referenced_models()}
     pl = _Planner(cfg, method, sources)
     pl.build()
+    calibration: dict[str, Any] | None = None
+    if calibrate_data is not None:
+        if not pl.is_rm:
+            raise ConfigError("--calibrate-data measures reward statistics, but this merge does not produce a "
+                              "reward model")
+        check_calibration_data(calibrate_data)
     notes = _unused_parameter_notes(cfg, method)
 
     tok_ref = cfg.tokenizer_source
@@ -455,36 +464,30 @@ def merge_config(
             raise ConfigError(msg)
         notes.append(msg + ": the output has no tokenizer")
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
-    tmp.mkdir()
     try:
-        writer = ShardWriter(tmp, max_bytes)
-        ex = _Executor(sources, method, device=device, dtype=work_dtype, out_dtype=cfg.out_dtype, seed=seed)
-        with torch.no_grad():
-            for p in pl.plan:
-                writer.add(p.out_name, ex.run(p))
-        num_shards = writer.finish()
-        out_cfg = _out_config(pl, cfg, cfg.out_dtype or work_dtype)
-        (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        tok_files = copy_tokenizer(tok_dir, tmp)
-        gen = sources[pl.template].path / "generation_config.json"
-        if not pl.is_rm and gen.is_file():
-            shutil.copy2(gen, tmp / gen.name)
-        (tmp / CONFIG_COPY).write_text(
-            config_text or yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False), encoding="utf-8")
-        if pl.is_rm:
-            _rm_meta(pl, cfg, config_text).save(tmp)
-        if out.exists():
-            trash = out.parent / f".{out.name}.old-{uuid.uuid4().hex[:8]}"
-            out.rename(trash)
-            tmp.rename(out)
-            shutil.rmtree(trash, ignore_errors=True)
-        else:
-            tmp.rename(out)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
+        with build_dir_atomic(out, overwrite=overwrite) as tmp:
+            writer = ShardWriter(tmp, max_bytes)
+            ex = _Executor(sources, method, device=device, dtype=work_dtype, out_dtype=cfg.out_dtype, seed=seed)
+            with torch.no_grad():
+                for p in pl.plan:
+                    writer.add(p.out_name, ex.run(p))
+            num_shards = writer.finish()
+            out_cfg = _out_config(pl, cfg, cfg.out_dtype or work_dtype)
+            (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+            tok_files = copy_tokenizer(tok_dir, tmp)
+            gen = sources[pl.template].path / "generation_config.json"
+            if not pl.is_rm and gen.is_file():
+                shutil.copy2(gen, tmp / gen.name)
+            (tmp / CONFIG_COPY).write_text(
+                config_text or yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False), encoding="utf-8")
+            if pl.is_rm:
+                meta = _rm_meta(pl, cfg, config_text)
+                meta.save(tmp)
+                if calibrate_data is not None:
+                    for s in sources.values():
+                        s.close()  # the inputs are done with: free their maps before loading the output
+                    calibration = calibrate_reward_model(tmp, calibrate_data, device=device,
+                                                         trust_remote_code=trust_remote_code, label=out)
     finally:
         for s in sources.values():
             s.close()
@@ -511,6 +514,8 @@ def merge_config(
     }
     if method.random:
         summary["random_seed"] = seed
+    if calibration is not None:
+        summary["calibration"] = calibration
     return summary
 
 
@@ -536,14 +541,17 @@ def run_merge(
     trust_remote_code: bool = False,
     allow_pickle: bool = False,
     overwrite: bool = False,
+    calibrate_data: str | Path | None = None,
 ) -> dict[str, Any]:
     """Merge the models of a mergekit-style YAML config into `out_dir`; returns a summary.
 
     Summary keys: out, merge_method, num_tensors, num_parameters, num_layers, num_shards, architecture,
     reward_model, dtype, converted_heads, averaged_without_base, left_out, tokenizer_files, notes, and
-    random_seed for the DARE methods. User errors raise `ConfigError` / `BonsynthError` and leave no output.
+    random_seed for the DARE methods, and calibration (the measured reward mean/std) with `calibrate_data`: a
+    file of responses the merged RM scores before OUT appears. User errors raise `ConfigError` /
+    `BonsynthError` and leave no output.
     """
     cfg, text = load_config(config_path)
     return merge_config(cfg, out_dir, device=device, random_seed=random_seed, out_shard_size=out_shard_size,
                         dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
-                        overwrite=overwrite, config_text=text)
+                        overwrite=overwrite, config_text=text, calibrate_data=calibrate_data)

@@ -7,10 +7,14 @@ scales mix as the weights say.
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bonsynth.errors import ConfigError
+from bonsynth.rm.meta import UNMEASURED
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -32,6 +36,12 @@ class RewardEnsemble:
         self.models = list(models)
         self.names = list(names)
         self.weights = [float(w) for w in weights]
+        if len(self.models) > 1:
+            for name, rm in zip(self.names, self.models, strict=True):
+                if getattr(getattr(rm, "meta", None), "reward_stats_source", None) == UNMEASURED:
+                    log.warning("warning: reward model %s has unmeasured reward_mean/std (placeholders 0 / 1, e.g. a "
+                                "merge), so its z-normalised share of the mix is off; run `bonsynth rm calibrate` "
+                                "on it first", name)
 
     @classmethod
     def load(

@@ -4,17 +4,22 @@ One reward convention everywhere: a scalar where higher is better.
 - A 1-label head: the logit itself.
 - A 2-label classifier (thumbs-up model): logit[1] - logit[0], the log-odds of "good".
 `reward_mean` / `reward_std` (measured on the eval split) let several RMs be z-normalised and mixed.
+`reward_stats_source` says where they come from: "train:eval" / "train:train" (`rm train`), "calibrate:<sha256
+of the data file>" (`rm calibrate`), or "unmeasured" (a merge: 0 / 1 are placeholders). None: an older file.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
+import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 META_FILE = "bonsynth_rm.json"
 OBJECTIVES = ("pairwise", "binary", "ranked", "merged")
+UNMEASURED = "unmeasured"
 
 
 @dataclass
@@ -29,10 +34,28 @@ class RMMeta:
     max_length: int | None = None
     extra: dict = field(default_factory=dict)
     version: int = 1
+    reward_stats_source: str | None = None
+
+    @property
+    def stats_measured(self) -> bool:
+        """Whether reward_mean / reward_std were measured (False for a merge's placeholders)."""
+        return self.reward_stats_source != UNMEASURED
 
     def save(self, directory: str | Path) -> Path:
+        """Write atomically (temp file, fsync, rename): a calibration that fails leaves the old file intact."""
         path = Path(directory) / META_FILE
-        path.write_text(json.dumps(asdict(self), indent=2, sort_keys=True) + "\n", encoding="utf-8")
+        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
+        tmp = path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
+        try:
+            with open(tmp, "w", encoding="utf-8") as fh:
+                fh.write(text)
+                fh.flush()
+                os.fsync(fh.fileno())
+            os.replace(tmp, path)
+        except BaseException:
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(tmp)
+            raise
         return path
 
     @classmethod

@@ -45,7 +45,15 @@ from typing import Any
 
 from bonsynth.data.chat import render_pair
 from bonsynth.errors import BonsynthError
-from bonsynth.models import check_weight_files, resolve_device, resolve_dtype
+from bonsynth.models import (
+    TOKENIZER_FILES,
+    check_remote_code,
+    check_tokenizer,
+    check_weight_files,
+    has_tokenizer_files,
+    resolve_device,
+    resolve_dtype,
+)
 from bonsynth.rm.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.rm.meta import META_FILE, RMMeta
 
@@ -115,6 +123,47 @@ def _load_meta(path: Path) -> RMMeta | None:
         return RMMeta.load(path)
     except (ValueError, TypeError) as e:  # bad JSON, or fields of the wrong shape
         raise BonsynthError(f"{path / META_FILE} is not valid: {e}") from e
+
+
+def _tokenizer_source(path: Path, meta: RMMeta | None) -> str:
+    """Where the tokenizer of a local RM comes from: its own directory, else its recorded base model.
+
+    Without tokenizer files transformers builds an empty stand-in (every text encodes to nothing, so every
+    text gets the same reward): that is refused unless `bonsynth_rm.json` names a base model whose tokenizer
+    is available locally, which is then used and said so.
+    """
+    if has_tokenizer_files(path):
+        return str(path)
+    base = meta.base_model if meta is not None else None
+    if base:
+        bp = Path(base).expanduser()
+        if not bp.is_absolute() and not bp.exists() and (path / bp).exists():
+            bp = path / bp  # a path relative to the RM directory
+        if (bp.is_dir() and has_tokenizer_files(bp)) or (not bp.exists() and _cached_tokenizer(base)):
+            source = str(bp) if bp.exists() else base
+            log.warning("warning: reward model %s has no tokenizer files; using the tokenizer of its base model %s "
+                        "(base_model in %s)", path, source, META_FILE)
+            return source
+        hint = f"; its base model {base} (base_model in {META_FILE}) has no tokenizer available locally either"
+    else:
+        hint = ""
+    raise BonsynthError(
+        f"reward model directory {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:5])}){hint}; copy "
+        "the tokenizer files of the model it was trained from into it"
+    )
+
+
+def _cached_tokenizer(name: str) -> bool:
+    """Whether a hub id's tokenizer is in the local cache (never a download)."""
+    if not _maybe_hub_id(name):
+        return False
+    try:
+        from transformers import AutoTokenizer
+
+        AutoTokenizer.from_pretrained(name, local_files_only=True)
+    except (OSError, ValueError):
+        return False
+    return True
 
 
 def _check_num_labels(model: Any) -> int:
@@ -200,8 +249,12 @@ class RewardModel:
             raise BonsynthError(f"model not found: {path} (not a directory)")
         if not local and not _maybe_hub_id(str(path)):
             raise BonsynthError(f"model not found: {path}")
+        meta = None
         if local:
             _check_weights(p, allow_unsafe_weights)
+            check_remote_code(p, trust_remote_code=trust_remote_code, what="reward model")
+            meta = _load_meta(p)
+        tok_source = _tokenizer_source(p, meta) if local else str(path)
         dev = resolve_device(device)
         torch_dtype = resolve_dtype(dtype, dev)
         kwargs: dict[str, Any] = {
@@ -211,18 +264,19 @@ class RewardModel:
             "output_loading_info": True,
         }
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(path), trust_remote_code=trust_remote_code)
+            tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
             try:
                 model, info = AutoModelForSequenceClassification.from_pretrained(
                     str(path), attn_implementation="sdpa", **kwargs
                 )
             except (ValueError, ImportError, NotImplementedError):
                 model, info = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-        except OSError as e:
+        except (OSError, ValueError) as e:
             reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if local:
+            if local or isinstance(e, ValueError):
                 raise BonsynthError(f"cannot load reward model {path}: {reason}") from e
             raise BonsynthError(f"model not found: {path} (no such directory, and not on the Hub: {reason})") from e
+        check_tokenizer(tokenizer, tok_source, what="reward model")
         missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
         if missing:
             raise BonsynthError(
@@ -233,7 +287,6 @@ class RewardModel:
             tokenizer.pad_token = tokenizer.eos_token
         model.eval()
         model.to(dev)
-        meta = _load_meta(p) if local else None
         if meta is not None and meta.num_labels != int(getattr(model.config, "num_labels", 1)):
             raise BonsynthError(
                 f"{p / META_FILE} says num_labels={meta.num_labels} but the model has "

@@ -11,11 +11,13 @@ means the same thing to `rm score` as to `rm train` / `rm eval`:
   candidate.
 
 Rows are read and scored in chunks (so big files stream) and the output is written atomically: on any error
-there is no new output file.
+there is no new output file. The output is strict JSON: a non-finite reward is written as null and counted
+(`last_stats["num_nonfinite"]`).
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -54,17 +56,21 @@ def score_file(
     show_progress: bool | None = None,
     skip_invalid: bool = False,
     skipped: Skipped | None = None,
+    stats: dict | None = None,
 ) -> int:
     """Score every record of `input` with `model` (a directory or a `RewardModel`); returns the rows written.
 
     The loading options (device ... prefix_sharing) apply only when `model` is a directory; a `RewardModel`
     is used as it is. `show_progress=None` shows a bar only on a terminal. `skip_invalid` drops (and reports on
     stderr) the rows that fail validation instead of failing; pass `skipped` to get them (count and lines).
+    `stats`, when given, receives the run's counts (num_rows, num_texts, num_truncated, num_nonfinite, ...), as
+    `rm.last_stats` does.
     """
     from tqdm.auto import tqdm
 
     from bonsynth.rm.model import RewardModel
 
+    out_stats = stats
     forced = check_fmt(fmt)
     state = _FileState(path=str(input), forced=forced)
     skipped = skipped if skipped is not None else Skipped()
@@ -102,8 +108,11 @@ def score_file(
     n = write_jsonl_atomic(output, scored())
     skipped.report()
     stats = dict(rm.last_stats)
-    stats.update(num_truncated=state.num_truncated, num_rows=n, num_texts=state.num_texts)
+    stats.update(num_truncated=state.num_truncated, num_rows=n, num_texts=state.num_texts,
+                 num_nonfinite=state.num_nonfinite)
     rm.last_stats = stats
+    if out_stats is not None:
+        out_stats.update(stats)
     return n
 
 
@@ -117,6 +126,7 @@ class _FileState:
         self.first: Location | None = None
         self.num_truncated = 0
         self.num_texts = 0
+        self.num_nonfinite = 0
 
 
 def _take(rows: Iterator[tuple[Location, dict]], n: int) -> list[tuple[Location, dict]]:
@@ -206,8 +216,9 @@ def _candidate_units(loc: Location, raw: dict) -> tuple[Any, list[str]]:
     return prompt, texts
 
 
-def _score_chunk(rm: Any, chunk: list[tuple[Location, dict]], state: _FileState, token_budget: int | None) -> list[dict]:
-    """Score one chunk of rows; returns the output rows in input order."""
+def chunk_units(chunk: list[tuple[Location, dict]], state: _FileState) -> tuple[str, list[Any], list[list[int]]]:
+    """What to score in one chunk of rows: (kind, units, slots), where each unit is a whole text (str) or a
+    (prompt, response) pair and `slots[r]` are the indices of row r's units (one per response it holds)."""
     kinds = [_row_kind(loc, raw, state) for loc, raw in chunk]
     kind = kinds[0]
     # Each unit is a whole text (str) or a (prompt, response) pair; `slots[r]` are row r's unit indices.
@@ -235,8 +246,19 @@ def _score_chunk(rm: Any, chunk: list[tuple[Location, dict]], state: _FileState,
                 add(*[(rec.prompt, r) for r in rec.responses])
             else:  # pragma: no cover - _row_kind rules prompts out
                 raise AssertionError(type(rec).__name__)
+    return kind, units, slots
 
-    rewards = _score_units(rm, units, token_budget, state)
+
+def _score_chunk(rm: Any, chunk: list[tuple[Location, dict]], state: _FileState, token_budget: int | None) -> list[dict]:
+    """Score one chunk of rows; returns the output rows in input order.
+
+    A non-finite reward (NaN/inf: a broken model or overflow) is written as null and counted: JSON has no
+    NaN, and a reader that accepts Python's `NaN` token would rank it arbitrarily.
+    """
+    kind, units, slots = chunk_units(chunk, state)
+    raw_rewards = _score_units(rm, units, token_budget, state)
+    rewards: list[float | None] = [v if math.isfinite(v) else None for v in raw_rewards]
+    state.num_nonfinite += sum(v is None for v in rewards)
     out = []
     for (_, raw), idx in zip(chunk, slots, strict=True):
         r = [rewards[i] for i in idx]
@@ -244,7 +266,8 @@ def _score_chunk(rm: Any, chunk: list[tuple[Location, dict]], state: _FileState,
         if kind == CANDIDATES:
             row[CANDIDATES] = [{**c, "reward": v} for c, v in zip(raw[CANDIDATES], r, strict=True)]
         elif kind == "pairwise":
-            row.update(reward_chosen=r[0], reward_rejected=r[1], reward_margin=r[0] - r[1])
+            margin = None if r[0] is None or r[1] is None else r[0] - r[1]
+            row.update(reward_chosen=r[0], reward_rejected=r[1], reward_margin=margin)
         elif kind == "ranked":
             row["rewards"] = r
         else:

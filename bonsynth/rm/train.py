@@ -16,8 +16,10 @@ so the output directory is always a plain model that `AutoModelForSequenceClassi
 from __future__ import annotations
 
 import contextlib
+import logging
 import math
 import random
+import re
 import sys
 import time
 import warnings
@@ -34,6 +36,8 @@ LABEL_MAPPINGS = {
     "ranked": {"0": "reward"},
     "binary": {"0": "bad", "1": "good"},
 }
+log = logging.getLogger(__name__)
+_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _STATS_SAMPLE = 512  # examples scored for mean/std (and train metrics) when there is no eval split
 
 
@@ -57,6 +61,7 @@ class RMTrainConfig:
     report_to: str = "none"
     trust_remote_code: bool = False
     skip_invalid: bool = False  # drop rows that fail validation (reported, counted in the summary) instead of failing
+    overwrite: bool = False  # replace a non-empty `out` (only once the new model is complete)
     # not on the command line: library / benchmark knobs
     allow_unsafe_weights: bool = False  # also load a pickle-only base (the loop's rm_update, when its recipe opts in)
     lora_alpha: int | None = None  # default 2 * lora_r
@@ -99,9 +104,14 @@ class RMTrainConfig:
 
 def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train, merge, save (model + tokenizer + bonsynth_rm.json) and return a summary with eval metrics."""
+    from bonsynth.outdir import build_dir_atomic, check_output_dir
+
     start = time.perf_counter()
+    out = check_output_dir(cfg.out, overwrite=cfg.overwrite, what="--out")  # before any long work
     report_to = _report_to(cfg.report_to)
     records, hashes, skips = _load_data(cfg)  # user errors in the data surface before any model is loaded
+    if cfg.objective == "ranked":
+        _report_tied_groups([g for g in records if len(set(g.scores)) < 2], len(records))
     train_recs, eval_recs = split_records(records, cfg.eval_split, cfg.seed)
     if not train_recs:
         raise InputError(
@@ -126,14 +136,28 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     )
     encoder = RewardModel.from_model(model, tokenizer, meta, max_length=max_length)
     dataset, counts = build_train_dataset(cfg.objective, train_recs, encoder)
+    counts.update(skips)  # what --skip-invalid dropped, in the summary and bonsynth_rm.json
 
     lora = cfg.lora_r > 0
     if lora:
         model = _wrap_lora(model, cfg)
-    out = Path(cfg.out)
+    # Everything (the Trainer's output_dir included) is built in a temp directory beside OUT and renamed into
+    # place at the end: a failed run (disk full, Ctrl-C, a bad batch) leaves OUT as it was, or absent.
+    with build_dir_atomic(out, overwrite=cfg.overwrite, what="--out") as work:
+        summary = _train_and_save(cfg, model, tokenizer, dataset, counts, meta, train_recs, eval_recs, work, out,
+                                  report_to, max_length, lora, start)
+    return summary
+
+
+def _train_and_save(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any, counts: dict, meta: RMMeta,
+                    train_recs: list, eval_recs: list, work: Path, out: Path, report_to: list[str],
+                    max_length: int, lora: bool, start: float) -> dict[str, Any]:
+    """Train in `work` (the temp directory that becomes `out`), measure the reward stats, save there."""
+    from bonsynth.rm.model import RewardModel
+
     # Trainer chatter (log dicts) goes to stderr: stdout carries the JSON summary the CLI prints.
     with contextlib.redirect_stdout(sys.stderr):
-        trainer = _make_trainer(cfg, model, tokenizer, dataset, out, report_to)
+        trainer = _make_trainer(cfg, model, tokenizer, dataset, work, report_to, run_name=out.name)
         train_output = trainer.train()
     model = trainer.model
     if lora:
@@ -144,6 +168,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     split_name, stat_recs = ("eval", eval_recs) if eval_recs else ("train", _sample(train_recs, cfg.seed))
     metrics, rewards = evaluate_split(scorer, cfg.objective, stat_recs, cfg.eval_batch_size)
     meta.reward_mean, meta.reward_std = reward_stats(rewards)
+    meta.reward_stats_source = f"train:{split_name}"
     prefixed = {f"{split_name}_{k}": v for k, v in metrics.items()}
     with contextlib.redirect_stdout(sys.stderr):
         trainer.log({k: float(v) for k, v in prefixed.items() if isinstance(v, (int, float)) and math.isfinite(v)})
@@ -162,7 +187,6 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         "reward_mean": meta.reward_mean,
         "reward_std": meta.reward_std,
         "stats_split": split_name,
-        **skips,
         **prefixed,
         "seconds": round(seconds, 2),
     }
@@ -171,11 +195,11 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
         "training": {
             k: v
             for k, v in asdict(cfg).items()
-            if k not in ("base", "data", "out", "extra", "disable_tqdm", "report_to")
+            if k not in ("base", "data", "out", "extra", "disable_tqdm", "report_to", "overwrite")
         },
         "summary": {k: v for k, v in summary.items() if k not in ("out", "base", "objective")},
     }
-    save_reward_model(model, tokenizer, meta, out)
+    save_reward_model(model, tokenizer, meta, work)
     return _json_safe(summary)
 
 
@@ -230,6 +254,40 @@ def _sample(records: list, seed: int) -> list:
     return random.Random(seed + 1).sample(records, _STATS_SAMPLE)
 
 
+_MAX_TIE_WARNINGS = 10
+
+
+def _describe_group(group: Any) -> str:
+    """file:line, id and the start of the prompt of a ranked group, for messages."""
+    where = str(group.source) if group.source is not None else "ranked data"
+    prompt = group.prompt if isinstance(group.prompt, str) else " ".join(
+        str(m.get("content", "")) for m in group.prompt if isinstance(m, dict))
+    prompt = " ".join(prompt.split())
+    snippet = prompt[:60] + ("..." if len(prompt) > 60 else "")
+    return f"{where}: group '{group.group_id}' (prompt {snippet!r})"
+
+
+def _report_tied_groups(tied: list, total: int) -> None:
+    """A group whose scores are all equal yields no pair: a warning per group, an error if every group is one."""
+    if not tied:
+        return
+    if len(tied) == total:
+        first = tied[0]
+        src = first.source
+        raise InputError(
+            f"every ranked group is a tie ({total} group(s), e.g. group '{first.group_id}'): all of a group's "
+            "scores are equal and ties carry no preference, so there are no pairs to train on",
+            path=src.path if src is not None else None,
+            line=src.line if src is not None else None,
+            field="scores",
+        )
+    for group in tied[:_MAX_TIE_WARNINGS]:
+        log.warning("warning: %s: all scores are equal; ties carry no preference, so this group is not trained on",
+                    _describe_group(group))
+    if len(tied) > _MAX_TIE_WARNINGS:
+        log.warning("warning: %d more all-tied ranked groups are not trained on", len(tied) - _MAX_TIE_WARNINGS)
+
+
 def build_train_dataset(objective: str, records: list, encoder: Any) -> tuple[Any, dict[str, int]]:
     """A `datasets.Dataset` of token ids for the trainer, and how many examples were truncated / dropped."""
     from datasets import Dataset
@@ -257,6 +315,7 @@ def build_train_dataset(objective: str, records: list, encoder: Any) -> tuple[An
             ]
         else:  # ranked: one example = one group, expanded into its ordered pairs
             examples = []
+            tied = []
             for group, encs in zip(records, encode_groups(encoder, records), strict=True):
                 pairs = [
                     (encs[i], encs[j], 0.0)
@@ -264,7 +323,11 @@ def build_train_dataset(objective: str, records: list, encoder: Any) -> tuple[An
                     for j in range(len(encs))
                     if group.scores[i] > group.scores[j]
                 ]
+                if not pairs:
+                    tied.append(group)
+                    continue  # reported when the data was read; not a length drop
                 examples.append((pairs, any(e.truncated for e in encs)))
+            counts["num_tied_groups"] = len(tied)
         for pairs, truncated in examples:
             counts["num_truncated"] += bool(truncated)
             kept = [(c, r, m) for c, r, m in pairs if c.fits and r.fits]
@@ -283,7 +346,8 @@ def build_train_dataset(objective: str, records: list, encoder: Any) -> tuple[An
         raise InputError(
             "no trainable examples: every response is longer than --max-length on its own"
             if counts["num_dropped"]
-            else "no trainable pairs (every ranked group is a tie)"
+            else "no trainable pairs: every ranked group left for training is a tie (all its scores are equal; "
+            "ties carry no preference)"
         )
     return Dataset.from_dict(rows), counts
 
@@ -296,20 +360,43 @@ def load_base_model(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from bonsynth.models import (
+        TOKENIZER_FILES,
+        check_remote_code,
+        check_safetensors_file,
+        check_tokenizer,
+        has_tokenizer_files,
+    )
     from bonsynth.rm.encode import model_length_limit, prepare_tokenizer
 
     base = str(cfg.base)
     path = Path(base).expanduser()
-    if not path.exists() and (base.startswith((".", "/", "~")) or base.count("/") > 1):
-        raise ConfigError(f"base model not found: {base}")
-    if path.is_dir() and not (path / "config.json").exists():
-        raise ConfigError(f"base model not found: {base} (no config.json in the directory)")
+    local = path.exists()
     trc = cfg.trust_remote_code
+    if local:
+        if not path.is_dir():
+            raise ConfigError(f"base model {base} is a file, not a model directory")
+        if not (path / "config.json").exists():
+            raise ConfigError(f"base model not found: {base} (no config.json in the directory)")
+        base = str(path)
+        check_remote_code(path, trust_remote_code=trc, what="base model")
+        if not has_tokenizer_files(path):
+            raise ConfigError(f"base model directory {base} has no tokenizer (none of "
+                              f"{', '.join(TOKENIZER_FILES[:5])})")
+        shards = sorted(path.glob("*.safetensors"))
+        for shard in shards:
+            check_safetensors_file(shard, what="base model")
+    elif base.startswith((".", "/", "~")) or base.count("/") > 1 or not _HUB_NAME.match(base):
+        raise ConfigError(f"base model not found: {base} (no such directory)")
     try:
         config = AutoConfig.from_pretrained(base, trust_remote_code=trc)
         tokenizer = AutoTokenizer.from_pretrained(base, trust_remote_code=trc)
     except (OSError, ValueError) as e:
+        if not local:
+            raise ConfigError(f"base model not found: {base} (no such directory, and not available from the Hub: "
+                              f"{_first_line(e)})") from None
         raise ConfigError(f"cannot load base model {base}: {_first_line(e)}") from None
+    check_tokenizer(tokenizer, base, what="base model")
     if getattr(config, "num_labels", None) != cfg.num_labels:
         config.num_labels = cfg.num_labels  # also resets id2label to LABEL_0.. (what Chai-style callers read)
     _zero_dropout_config(config)
@@ -454,7 +541,7 @@ def _report_to(value: str | list[str] | None) -> list[str]:
     return names
 
 
-def _training_kwargs(cfg: RMTrainConfig, out: Path, report_to: list[str]) -> dict[str, Any]:
+def _training_kwargs(cfg: RMTrainConfig, out: Path, report_to: list[str], run_name: str | None = None) -> dict[str, Any]:
     import torch
 
     cuda = torch.cuda.is_available()
@@ -481,12 +568,13 @@ def _training_kwargs(cfg: RMTrainConfig, out: Path, report_to: list[str]) -> dic
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
         "remove_unused_columns": False,
-        "run_name": Path(out).name,
+        "run_name": run_name or Path(out).name,
     }
 
 
-def _make_trainer(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any, out: Path, report_to: list[str]) -> Any:
-    kwargs = _training_kwargs(cfg, out, report_to)
+def _make_trainer(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any, out: Path, report_to: list[str],
+                  run_name: str | None = None) -> Any:
+    kwargs = _training_kwargs(cfg, out, report_to, run_name)
     if cfg.objective == "binary":
         from transformers import DataCollatorWithPadding, Trainer, TrainingArguments
 

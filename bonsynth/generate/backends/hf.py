@@ -14,7 +14,13 @@ from bonsynth.data.chat import has_chat_template, render_prompt
 from bonsynth.data.records import PromptRecord
 from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
 from bonsynth.generate.seeding import prompt_seed
-from bonsynth.models import check_model_source, load_tokenizer, resolve_device, resolve_dtype
+from bonsynth.models import (
+    check_model_source,
+    check_remote_code,
+    load_tokenizer,
+    resolve_device,
+    resolve_dtype,
+)
 from bonsynth.rm.batching import token_budget_batches
 
 # Padded-token budgets for one `generate` call, counted as rows x (prompt width + max_new_tokens) with
@@ -129,7 +135,7 @@ class HFBackend(GenerationBackend):
         import torch
         from transformers import AutoModelForCausalLM
 
-        from bonsynth.errors import ConfigError
+        from bonsynth.errors import BonsynthError, ConfigError
 
         self.model_path = check_model_source(model, what="policy", allow_unsafe_weights=allow_unsafe_weights)
         self.device = resolve_device(device)
@@ -139,13 +145,20 @@ class HFBackend(GenerationBackend):
             raise ConfigError(f"token budget must be a positive number of tokens, got {token_budget}")
         self.token_budget = (int(token_budget) if token_budget is not None
                              else default_generate_token_budget(self.device))
-        self.tokenizer = load_tokenizer(self.model_path, padding_side="left", trust_remote_code=trust_remote_code)
-        self.model = AutoModelForCausalLM.from_pretrained(
-            self.model_path,
-            dtype=self.torch_dtype,
-            trust_remote_code=trust_remote_code,
-            use_safetensors=None if allow_unsafe_weights else True,  # opted in: either format, as the RMs
-        ).to(self.device)
+        check_remote_code(self.model_path, trust_remote_code=trust_remote_code, what="policy")
+        self.tokenizer = load_tokenizer(self.model_path, padding_side="left", trust_remote_code=trust_remote_code,
+                                        what="policy")
+        try:
+            model_obj = AutoModelForCausalLM.from_pretrained(
+                self.model_path,
+                dtype=self.torch_dtype,
+                trust_remote_code=trust_remote_code,
+                use_safetensors=None if allow_unsafe_weights else True,  # opted in: either format, as the RMs
+            )
+        except (OSError, ValueError) as e:  # config/weights the loader cannot read: one line naming the model
+            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+            raise BonsynthError(f"cannot load policy {self.model_path}: {reason}") from e
+        self.model = model_obj.to(self.device)
         self.model.eval()
         if self.model.generation_config.pad_token_id is None:
             self.model.generation_config.pad_token_id = self.tokenizer.pad_token_id
