@@ -150,11 +150,12 @@ def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: 
                    allow_unsafe_weights=allow_unsafe_weights, skip_invalid=skip_invalid, skipped=skipped, stats=stats)
     bad = stats.get("num_nonfinite", 0)
     note = f" ({bad} non-finite rewards written as null)" if bad else ""
+    skip_note = ""
     if skip_invalid:
         shown = ", ".join(str(line) for line in skipped.lines[: Skipped.SHOWN])
         more = f", ... and {skipped.count - Skipped.SHOWN} more" if skipped.count > Skipped.SHOWN else ""
-        note += f" (skipped {skipped.count} invalid rows" + (f": lines {shown}{more})" if skipped.count else ")")
-    click.echo(f"scored {n} records{note} -> {output_path}")
+        skip_note = f" (skipped {skipped.count} invalid rows" + (f": lines {shown}{more})" if skipped.count else ")")
+    click.echo(f"scored {n} records{note} -> {output_path}{skip_note}")
 
 
 @rm.command("calibrate")
