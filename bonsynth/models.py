@@ -26,7 +26,10 @@ _MAX_SAFETENSORS_HEADER = 100_000_000  # the format's own limit on the JSON head
 
 def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_weights: bool = False,
                        opt_in: str = UNSAFE_OPT_IN) -> str:
-    """Validate a local model directory (or accept a hub id) before any heavy loading."""
+    """Validate a local model directory (or accept a hub id) before any heavy loading; `demo:` names resolved."""
+    from bonsynth.modelref import resolve_model_ref
+
+    path_or_id = resolve_model_ref(path_or_id)
     p = Path(path_or_id)
     if p.exists():
         if not p.is_dir():

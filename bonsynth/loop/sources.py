@@ -16,9 +16,7 @@ from bonsynth.data.records import PromptRecord
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.seeding import prompt_seed
 from bonsynth.loop.recipe import LoopRecipe
-
-DEMO_PREFIX = "demo:"
-DEMO_MODELS = ("policy", "rm")
+from bonsynth.modelref import resolve_model_ref
 
 
 def derive_seed(seed: int, *parts: object) -> int:
@@ -26,31 +24,9 @@ def derive_seed(seed: int, *parts: object) -> int:
     return prompt_seed(seed, "/".join(str(p) for p in parts), salt="loop")
 
 
-def _demo_models_dir(build: bool) -> Path:
-    from bonsynth.demo.quickstart import build_demo_models, demo_cache_dir, find_data_dir
-
-    data_dir = find_data_dir()
-    models = demo_cache_dir(data_dir)
-    if build and not all((models / m).exists() for m in DEMO_MODELS):
-        import click
-
-        click.echo(f"building demo models from {data_dir} (cached in {models}) ...", err=True)
-        build_demo_models(data_dir, models, seed=0)
-    return models
-
-
 def resolve_path(value: str, *, build_demo: bool = True) -> str:
-    """`demo:policy` / `demo:rm` -> the cached demo models (built if missing); `demo:data/F` -> the sample data."""
-    if not value.startswith(DEMO_PREFIX):
-        return value
-    name = value[len(DEMO_PREFIX) :]
-    if name in DEMO_MODELS:
-        return str(_demo_models_dir(build_demo) / name)
-    if name.startswith("data/") and len(name) > len("data/"):
-        from bonsynth.demo.quickstart import find_data_dir
-
-        return str(find_data_dir() / name[len("data/") :])
-    raise ConfigError(f"unknown demo name {value!r}; use demo:policy, demo:rm or demo:data/FILE")
+    """`demo:` names (models and `demo:data/F`) through the one resolver every model path goes through."""
+    return resolve_model_ref(value, build_demo=build_demo)
 
 
 UNSAFE_OPT_IN = "set allow_unsafe_weights: true in the recipe"

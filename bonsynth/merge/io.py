@@ -49,8 +49,10 @@ def parse_size(value: str | int) -> int:
 
 
 def resolve_model_dir(ref: str, *, allow_pickle: bool = False) -> Path:
-    """A local directory for a model reference: the path itself, or a hub snapshot when online."""
-    p = Path(ref).expanduser()
+    """A local directory for a model reference: the path itself (`demo:` names resolved), or a hub snapshot."""
+    from bonsynth.modelref import resolve_model_ref
+
+    p = Path(resolve_model_ref(ref)).expanduser()
     if p.is_dir():
         return p
     if p.exists():

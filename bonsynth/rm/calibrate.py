@@ -49,12 +49,13 @@ def calibrate_reward_model(
     """
     from bonsynth.data.normalize import check_fmt
     from bonsynth.data.readers import iter_raw_rows
+    from bonsynth.modelref import resolve_model_ref
     from bonsynth.rm.model import RewardModel
     from bonsynth.rm.score_file import CHUNK_ROWS, _FileState, _score_units, _take, chunk_units
     from bonsynth.rm.train import reward_stats
 
     data = check_calibration_data(data)
-    model_dir = Path(model_dir)
+    model_dir = Path(resolve_model_ref(str(model_dir)))
     if not model_dir.is_dir():
         raise BonsynthError(f"reward model not found: {model_dir} (calibration needs a local model directory)")
     forced = check_fmt(fmt)

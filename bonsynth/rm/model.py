@@ -243,6 +243,9 @@ class RewardModel:
         """Load a saved RM (safetensors only unless `allow_unsafe_weights`) onto `device`, in eval mode."""
         from transformers import AutoModelForSequenceClassification, AutoTokenizer
 
+        from bonsynth.modelref import resolve_model_ref
+
+        path = resolve_model_ref(str(path))
         p = Path(path)
         local = p.exists()
         if local and not p.is_dir():

@@ -360,6 +360,7 @@ def load_base_model(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     import torch
     from transformers import AutoConfig, AutoModelForSequenceClassification, AutoTokenizer
 
+    from bonsynth.modelref import resolve_model_ref
     from bonsynth.models import (
         TOKENIZER_FILES,
         check_remote_code,
@@ -369,7 +370,7 @@ def load_base_model(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
     )
     from bonsynth.rm.encode import model_length_limit, prepare_tokenizer
 
-    base = str(cfg.base)
+    base = resolve_model_ref(str(cfg.base))
     path = Path(base).expanduser()
     local = path.exists()
     trc = cfg.trust_remote_code

