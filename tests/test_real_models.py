@@ -400,8 +400,12 @@ def test_generate_hf_with_demo_smollm2(smol, tmp_path, tiny_rm_dir, monkeypatch,
                                  str(tiny_rm_dir), "--prompts", str(prompts), "--n", "2", "--max-new-tokens", "16",
                                  "--temperature", "0.7", "--out", str(out)])
     assert r.exit_code == 0, r.output
-    rows = [json.loads(ln) for ln in (out / "candidates.jsonl").read_text().splitlines()]
+    rows = [{"prompt_id": row["id"], "response": c["text"], "finish_reason": c["finish_reason"],
+             "num_tokens": c["num_tokens"]}
+            for row in map(json.loads, (out / "candidates.jsonl").read_text().splitlines())
+            for c in row["candidates"]]
     _check_candidates(rows, n=2, max_new=16)
+    print("replies:", [r["response"] for r in rows])
     manifest = json.loads((out / "manifest.json").read_text())
     assert "demo:smollm2" in json.dumps(manifest)  # the reference, not this machine's cache path
     assert str(smol) not in json.dumps(manifest.get("config", {}))
