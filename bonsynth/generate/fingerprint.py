@@ -11,6 +11,11 @@ FULL_HASH_LIMIT = 256 << 20  # files up to 256 MiB are hashed whole; larger ones
 
 
 def model_fingerprint(path_or_id: str) -> dict:
+    from bonsynth.modelref import resolve_model_ref
+
+    resolved = resolve_model_ref(path_or_id, build_demo=False)  # `demo:` names: the directory actually loaded
+    if resolved != path_or_id:
+        return {"ref": path_or_id, **model_fingerprint(resolved)}
     p = Path(path_or_id)
     if not p.is_dir():
         return {"path": path_or_id, "kind": "hub-id-or-remote"}
