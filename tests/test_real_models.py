@@ -274,8 +274,9 @@ def test_demo_refs_work_wherever_a_model_is_taken(fake_demo, tmp_path, monkeypat
     assert r.exit_code == 0 and scored.is_file(), r.output
 
     cfg = tmp_path / "merge.yaml"
-    cfg.write_text("merge_method: linear\nmodels:\n  - model: demo:fakerm\n    parameters: {weight: 0.5}\n"
-                   "  - model: demo:fakerm\n    parameters: {weight: 0.5}\ndtype: float32\n")
+    cfg.write_text("merge_method: passthrough\nslices:\n"
+                   "  - sources: [{model: demo:fakepolicy, layer_range: [0, 1]}]\n"
+                   "  - sources: [{model: demo:fakepolicy, layer_range: [1, 2]}]\n")
     r = run_cli(monkeypatch, capsys, "merge", str(cfg), str(tmp_path / "merged"))
     assert r.exit_code == 0, r.output
     assert (tmp_path / "merged" / "config.json").is_file()
