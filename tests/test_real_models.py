@@ -10,8 +10,10 @@ The SmolLM2 import (about a minute on two cores) happens once per session, into 
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import importlib.util
+import io
 import json
 import sys
 import threading
@@ -66,16 +68,20 @@ class Ran:
         return self.stdout + self.stderr
 
 
-def run_cli(monkeypatch, capsys, *args: str) -> Ran:
+def _main(monkeypatch, *args: str) -> int:
     """The real entry point (`run_guarded`): user errors become one line and exit code 2."""
     from bonsynth.cli import main
 
     monkeypatch.setattr(sys, "argv", ["bonsynth", *args])
-    code = 0
     try:
         main()
     except SystemExit as e:
-        code = int(e.code or 0)
+        return int(e.code or 0)
+    return 0
+
+
+def run_cli(monkeypatch, capsys, *args: str) -> Ran:
+    code = _main(monkeypatch, *args)
     captured = capsys.readouterr()
     return Ran(code, captured.out, captured.err)
 
@@ -299,12 +305,25 @@ def smol_cache(tmp_path_factory):
     """A session model cache holding the `demo:smollm2` import (done once; the timing is printed)."""
     _smol_gguf()
     _threads()
+    from bonsynth.models_gguf import cache_path
+
     cache = tmp_path_factory.mktemp("bonsynth-cache")
+    src = modelref.packaged_path("smollm2")
+    target = cache_path(src, cache, name="smollm2")
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("BONSYNTH_CACHE", str(cache))
+        # The CLI import, written where `demo:smollm2` looks: the resolver must take it as its cache entry.
         t = time.perf_counter()
+        out, err = io.StringIO(), io.StringIO()
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            r = Ran(_main(mp, "models", "import-gguf", str(src), str(target), "--json"), out.getvalue(),
+                    err.getvalue())
+        print(f"models import-gguf (SmolLM2): {time.perf_counter() - t:.1f}s")
+        assert r.exit_code == 0, r.output
+        printed = json.loads(r.stdout)
+        assert printed["source"] == src.name and printed["architecture"] == "LlamaForCausalLM"
         path = Path(resolve_model_ref("demo:smollm2"))
-        print(f"demo:smollm2 import: {time.perf_counter() - t:.1f}s")
+    assert path == target
     return cache, path
 
 
