@@ -80,11 +80,9 @@ def load_gguf(path: str | Path, *, dtype: str = "float32") -> tuple[Any, Any]:
     try:
         model = AutoModelForCausalLM.from_pretrained(str(p.parent), gguf_file=p.name, dtype=getattr(torch, dtype))
         tokenizer = AutoTokenizer.from_pretrained(str(p.parent), gguf_file=p.name)
+    except ImportError as e:  # transformers wants a newer gguf than the one installed
+        raise BonsynthError(f"cannot read GGUF files: {_first_line(e)} ({GGUF_INSTALL_HINT} -U)") from e
     except _LOAD_ERRORS as e:
-        raise InputError(f"transformers cannot read this GGUF file: {_first_line(e)}", path=str(p)) from e
-    except Exception as e:  # gguf's own parser raises bare Exceptions on some malformed headers
-        if type(e) is not Exception:
-            raise
         raise InputError(f"transformers cannot read this GGUF file: {_first_line(e)}", path=str(p)) from e
     _clear_gguf_quantization(model)
     return model, tokenizer

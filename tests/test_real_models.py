@@ -288,6 +288,17 @@ def test_demo_refs_work_wherever_a_model_is_taken(fake_demo, tmp_path, monkeypat
     assert (tmp_path / "merged" / "config.json").is_file()
 
 
+def test_missing_gguf_package_names_the_install_line(tmp_path, monkeypatch, capsys):
+    real_find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "gguf" else real_find_spec(name, *a))
+    src = tmp_path / "m.gguf"
+    src.write_bytes(b"GGUF" + b"\0" * 16)
+    r = run_cli(monkeypatch, capsys, "models", "import-gguf", str(src), str(tmp_path / "out"))
+    assert _one_error_line(r).endswith(GGUF_HINT)
+    assert not (tmp_path / "out").exists()
+
+
 def test_bad_dtype_for_import(tmp_path):
     from bonsynth.models_gguf import load_gguf
 
