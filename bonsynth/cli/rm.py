@@ -132,9 +132,11 @@ def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: 
     Example:
       bonsynth rm score --model rm-pairs --input candidates.jsonl --output scored.jsonl
     """
+    from bonsynth.rm.prefix import sharing_summary
     from bonsynth.rm.score_file import score_file
 
+    ran: dict = {}
     n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
                    token_budget=token_budget, prefix_sharing=prefix_sharing, trust_remote_code=trust_remote_code,
-                   allow_unsafe_weights=allow_unsafe_weights)
-    click.echo(f"scored {n} records -> {output_path}")
+                   allow_unsafe_weights=allow_unsafe_weights, report=ran)
+    click.echo(f"scored {n} records -> {output_path} (prefix sharing: {sharing_summary(ran['prefix_sharing'])})")

@@ -44,6 +44,7 @@ def score_file(
     allow_unsafe_weights: bool = False,
     prefix_sharing: bool | str = "auto",
     show_progress: bool | None = None,
+    report: dict | None = None,
 ) -> int:
     """Score every record of `input` with `model` (a directory or a `RewardModel`); returns the rows written.
 
@@ -89,6 +90,8 @@ def score_file(
     stats = dict(rm.last_stats)
     stats.update(num_truncated=state.num_truncated, num_rows=n, num_texts=state.num_texts)
     rm.last_stats = stats
+    if report is not None:  # how the scorer ran (`RewardModel.describe`), for the caller to show
+        report.update(rm.describe())
     return n
 
 
