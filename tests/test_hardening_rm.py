@@ -415,7 +415,8 @@ def test_rm_score_writes_null_for_non_finite_rewards(monkeypatch, capsys, tmp_pa
     code, stdout, err = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(rm), "--input", str(data),
                                 "--output", str(out), "--device", "cpu")
     assert code == 0, err
-    assert stdout.strip() == f"scored 3 records (2 non-finite rewards written as null) -> {out}"
+    assert stdout.strip().startswith(f"scored 3 records -> {out}; prefix sharing: ")
+    assert stdout.strip().endswith("; 2 non-finite rewards written as null")
     got = [_strict(line) for line in out.read_text().splitlines()]
     assert got[0]["reward"] is None and got[2]["reward"] is None
     assert isinstance(got[1]["reward"], float) and math.isfinite(got[1]["reward"])
@@ -423,7 +424,7 @@ def test_rm_score_writes_null_for_non_finite_rewards(monkeypatch, capsys, tmp_pa
     code, stdout, err = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(rm), "--input", str(pairs),
                                 "--output", str(out), "--device", "cpu")
     assert code == 0, err
-    assert "(1 non-finite rewards written as null)" in stdout
+    assert "; 1 non-finite rewards written as null" in stdout
     (row,) = [_strict(line) for line in out.read_text().splitlines()]
     assert row["reward_chosen"] is None and row["reward_margin"] is None and math.isfinite(row["reward_rejected"])
 
@@ -433,7 +434,7 @@ def test_rm_score_line_is_unchanged_when_every_reward_is_finite(monkeypatch, cap
     out = tmp_path / "scored.jsonl"
     code, stdout, _ = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(tiny_rm_dir), "--input", str(data),
                               "--output", str(out), "--device", "cpu")
-    assert code == 0 and stdout.strip() == f"scored 1 records -> {out}"
+    assert code == 0 and stdout.strip() == f"scored 1 records -> {out}; prefix sharing: on"
 
 
 # ----------------------------------------------------------------------- 24: rm calibrate, merge --calibrate-data
