@@ -24,12 +24,7 @@ from tests.conftest import corpus, write_jsonl  # noqa: E402
 TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:

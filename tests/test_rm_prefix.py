@@ -26,12 +26,7 @@ WORDS = "the captain ship sails storm sea crew gold map island wizard spell towe
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 def words(rng: random.Random, lo: int, hi: int) -> str:
