@@ -250,3 +250,148 @@ def test_judge_leaves_out_null_rewards_and_skipped_prompts(run_dir, tmp_path, ti
     assert r.returncode == 0, r.stderr
     c = json.loads(r.stdout)["counts"]
     assert (c["null_proxy_reward"], c["prompts_skipped"], c["prompts_used"], c["candidates_used"]) == (1, 1, 9, 53)
+
+
+# ---- LLM judge over the OpenAI-compatible backend ------------------------------------------------------------
+
+SECRET = "sk-judge-DO-NOT-LEAK-51c0e2"
+
+
+@pytest.fixture(scope="module")
+def llm_server(tiny_tokenizer):
+    from openai_gpt2_server import GPT2OpenAIServer
+
+    from bonsynth.demo.models import tiny_causal_lm
+
+    srv = GPT2OpenAIServer(tiny_causal_lm(tiny_tokenizer, seed=1), tiny_tokenizer, model_name="judge-lm").start()
+    yield srv
+    srv.stop()
+
+
+def _between(text: str, start: str, end: str) -> str:
+    return text.split(start, 1)[1].split(end, 1)[0]
+
+
+def _canned_score(response: str) -> str:
+    words = len(response.split())
+    return "I would rather not say." if words % 5 == 0 else f"Score: {words % 10 + 1}"
+
+
+def _canned_winner(a: str, b: str) -> str:
+    if len(a) == len(b):
+        return "hmm, hard to say"
+    return "Winner: A" if len(a) > len(b) else "Winner: B"
+
+
+def _invoke(args, monkeypatch):
+    from click.testing import CliRunner
+
+    from bonsynth.cli import cli
+
+    monkeypatch.setenv("OPENAI_API_KEY", SECRET)
+    return CliRunner().invoke(cli, args, catch_exceptions=False)
+
+
+def test_llm_judge_pointwise_counts_unparsable_and_keeps_the_key_secret(run_dir, tmp_path, llm_server, monkeypatch):
+    seen = []
+
+    def answer(body):
+        content = body["messages"][-1]["content"]
+        seen.append(content)
+        return _canned_score(_between(content, "[Response]\n", "\n\nAnswer with"))
+
+    llm_server.reset()
+    llm_server.answer = answer
+    llm_server.faults.append({"status": 503, "body": {"error": {"message": "busy {auth}"}}})  # retried
+    out = tmp_path / "llm"
+    r = _invoke(["judge", str(run_dir), "--judge", "openai:judge-lm", "--base-url", llm_server.base_url,
+                 "--out", str(out), "--concurrency", "4"], monkeypatch)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "judge.json").read_text())
+    rows = _rows(run_dir / "candidates.jsonl")
+    expected_unparsable = sum(len(c["text"].split()) % 5 == 0 for row in rows for c in row["candidates"])
+    assert rep["counts"]["unparsable"] == expected_unparsable > 0
+    assert rep["counts"]["candidates_used"] == 60 - expected_unparsable
+    per = []
+    for row in rows:
+        kept = [(c["reward"], len(c["text"].split()) % 10 + 1) for c in row["candidates"]
+                if len(c["text"].split()) % 5]
+        if kept:
+            per.append(([p for p, _ in kept], [float(g) for _, g in kept]))
+    for c in rep["curve"]:
+        brute = np.mean([_brute(p, g, min(c["n"], len(p))) for p, g in per], axis=0)
+        assert (c["proxy_mean"], c["gold_mean"], c["gold_oracle"]) == pytest.approx(tuple(brute), abs=1e-9)
+    # The default template was filled with the prompt and the candidate; the requests were sent with the key.
+    assert any(rows[0]["candidates"][0]["text"] in s and rows[0]["prompt"] in s for s in seen)
+    assert all(q["authorization"] == f"Bearer {SECRET}" for q in llm_server.requests)
+    assert len(llm_server.requests) == 60 + 1  # one request per candidate, plus the retried 503
+    for text in (r.output, (out / "judge.json").read_text(), (out / "judge.md").read_text()):
+        assert SECRET not in text
+    assert "unparsable" in r.output
+
+
+def test_llm_judge_pairwise_and_custom_template(run_dir, tmp_path, llm_server, monkeypatch):
+    template = tmp_path / "pair.txt"
+    template.write_text("Q: {prompt}\n<<A>>{response_a}<</A>>\n<<B>>{response_b}<</B>>\nWho wins?\n")
+
+    def answer(body):
+        content = body["messages"][-1]["content"]
+        return _canned_winner(_between(content, "<<A>>", "<</A>>"), _between(content, "<<B>>", "<</B>>"))
+
+    llm_server.reset()
+    llm_server.answer = answer
+    out = tmp_path / "pair"
+    r = _invoke(["judge", str(run_dir), "--judge", "openai:judge-lm", "--base-url", llm_server.base_url,
+                 "--judge-mode", "pairwise", "--judge-prompt", str(template), "--out", str(out)], monkeypatch)
+    assert r.exit_code == 0, r.output
+    rep = json.loads((out / "judge.json").read_text())
+    rows = _rows(run_dir / "candidates.jsonl")
+    wins, unparsable = [], 0
+    for row in rows:
+        pick = row["selected"][0]
+        best = row["candidates"][pick]["text"]
+        got = []
+        for j, c in enumerate(row["candidates"]):
+            if j == pick:
+                continue
+            if len(c["text"]) == len(best):
+                unparsable += 1
+            else:
+                got.append(1.0 if len(best) > len(c["text"]) else 0.0)
+        wins.append((0.5 + sum(got)) / (1 + len(got)))
+    assert rep["curve"] is None and rep["counts"]["comparisons"] == 50 == len(llm_server.requests)
+    assert rep["counts"]["unparsable"] == unparsable
+    assert rep["gold_win_rate_vs_random"] == pytest.approx(np.mean(wins))
+    assert (out / "judge.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_llm_judge_config_errors(run_dir, tmp_path, tiny_rm2_dir, monkeypatch):
+    bad = tmp_path / "bad.txt"
+    bad.write_text("no slots here")
+    cases = [
+        (["--judge", "openai:m", "--judge-prompt", str(bad)], "{response}"),
+        (["--judge", "openai:m", "--judge-prompt", str(tmp_path / "none.txt")], "none.txt"),
+        (["--judge", "openai:m", "--judge", str(tiny_rm2_dir)], "only --judge"),
+        (["--judge", str(tiny_rm2_dir), "--judge-mode", "pairwise"], "--judge-mode"),
+    ]
+    from click.testing import CliRunner
+
+    from bonsynth.cli import cli
+    from bonsynth.errors import ConfigError
+
+    for args, needle in cases:
+        r = CliRunner().invoke(cli, ["judge", str(run_dir), *args, "--base-url", "http://127.0.0.1:9/v1"])
+        assert isinstance(r.exception, ConfigError) and needle in str(r.exception), (args, r.exception)
+    assert not (run_dir / "judge.json").exists()
+
+
+def test_parsers_never_guess():
+    from bonsynth.judge.llm import fill, parse_score, parse_winner
+
+    assert parse_score("Score: 7") == 7.0 and parse_score("score = 10/10.") == 10.0 and parse_score(" 3 ") == 3.0
+    assert parse_score("**Score:** 8\nbecause...") == 8.0
+    for bad in ("Score: 11", "Score: 0", "I give it a 7 maybe", "", "Score: seven", "7 or 8"):
+        assert parse_score(bad) is None, bad
+    assert parse_winner("Winner: B") == "b" and parse_winner("winner: Tie.") == "tie"
+    assert parse_winner("A is better") is None and parse_winner("Winner: C") is None
+    assert fill("{prompt}|{response}", prompt="{response}", response="x") == "{response}|x"

@@ -30,15 +30,21 @@ def markdown(report: dict) -> str:
     lines += [
         f"- gold win rate of the best-of-{report['N']} pick vs a random candidate: "
         f"{report['gold_win_rate_vs_random']:.3f}" + (f" (95% CI {ci[0]:.3f} to {ci[1]:.3f})" if ci else ""),
-        f"- rank agreement (mean Kendall tau-b, proxy vs judge, within prompts): {_f(report['rank_agreement'], 3)}",
-        f"- recommended n: {report['recommended_n']} (gold peaks at n = {report['peak_n']})",
-        "",
-        "| n | KL bound (nats) | proxy | gold | gold s.e. | gold oracle |",
-        "|---:|---:|---:|---:|---:|---:|",
     ]
-    for r in report["curve"]:
-        lines.append(f"| {r['n']} | {r['kl_bound']:.3f} | {_f(r['proxy_mean'])} | {_f(r['gold_mean'])} | "
-                     f"{_f(r['gold_se'], 2)} | {_f(r['gold_oracle'])} |")
+    if report["curve"] is None:
+        lines += ["- pairwise judge: the pick was compared with each other candidate of its prompt (a random "
+                  "candidate may be the pick itself, counted as a tie); no best-of-n curve."]
+    else:
+        lines += [
+            f"- rank agreement (mean Kendall tau-b, proxy vs judge, within prompts): {_f(report['rank_agreement'], 3)}",
+            f"- recommended n: {report['recommended_n']} (gold peaks at n = {report['peak_n']})",
+            "",
+            "| n | KL bound (nats) | proxy | gold | gold s.e. | gold oracle |",
+            "|---:|---:|---:|---:|---:|---:|",
+        ]
+        for r in report["curve"]:
+            lines.append(f"| {r['n']} | {r['kl_bound']:.3f} | {_f(r['proxy_mean'])} | {_f(r['gold_mean'])} | "
+                         f"{_f(r['gold_se'], 2)} | {_f(r['gold_oracle'])} |")
     lines += ["", "Counts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["counts"].items()), ""]
     lines += ["Exact expectations over all size-n subsets of each prompt's candidates (no sampling); "
               "proxy = the run's --reward, gold = the judge.", ""]
@@ -53,8 +59,24 @@ def plot(report: dict, path: Path) -> None:
     import matplotlib.pyplot as plt
 
     rows = report["curve"]
-    x = [math.sqrt(r["kl_bound"]) for r in rows]
     fig, ax = plt.subplots(figsize=(6.4, 4.2), dpi=110)
+    if rows is None:  # pairwise: the win rate and its CI against the coin-flip line
+        try:
+            rate, ci = report["gold_win_rate_vs_random"], report["gold_win_rate_ci95"] or [None, None]
+            ax.axhline(0.5, ls="--", color="grey", label="no better than a random candidate")
+            err = [[rate - ci[0]], [ci[1] - rate]] if ci[0] is not None else None
+            ax.errorbar([0], [rate], yerr=err, marker="o", capsize=6, label="win rate, 95% bootstrap CI")
+            ax.set_xticks([0], [f"best-of-{report['N']} pick vs random"])
+            ax.set_ylim(0, 1)
+            ax.set_ylabel("gold win rate (ties half)")
+            ax.legend(fontsize=8)
+            ax.set_title(f"pairwise judge {report['judge']['name']}, N = {report['N']}", fontsize=10)
+            fig.tight_layout()
+            fig.savefig(path, format="png")
+        finally:
+            plt.close(fig)
+        return
+    x = [math.sqrt(r["kl_bound"]) for r in rows]
     try:
         gold = [r["gold_mean"] for r in rows]
         se = [r["gold_se"] or 0.0 for r in rows]

@@ -45,7 +45,19 @@ class JudgeConfig:
     allow_unsafe_weights: bool = False
     bootstrap: int = 2000
     seed: int = 0
-    extra: dict = field(default_factory=dict)  # judge-kind specific options (LLM judges)
+    # LLM judges (`openai:MODEL`) only:
+    judge_mode: str = "pointwise"  # pointwise | pairwise
+    judge_prompt: str | None = None  # template file; default: the one shipped for the mode
+    base_url: str | None = None  # default: $BONSYNTH_OPENAI_BASE_URL, $OPENAI_BASE_URL
+    concurrency: int = 8
+    judge_max_tokens: int = 16
+    backend_options: dict = field(default_factory=dict)  # more OpenAIBackend keywords (timeouts, retries)
+
+    @property
+    def llm(self) -> bool:
+        from bonsynth.judge.llm import is_llm_judge
+
+        return any(is_llm_judge(j) for j in self.judges)
 
     def validate(self) -> None:
         if not self.judges:
@@ -60,6 +72,18 @@ class JudgeConfig:
                 raise ConfigError(f"--judge-weights must be finite numbers (got {self.judge_weights})")
         if self.bootstrap < 100:
             raise ConfigError(f"--bootstrap must be >= 100 resamples (got {self.bootstrap})")
+        if self.llm and len(self.judges) > 1:
+            raise ConfigError("an openai:MODEL judge is used on its own: pass it as the only --judge")
+        if not self.llm:
+            given = [flag for flag, v in (("--judge-mode", self.judge_mode != "pointwise"),
+                                          ("--judge-prompt", self.judge_prompt), ("--base-url", self.base_url))
+                     if v]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply to an openai:MODEL judge")
+        if self.judge_mode not in ("pointwise", "pairwise"):
+            raise ConfigError(f"--judge-mode must be pointwise or pairwise (got {self.judge_mode!r})")
+        if self.concurrency < 1 or self.judge_max_tokens < 1:
+            raise ConfigError("--concurrency and --judge-max-tokens must be >= 1")
 
 
 def read_run(run_dir: str | Path) -> dict:
@@ -139,6 +163,12 @@ def load_judge(cfg: JudgeConfig):
     from bonsynth.models import check_model_source
     from bonsynth.rm.ensemble import RewardEnsemble
 
+    if cfg.llm:
+        from bonsynth.judge.llm import PREFIX, LLMJudge
+
+        return LLMJudge(cfg.judges[0].removeprefix(PREFIX), mode=cfg.judge_mode, template=cfg.judge_prompt,
+                        base_url=cfg.base_url, concurrency=cfg.concurrency, max_tokens=cfg.judge_max_tokens,
+                        **cfg.backend_options)
     for path in cfg.judges:
         check_model_source(path, what="judge reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
     return RewardEnsemble.load(cfg.judges, cfg.judge_weights, engine="hf", device=cfg.device, dtype=cfg.dtype,
@@ -149,6 +179,8 @@ def load_judge(cfg: JudgeConfig):
 def same_as_proxy(cfg: JudgeConfig, manifest: dict) -> bool:
     """Whether the judge is the RM (mix) that selected: then gold == proxy and the report proves nothing."""
     conf = manifest["config"]
+    if cfg.llm:
+        return False
     rewards = [str(Path(p).expanduser().resolve()) for p in conf.get("rewards") or []]
     judges = [str(Path(p).expanduser().resolve()) for p in cfg.judges]
     if rewards != judges:
@@ -228,22 +260,121 @@ def judge_run(cfg: JudgeConfig, *, scorer=None, judge_name: str | None = None) -
     t_load = time.perf_counter() - t0
     counts = dict.fromkeys(("prompts", "candidates", "prompts_skipped", "null_proxy_reward", "nonfinite_judge",
                             "prompts_without_scored_candidates"), 0)
+    pairwise = cfg.llm and cfg.judge_mode == "pairwise"
     try:
         t1 = time.perf_counter()
-        data = _scored_prompts(cfg, manifest, scorer, counts)
+        data = _pairwise_wins(cfg, manifest, scorer, counts) if pairwise else _scored_prompts(cfg, manifest, scorer,
+                                                                                              counts)
         t_score = time.perf_counter() - t1
         describe = scorer.describe() if callable(getattr(scorer, "describe", None)) else []
     finally:
         if own and hasattr(scorer, "close"):
             scorer.close()
+    if hasattr(scorer, "unparsable"):  # an LLM judge: its NaNs are answers it could not parse
+        counts["unparsable"] = int(scorer.unparsable)
+        counts["nonfinite_judge"] = max(0, counts["nonfinite_judge"] - counts["unparsable"])
     counts["prompts_used"] = len(data)
-    counts["candidates_used"] = sum(len(p) for p, _ in data)
-    name = judge_name or " + ".join(Path(j.rstrip("/")).name or j for j in cfg.judges)
+    if not pairwise:
+        counts["candidates_used"] = sum(len(p) for p, _ in data)
+    name = judge_name or " + ".join(j if cfg.llm else Path(j.rstrip("/")).name or j for j in cfg.judges)
     if not data:
-        raise InputError("no prompt has a candidate scored by both the proxy and the judge (all skipped, null "
-                         "or non-finite): nothing to judge", path=Path(cfg.run_dir) / outputs.CANDIDATES)
-    return build_report(cfg, manifest, data, counts, name, describe,
-                        timings={"load_s": round(t_load, 3), "score_s": round(t_score, 3)}, n_max=n_max)
+        raise InputError("no prompt has a candidate scored by both the proxy and the judge (all skipped, null, "
+                         "non-finite or unparsable): nothing to judge", path=Path(cfg.run_dir) / outputs.CANDIDATES)
+    timings = {"load_s": round(t_load, 3), "score_s": round(t_score, 3)}
+    if pairwise:
+        return build_pairwise_report(cfg, manifest, data, counts, name, describe, timings=timings, n_max=n_max)
+    return build_report(cfg, manifest, data, counts, name, describe, timings=timings, n_max=n_max)
+
+
+def _pairwise_wins(cfg: JudgeConfig, manifest: dict, judge, counts: dict) -> list[float]:
+    """Per usable prompt: the gold win rate of the proxy's pick against a uniformly random candidate (itself
+    counted as a tie, as in the pointwise report), from one judged comparison per other candidate."""
+    path = Path(cfg.run_dir) / outputs.CANDIDATES
+    length_normalize = bool(manifest["config"].get("length_normalize"))
+    wins: list[float] = []
+    items: list = []
+
+    def flush() -> None:
+        for res in judge.compare(items):
+            parsed = [x for x in res if x is not None]
+            if parsed or not res:
+                wins.append((0.5 + sum(parsed)) / (1 + len(parsed)))
+            else:
+                counts["prompts_without_scored_candidates"] += 1
+        items.clear()
+
+    pending = 0
+    for _, row in iter_candidate_rows(path):
+        counts["prompts"] += 1
+        cands = row["candidates"]
+        counts["candidates"] += len(cands)
+        if row.get("skipped") or not cands:
+            counts["prompts_skipped"] += 1
+            continue
+        keys = proxy_keys(cands, length_normalize)
+        kept = [(i, k) for i, k in enumerate(keys) if k is not None and math.isfinite(k)]
+        counts["null_proxy_reward"] += len(cands) - len(kept)
+        if not kept:
+            counts["prompts_without_scored_candidates"] += 1
+            continue
+        pick = kept[estimator.proxy_pick([k for _, k in kept])][0]
+        others = [(i, cands[i]["text"]) for i, _ in kept if i != pick]
+        items.append((row["prompt"], cands[pick]["text"], others))
+        pending += len(others)
+        if pending >= SCORE_CHUNK:
+            flush()
+            pending = 0
+    flush()
+    counts["comparisons"] = judge.requests
+    return wins
+
+
+def _llm_options(cfg: JudgeConfig) -> dict:
+    from bonsynth.redact import redact_url
+
+    if not cfg.llm:
+        return {}
+    return {"options": {"mode": cfg.judge_mode, "prompt": cfg.judge_prompt,
+                        "base_url": redact_url(cfg.base_url) if cfg.base_url else None,
+                        "concurrency": cfg.concurrency, "max_tokens": cfg.judge_max_tokens}}
+
+
+def build_pairwise_report(cfg: JudgeConfig, manifest: dict, wins: Sequence[float], counts: dict, name: str,
+                          describe: list, *, timings: dict, n_max: int) -> dict:
+    """judge.json for a pairwise LLM judge: the win rate and its CI (no curve: that would need every pair)."""
+    w = np.asarray(wins, dtype=np.float64)
+    ci = estimator.bootstrap_ci(w, resamples=cfg.bootstrap, seed=cfg.seed)
+    rate = float(w.mean())
+    if ci and ci[0] > 0.5:
+        verdict = (f"Best-of-{n_max} helps under {name}: the proxy's pick beats a random candidate of its prompt "
+                   f"{rate:.1%} of the time (95% CI {ci[0]:.1%} to {ci[1]:.1%}, above 50%).")
+    elif ci and ci[1] < 0.5:
+        verdict = (f"Best-of-{n_max} hurts under {name}: the proxy's pick beats a random candidate only "
+                   f"{rate:.1%} of the time (95% CI {ci[0]:.1%} to {ci[1]:.1%}, below 50%).")
+    else:
+        verdict = (f"Best-of-{n_max} does not measurably help under {name}: the proxy's pick beats a random "
+                   f"candidate {rate:.1%} of the time, and the 95% CI includes 50% (a null result).")
+    return {
+        "bonsynth_judge": 1,
+        "run_dir": str(cfg.run_dir),
+        "judge": {"name": name, "paths": list(cfg.judges), "weights": None, "models": describe, **_llm_options(cfg)},
+        "proxy": {"rewards": manifest["config"].get("rewards"), "reward_weights": manifest["config"].get("reward_weights"),
+                  "length_normalize": bool(manifest["config"].get("length_normalize"))},
+        "judge_is_proxy": False,
+        "N": n_max,
+        "counts": counts,
+        "curve": None,
+        "recommended_n": None,
+        "peak_n": None,
+        "gold_win_rate_vs_random": rate,
+        "gold_win_rate_ci95": list(ci) if ci else None,
+        "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": "prompt"},
+        "rank_agreement": None,
+        "rank_agreement_prompts": 0,
+        "verdict": verdict,
+        "warnings": [],
+        "timings": timings,
+    }
 
 
 def build_report(cfg: JudgeConfig, manifest: dict, data: Sequence[tuple[Sequence[float], Sequence[float]]],
@@ -269,7 +400,7 @@ def build_report(cfg: JudgeConfig, manifest: dict, data: Sequence[tuple[Sequence
         "bonsynth_judge": 1,
         "run_dir": str(cfg.run_dir),
         "judge": {"name": name, "paths": list(cfg.judges), "weights": cfg.judge_weights, "models": describe,
-                  **({"options": cfg.extra} if cfg.extra else {})},
+                  **_llm_options(cfg)},
         "proxy": {"rewards": conf.get("rewards"), "reward_weights": conf.get("reward_weights"),
                   "length_normalize": bool(conf.get("length_normalize"))},
         "judge_is_proxy": same,
