@@ -395,3 +395,38 @@ def test_parsers_never_guess():
     assert parse_winner("Winner: B") == "b" and parse_winner("winner: Tie.") == "tie"
     assert parse_winner("A is better") is None and parse_winner("Winner: C") is None
     assert fill("{prompt}|{response}", prompt="{response}", response="x") == "{response}|x"
+
+
+# ---- generate --judge ----------------------------------------------------------------------------------------
+
+
+def test_generate_with_judge_writes_the_report_and_changes_nothing_else(run_dir, tmp_path, tiny_policy_dir,
+                                                                        tiny_rm_dir, tiny_rm2_dir):
+    man = json.loads((run_dir / "manifest.json").read_text())
+    out = tmp_path / "with_judge"
+    common = ["generate", "--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir),
+              "--prompts", man["config"]["prompts"], "--n", "6", "--backend", "hf", "--device", "cpu",
+              "--max-new-tokens", "8", "--quiet", "--seed", "3"]
+    # A judge that does not exist fails before anything runs or is written.
+    r = _cli(*common, "--out", str(out), "--judge", str(tmp_path / "nojudge"))
+    assert r.returncode == 2 and "nojudge" in r.stderr and len(r.stderr.strip().splitlines()) == 1, r.stderr
+    assert not out.exists()
+    r = _cli(*common, "--out", str(out), "--judge", str(tiny_rm2_dir))
+    assert r.returncode == 0, r.stderr
+    assert "gold judge" in r.stdout
+    # Same data files and the same resume fingerprint as the run without a judge.
+    for name in ("candidates.jsonl", "sft.jsonl", "dpo.jsonl"):
+        assert (out / name).read_bytes() == (run_dir / name).read_bytes()
+    state = json.loads((out / "state.json").read_text())
+    assert state["config_fingerprint"] == json.loads((run_dir / "state.json").read_text())["config_fingerprint"]
+    # The report equals `bonsynth judge` on the run.
+    sep = tmp_path / "separate"
+    r = _cli("judge", str(run_dir), "--judge", str(tiny_rm2_dir), "--out", str(sep), "--device", "cpu")
+    assert r.returncode == 0, r.stderr
+    a, b = (json.loads((d / "judge.json").read_text()) for d in (out, sep))
+    for rep in (a, b):
+        rep.pop("timings"), rep.pop("run_dir")
+        rep["judge"].pop("models")  # how the judge ran (device lists) may differ in wording
+    for ca, cb in zip(a.pop("curve"), b.pop("curve"), strict=True):
+        assert ca == pytest.approx(cb, abs=1e-6)
+    assert a == b

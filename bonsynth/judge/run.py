@@ -158,19 +158,30 @@ def proxy_keys(cands: list[dict], length_normalize: bool) -> list[float | None]:
     return keys
 
 
+def check_judge_sources(cfg: JudgeConfig) -> None:
+    """Fail fast, before any model loads: a missing judge directory, pickle-only weights, a bad template."""
+    from bonsynth.models import check_model_source
+
+    if cfg.llm:
+        from bonsynth.judge.llm import load_template
+
+        load_template(cfg.judge_mode, cfg.judge_prompt)
+        return
+    for path in cfg.judges:
+        check_model_source(path, what="judge reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
+
+
 def load_judge(cfg: JudgeConfig):
     """The judge scorer: RM directories as one `RewardEnsemble`, loaded exactly as `generate` loads its RMs."""
-    from bonsynth.models import check_model_source
     from bonsynth.rm.ensemble import RewardEnsemble
 
+    check_judge_sources(cfg)
     if cfg.llm:
         from bonsynth.judge.llm import PREFIX, LLMJudge
 
         return LLMJudge(cfg.judges[0].removeprefix(PREFIX), mode=cfg.judge_mode, template=cfg.judge_prompt,
                         base_url=cfg.base_url, concurrency=cfg.concurrency, max_tokens=cfg.judge_max_tokens,
                         **cfg.backend_options)
-    for path in cfg.judges:
-        check_model_source(path, what="judge reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
     return RewardEnsemble.load(cfg.judges, cfg.judge_weights, engine="hf", device=cfg.device, dtype=cfg.dtype,
                                prefix_sharing=cfg.prefix_sharing, trust_remote_code=cfg.trust_remote_code,
                                allow_unsafe_weights=cfg.allow_unsafe_weights)
