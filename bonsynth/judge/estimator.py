@@ -93,23 +93,20 @@ def bootstrap_ci(values: Sequence[float], *, resamples: int = 2000, seed: int = 
 
 
 def kendall_tau_b(x: Sequence[float], y: Sequence[float]) -> float | None:
-    """Kendall's tau-b (ties corrected); None when either side is constant (tau undefined)."""
+    """Kendall's tau-b (ties corrected); None when either side is constant (tau undefined).
+
+    Exact O(N^2) pair counting in numpy: for the tens to hundreds of candidates of one prompt it is about ten
+    times faster than `scipy.stats.kendalltau` (per-call overhead) and gives the same value (tested).
+    """
     x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
     if len(x) < 2:
         return None
-    try:
-        from scipy.stats import kendalltau
-    except ImportError:  # exact O(N^2) fallback
-        dx = np.sign(x[:, None] - x[None, :])
-        dy = np.sign(y[:, None] - y[None, :])
-        iu = np.triu_indices(len(x), 1)
-        s = float(np.sum(dx[iu] * dy[iu]))
-        n0 = len(iu[0])
-        n1, n2 = float(np.sum(dx[iu] == 0)), float(np.sum(dy[iu] == 0))
-        denom = math.sqrt((n0 - n1) * (n0 - n2))
-        return s / denom if denom else None
-    tau = kendalltau(x, y, variant="b").statistic
-    return None if tau is None or not math.isfinite(tau) else float(tau)
+    iu = np.triu_indices(len(x), 1)
+    dx = np.sign(x[iu[1]] - x[iu[0]])
+    dy = np.sign(y[iu[1]] - y[iu[0]])
+    pairs = len(iu[0])
+    denom = math.sqrt(float(np.count_nonzero(dx)) * float(np.count_nonzero(dy)))
+    return float(np.dot(dx, dy)) / denom if denom and pairs else None
 
 
 def _se(values: np.ndarray) -> float | None:
