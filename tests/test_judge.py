@@ -454,3 +454,33 @@ def test_generate_with_judge_writes_the_report_and_changes_nothing_else(run_dir,
     for ca, cb in zip(a.pop("curve"), b.pop("curve"), strict=True):
         assert ca == pytest.approx(cb, abs=1e-6)
     assert a == b
+
+
+def test_report_is_written_all_or_nothing(tmp_path, monkeypatch):
+    from bonsynth.judge import report as report_mod
+    from bonsynth.judge.run import JudgeConfig, build_report
+
+    rng = np.random.default_rng(5)
+    data = [(rng.normal(size=4).tolist(), rng.normal(size=4).tolist()) for _ in range(20)]
+    counts = {"prompts": 20, "prompts_used": 20}
+    rep = build_report(JudgeConfig(run_dir=str(tmp_path), judges=["j"], bootstrap=200), {"config": {"n": 4}},
+                       data, counts, "j", [], timings={}, n_max=4)
+    out = tmp_path / "rep"
+
+    def broken(report, path):
+        path.write_bytes(b"half a png")
+        raise OSError("disk gone")
+
+    monkeypatch.setattr(report_mod, "plot", broken)
+    with pytest.raises(OSError):
+        report_mod.write_report(rep, out)
+    assert list(out.iterdir()) == []
+    monkeypatch.undo()
+    paths = report_mod.write_report(rep, out)
+    assert sorted(p.name for p in out.iterdir()) == ["judge.json", "judge.md", "judge.png"]
+    assert json.loads(paths["json"].read_text()) == rep
+    (tmp_path / "afile").write_text("x")
+    from bonsynth.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="not a directory"):
+        report_mod.write_report(rep, tmp_path / "afile")
