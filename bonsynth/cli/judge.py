@@ -22,7 +22,8 @@ def _weights(value: str | None) -> list[float] | None:
 @click.command()
 @click.argument("run_dir", type=click.Path(path_type=Path))
 @click.option("--judge", "judges", required=True, multiple=True,
-              help="Judge reward model directory (not the RM that selected); repeat for several.")
+              help="Judge: a reward model directory (not the RM that selected; repeat for several), or "
+                   "openai:MODEL for an LLM judge on an OpenAI-compatible server.")
 @click.option("--judge-weights", default=None,
               help="Comma-separated weights for several judges, z-normalised as generate's --reward-weights.")
 @click.option("--out", default=None, type=click.Path(path_type=Path), help="Report directory (default: RUN_DIR).")
