@@ -28,6 +28,19 @@ def corpus(n: int = 400, seed: int = 0) -> list[str]:
     return [" ".join(rng.choice(WORDS) for _ in range(rng.randint(5, 30))) for _ in range(n)]
 
 
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny models on a shared 2-core CPU: OpenMP spin-waits and thread start-up cost more than the maths
+    (the tiny server model runs ~50x faster on one thread on a busy CPU). Use per module with
+    `pytestmark = pytest.mark.usefixtures("one_torch_thread")`."""
+    import torch
+
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer():
     from bonsynth.demo.models import train_tokenizer

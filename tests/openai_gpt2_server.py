@@ -6,7 +6,9 @@ messages are rendered server-side with `render_prompt` (the plain fallback for a
 
 For tests it can also misbehave on purpose: `faults` (answers with a given status/headers/body for the next
 requests), `delays` (sleeps before answering the next requests, to trip client timeouts) and `latency` (a
-per-request sleep, so concurrent requests overlap and finish out of order). It records every request
+per-request sleep, so concurrent requests overlap and finish out of order). `answer` (canned-answer mode)
+replaces generation: each choice's text is `answer(body)`, for testing clients that parse what a model says
+(an LLM judge). It records every request
 (path, body, Authorization header) and the most requests it ever had in flight at once.
 """
 
@@ -35,6 +37,7 @@ class GPT2OpenAIServer:
         self.faults: deque[dict] = deque()  # {"status", "headers", "body"}; "{auth}" in a body is replaced
         self.delays: deque[float] = deque()
         self.latency: Callable[[dict], float] | None = None
+        self.answer: Callable[[dict], str] | None = None
         self.requests: list[dict] = []
         self.in_flight = 0
         self.max_in_flight = 0
@@ -87,6 +90,7 @@ class GPT2OpenAIServer:
             self.faults.clear()
             self.delays.clear()
             self.latency = None
+            self.answer = None
             self.requests.clear()
             self.in_flight = 0
             self.max_in_flight = 0
@@ -167,15 +171,19 @@ class GPT2OpenAIServer:
             return self._error(400, f"max_tokens must be between 1 and {MAX_TOKENS_LIMIT}, got {max_tokens}")
         stop = body.get("stop") or []
         stop = [stop] if isinstance(stop, str) else list(stop)
-        choices, usage = self._generate(
-            prompt,
-            n,
-            max_tokens,
-            float(body.get("temperature", 1.0)),
-            float(body.get("top_p", 1.0)),
-            body.get("seed"),
-            stop,
-        )
+        if self.answer is not None:
+            text = self.answer(body)
+            choices, usage = [(text, "stop", 1)] * n, {"prompt_tokens": 1, "completion_tokens": n, "total_tokens": n + 1}
+        else:
+            choices, usage = self._generate(
+                prompt,
+                n,
+                max_tokens,
+                float(body.get("temperature", 1.0)),
+                float(body.get("top_p", 1.0)),
+                body.get("seed"),
+                stop,
+            )
         if chat:
             out_choices = [
                 {"index": i, "message": {"role": "assistant", "content": t}, "finish_reason": f}

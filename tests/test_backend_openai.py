@@ -32,17 +32,6 @@ CORPUS = [
 
 
 @pytest.fixture(scope="module")
-def one_torch_thread():
-    """The tiny server model runs ~50x faster on one thread on a busy shared CPU (no OpenMP spin-waits)."""
-    import torch
-
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
-
-@pytest.fixture(scope="module")
 def tiny(tmp_path_factory, one_torch_thread):
     from bonsynth.demo.models import save_model, tiny_causal_lm, train_tokenizer
 

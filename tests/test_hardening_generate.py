@@ -133,13 +133,14 @@ def test_kill_before_the_first_state_is_resumable(tmp_path, tiny_policy_dir, tin
     assert _main(_args(tiny_policy_dir, tiny_rm_dir, prompts6, ref)).exit_code == 0
     out = tmp_path / "out"
     out.mkdir()
-    (out / "state.json.tmp").write_text('{"config_fingerp')  # SIGKILL while the first state was being written
+    (out / ".state.json.4242.1a2b3c4d.tmp").write_text('{"config_fingerp')  # SIGKILL mid-write of the first state
+    (out / "state.json.tmp").write_text('{"prompts')  # the name older versions used
     (out / ".lock").write_text("12345\n")
     res = _main(_args(tiny_policy_dir, tiny_rm_dir, prompts6, out, *(["--resume"] if resume else [])))
     assert res.exit_code == 0, res.stderr
     for name in ("candidates.jsonl", "sft.jsonl", "dpo.jsonl"):
         assert (out / name).read_bytes() == (ref / name).read_bytes()
-    assert not (out / "state.json.tmp").exists()
+    assert not list(out.glob("*.tmp")) and not list(out.glob(".*.tmp"))
 
 
 def test_a_foreign_file_in_out_is_still_refused(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts6):

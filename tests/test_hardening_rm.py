@@ -24,12 +24,7 @@ from tests.conftest import corpus, write_jsonl  # noqa: E402
 TOKENIZER_GLOBS = ("tokenizer*", "special_tokens_map.json", "vocab*", "merges.txt")
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 def run_cli(monkeypatch, capsys, *args: str) -> tuple[int, str, str]:
@@ -415,7 +410,8 @@ def test_rm_score_writes_null_for_non_finite_rewards(monkeypatch, capsys, tmp_pa
     code, stdout, err = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(rm), "--input", str(data),
                                 "--output", str(out), "--device", "cpu")
     assert code == 0, err
-    assert stdout.strip() == f"scored 3 records (2 non-finite rewards written as null) -> {out}"
+    assert stdout.strip().startswith(f"scored 3 records -> {out}; prefix sharing: ")
+    assert stdout.strip().endswith("; 2 non-finite rewards written as null")
     got = [_strict(line) for line in out.read_text().splitlines()]
     assert got[0]["reward"] is None and got[2]["reward"] is None
     assert isinstance(got[1]["reward"], float) and math.isfinite(got[1]["reward"])
@@ -423,7 +419,7 @@ def test_rm_score_writes_null_for_non_finite_rewards(monkeypatch, capsys, tmp_pa
     code, stdout, err = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(rm), "--input", str(pairs),
                                 "--output", str(out), "--device", "cpu")
     assert code == 0, err
-    assert "(1 non-finite rewards written as null)" in stdout
+    assert "; 1 non-finite rewards written as null" in stdout
     (row,) = [_strict(line) for line in out.read_text().splitlines()]
     assert row["reward_chosen"] is None and row["reward_margin"] is None and math.isfinite(row["reward_rejected"])
 
@@ -433,7 +429,7 @@ def test_rm_score_line_is_unchanged_when_every_reward_is_finite(monkeypatch, cap
     out = tmp_path / "scored.jsonl"
     code, stdout, _ = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(tiny_rm_dir), "--input", str(data),
                               "--output", str(out), "--device", "cpu")
-    assert code == 0 and stdout.strip() == f"scored 1 records -> {out}"
+    assert code == 0 and stdout.strip() == f"scored 1 records -> {out}; prefix sharing: on"
 
 
 # ----------------------------------------------------------------------- 24: rm calibrate, merge --calibrate-data

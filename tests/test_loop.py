@@ -30,14 +30,7 @@ TARGET_WORDS = ("gold", "star", "sea", "coffee", "map", "sword")
 ONE_THREAD_ENV = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    import torch
-
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 # ---------------------------------------------------------------------------------------------------- fixtures

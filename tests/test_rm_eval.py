@@ -21,12 +21,7 @@ from bonsynth.rm.meta import RMMeta  # noqa: E402
 WORDS = "alpha bravo charlie delta echo foxtrot golf hotel india juliet kilo lima mike".split()
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 def words(rng: random.Random, lo: int = 2, hi: int = 8) -> str:

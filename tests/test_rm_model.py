@@ -41,13 +41,7 @@ PAIRS = [
 ]
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # The test models are tiny: on a shared CPU, thread start-up and contention cost more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 @pytest.fixture(scope="module")

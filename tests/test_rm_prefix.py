@@ -11,7 +11,7 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from bonsynth.demo.models import EOS, tiny_reward_model, train_tokenizer  # noqa: E402
-from bonsynth.errors import BonsynthError  # noqa: E402
+from bonsynth.errors import BonsynthError, ConfigError  # noqa: E402
 from bonsynth.rm import prefix as prefix_mod  # noqa: E402
 from bonsynth.rm.ensemble import RewardEnsemble  # noqa: E402
 from bonsynth.rm.model import RewardModel  # noqa: E402
@@ -26,12 +26,7 @@ WORDS = "the captain ship sails storm sea crew gold map island wizard spell towe
 TOL = 1e-4
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 def words(rng: random.Random, lo: int, hi: int) -> str:
@@ -148,18 +143,122 @@ def test_pad_equal_to_eos_reads_the_real_last_token(tok):
     assert rm.last_stats["num_shared_items"] == 3
 
 
-def test_encoder_rm_falls_back(tok):
+def test_encoder_rm_falls_back_in_auto_and_is_refused_when_on(tok, caplog):
     from transformers import BertConfig, BertForSequenceClassification
 
     torch.manual_seed(0)
     cfg = BertConfig(vocab_size=len(tok), hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                      intermediate_size=64, max_position_embeddings=128, num_labels=1, pad_token_id=tok.pad_token_id)
-    rm = RewardModel.from_model(BertForSequenceClassification(cfg).eval(), tok, prefix_sharing=True)
+    model = BertForSequenceClassification(cfg).eval()
+    with pytest.raises(ConfigError, match=r"--prefix-sharing on: reward model BertForSequenceClassification .*encoder"):
+        RewardModel.from_model(model, tok, prefix_sharing=True)
+    rm = RewardModel.from_model(model, tok)
     assert rm.prefix_blocker() is not None
     items = best_of_n_items(9, n_prompts=3)
-    got = rm.score(items)
+    with caplog.at_level("WARNING", logger="bonsynth.rm.model"):
+        got = rm.score(items)
+        rm.score(items)
+    assert [r.getMessage() for r in caplog.records if "prefix sharing" in r.getMessage()] == [
+        "prefix sharing off: no per-token score head (encoder-style classifier) for reward model "
+        "BertForSequenceClassification; scoring every pair in full"]  # once per model, not per call
     assert rm.last_stats["num_shared_items"] == 0 and rm.last_stats["prefix_sharing"].startswith("off")
     assert got == pytest.approx(rm.score(items, prefix_sharing=False), abs=1e-6)
+    assert rm.describe()["prefix_sharing"] == {
+        "requested": "auto", "active": False, "reason": "no per-token score head (encoder-style classifier)"}
+    with pytest.raises(ConfigError, match="encoder-style"):
+        rm.score(items, prefix_sharing="on")
+
+
+class _Renamed(torch.nn.Module):
+    """The installed backbone behind the other transformers release's cache argument (and output field)."""
+
+    def __init__(self, inner, name: str) -> None:
+        super().__init__()
+        self.inner, self.name = inner, name
+        self.real = prefix_mod.cache_argument(inner)
+
+    def call(self, cache, kw):
+        from types import SimpleNamespace
+
+        out = self.inner(**kw, **({} if cache is None else {self.real: cache}))
+        return SimpleNamespace(last_hidden_state=out.last_hidden_state, **{self.name: prefix_mod._output_cache(out)})
+
+
+class _OldNames(_Renamed):  # transformers <= 5.2x
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, past_key_values=None, use_cache=None):
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache)
+        return self.call(past_key_values, kw)
+
+
+class _NewNames(_Renamed):  # later releases
+    def forward(self, input_ids=None, attention_mask=None, position_ids=None, cache=None, use_cache=None):
+        kw = dict(input_ids=input_ids, attention_mask=attention_mask, position_ids=position_ids, use_cache=use_cache)
+        return self.call(cache, kw)
+
+
+@pytest.mark.parametrize("backbone", [_OldNames, _NewNames])
+def test_both_cache_argument_names_share_exactly(tok, backbone):
+    """transformers 5.24 renamed the backbone's `past_key_values` to `cache`; both must share, not fall back."""
+    from types import SimpleNamespace
+
+    rm = RewardModel.from_model(tiny_reward_model(tok, num_labels=1, seed=12).eval(), tok)
+    items = best_of_n_items(17)
+    plain = rm.score(items, prefix_sharing=False)
+    base = backbone(rm.model.base_model, "past_key_values" if backbone is _OldNames else "cache")
+    assert prefix_mod.cache_argument(base) == base.name
+    fake = SimpleNamespace(config=rm.model.config, base_model=base)
+    assert prefix_mod.prefix_support(fake, rm._pooler.head) is None
+    enc = rm.encode(items)
+    groups, rest = group_by_prompt(enc, min_members=2)
+    got = dict(zip(rest, rm.score([items[i] for i in rest], prefix_sharing=False), strict=True))
+    with torch.inference_mode():
+        for idx, rewards, _ in prefix_mod.iter_shared_rewards(
+            fake, rm._pooler.head, enc, groups, 120, rm.pad_id, rm.device, rm._rewards_of
+        ):
+            got.update(zip(idx, rewards, strict=True))
+    assert [got[i] for i in range(len(items))] == pytest.approx(plain, abs=TOL)
+
+
+def test_installed_transformers_backbones_share(tok, chat_tok):
+    """The installed release's GPT-2 and Llama backbones take a cache under a name this engine knows."""
+    for model in (tiny_reward_model(tok, num_labels=1).eval(), tiny_llama(chat_tok)):
+        assert prefix_mod.cache_argument(model.base_model) in prefix_mod.CACHE_ARGUMENTS
+        assert RewardModel.from_model(model, tok).describe()["prefix_sharing"] == {
+            "requested": "auto", "active": True, "reason": None}
+
+
+def test_an_unknown_cache_argument_warns_in_auto_and_is_an_error_when_on(tok, monkeypatch, caplog):
+    """What a future rename looks like: `auto` says so on stderr and in describe(), `on` refuses."""
+    model = tiny_reward_model(tok, num_labels=1, seed=13).eval()
+    monkeypatch.setattr(prefix_mod, "CACHE_ARGUMENTS", ("kv_state",))
+    with pytest.raises(ConfigError, match=r"reward model GPT2ForSequenceClassification .*GPT2Model\.forward takes no KV"):
+        RewardModel.from_model(model, tok, prefix_sharing="on")
+    rm = RewardModel.from_model(model, tok)
+    report = rm.describe()["prefix_sharing"]
+    assert report["requested"] == "auto" and report["active"] is False and "kv_state" in report["reason"]
+    items = best_of_n_items(19)
+    with caplog.at_level("WARNING", logger="bonsynth.rm.model"):
+        rm.score(items)
+    assert any("prefix sharing off: backbone GPT2Model.forward" in r.getMessage() for r in caplog.records)
+    caplog.clear()
+    with caplog.at_level("WARNING", logger="bonsynth.rm.model"):
+        rm.score([("one prompt", " one response")])  # nothing to share: nothing to warn about
+    assert not caplog.records
+    off = RewardModel.from_model(model, tok, prefix_sharing="off").describe()["prefix_sharing"]
+    assert off == {"requested": "off", "active": False, "reason": "requested off"}
+
+
+def test_on_refuses_a_run_time_fallback(tok, monkeypatch):
+    items = best_of_n_items(21)
+    rm = RewardModel.from_model(tiny_reward_model(tok, num_labels=1, seed=14).eval(), tok, prefix_sharing=True)
+
+    def no_cache(*_a, **_k):
+        raise UnsupportedCache("test: no cache")
+
+    monkeypatch.setattr(prefix_mod, "_prompt_kv", no_cache)
+    with pytest.raises(ConfigError, match=r"--prefix-sharing on: .*\(test: no cache\)"):
+        rm.score(items)
+    assert rm.describe()["prefix_sharing"] == {"requested": "on", "active": False, "reason": "test: no cache"}
 
 
 def test_a_mismatch_or_an_unusable_cache_switches_sharing_off(tok, monkeypatch):
@@ -171,6 +270,7 @@ def test_a_mismatch_or_an_unusable_cache_switches_sharing_off(tok, monkeypatch):
     assert rm.score(items) == pytest.approx(plain, abs=TOL)
     assert rm.last_stats["prefix_sharing"].startswith("off: shared rewards differ")
     assert rm.prefix_blocker() is not None
+    assert rm.describe()["prefix_sharing"]["active"] is False  # what ran, not what was asked for
     monkeypatch.setattr(prefix_mod, "_response_pass", real)
 
     rm2 = RewardModel.from_model(tiny_reward_model(tok, num_labels=1, seed=7).eval(), tok)

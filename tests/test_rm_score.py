@@ -49,12 +49,7 @@ ROWS = {
 }
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)  # tiny models on a shared CPU: threads cost more than they save
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 @pytest.fixture(scope="module")

@@ -21,13 +21,7 @@ FILLER = "apple river stone cloud green music table window paper light dog chair
 MARKER = "banana"  # a response that contains it is the better one
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    # Tiny models on a shared 2-core CPU: thread contention costs more than the maths.
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")  # tiny models: threads cost more than they save
 
 
 def response(rng: random.Random, marker: bool) -> str:

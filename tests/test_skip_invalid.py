@@ -212,8 +212,8 @@ def test_rm_eval_and_score_skip_invalid_cli(tmp_path, monkeypatch, capsys, tiny_
     code, stdout, err = run_cli(monkeypatch, capsys, "rm", "score", "--model", str(tiny_rm_dir), "--input", str(dirty),
                                 "--output", str(out), "--skip-invalid")
     assert code == 0, err
-    assert stdout.strip() == (f"scored 12 records -> {out} (skipped 4 invalid rows: lines "
-                              f"{', '.join(map(str, bad_lines))})")
+    assert stdout.strip().startswith(f"scored 12 records -> {out}; prefix sharing: ")
+    assert stdout.strip().endswith(f"; skipped 4 invalid rows: lines {', '.join(map(str, bad_lines))}")
     assert len(_skip_lines(err)) == 4
     ref = tmp_path / "ref.jsonl"
     assert run_cli(monkeypatch, capsys, "rm", "score", "--model", str(tiny_rm_dir), "--input", str(clean),

@@ -28,6 +28,7 @@ def cli() -> None:
 
 def _register() -> None:
     from bonsynth.cli import generate as generate_cmds
+    from bonsynth.cli import judge as judge_cmds
     from bonsynth.cli import loop as loop_cmds
     from bonsynth.cli import merge as merge_cmds
     from bonsynth.cli import models as models_cmds
@@ -39,6 +40,7 @@ def _register() -> None:
     cli.add_command(merge_cmds.merge)
     cli.add_command(generate_cmds.generate)
     cli.add_command(loop_cmds.loop)
+    cli.add_command(judge_cmds.judge)
     cli.add_command(models_cmds.models)
     for cmd in getattr(generate_cmds, "EXTRA_COMMANDS", ()):
         cli.add_command(cmd)

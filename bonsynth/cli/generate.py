@@ -10,13 +10,13 @@ from bonsynth.cli.rm import PREFIX_SHARING, PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_
 from bonsynth.errors import ConfigError
 
 
-def _weights(value: str | None) -> list[float] | None:
+def _weights(value: str | None, flag: str = "--reward-weights") -> list[float] | None:
     if value is None:
         return None
     try:
         return [float(x) for x in value.split(",") if x.strip()]
     except ValueError:
-        raise ConfigError(f"--reward-weights must be comma-separated numbers, got {value!r}") from None
+        raise ConfigError(f"{flag} must be comma-separated numbers, got {value!r}") from None
 
 
 @click.command()
@@ -81,6 +81,11 @@ def _weights(value: str | None) -> list[float] | None:
               help="ray engine: GPUs per policy replica (default 0 = CPU; >1 = tensor parallel with vllm).")
 @click.option("--address", default=None, help="ray engine: Ray cluster to join (e.g. auto or ray://head:10001); "
               "default: $RAY_ADDRESS, else a local cluster.")
+@click.option("--judge", "judges", multiple=True,
+              help="Also score every candidate with this gold judge (RM directory, or openai:MODEL at "
+                   "$BONSYNTH_OPENAI_BASE_URL/$OPENAI_BASE_URL) and write judge.json/md/png into OUT, as "
+                   "`bonsynth judge` does; selection still uses only --reward. Repeatable.")
+@click.option("--judge-weights", default=None, help="Comma-separated weights for several --judge models.")
 @click.option("--quiet", is_flag=True, help="No progress bar.")
 def generate(**kw) -> None:
     """Generate N candidates per prompt, score them with the RM(s), select, and write datasets.
@@ -99,6 +104,7 @@ def generate(**kw) -> None:
         from transformers.utils import logging as hf_logging
 
         hf_logging.disable_progress_bar()
+    judge_cfg = _judge_config(kw.pop("judges"), kw.pop("judge_weights"), kw)
     engine = kw.pop("engine")
     ray_kw = {key: kw.pop(key) for key in ("workers", "gpus_per_worker", "address")}
     if engine == "local":
@@ -133,6 +139,44 @@ def generate(**kw) -> None:
     else:
         manifest = run_generate(cfg)
     click.echo(summary_table(manifest, cfg.out))
+    if judge_cfg is not None:
+        _judge_after(judge_cfg)
+
+
+def _judge_config(judges: tuple[str, ...], weights: str | None, kw: dict):
+    """The `bonsynth judge` config for `generate --judge`, checked (and the judge models found) before the run
+    starts, so a typo fails in one line before hours of generation, not after."""
+    if not judges:
+        if weights is not None:
+            raise ConfigError("--judge-weights needs --judge")
+        return None
+    from bonsynth.judge.run import JudgeConfig, check_judge_sources
+
+    cfg = JudgeConfig(run_dir=str(kw["out"]), judges=list(judges), judge_weights=_weights(weights, "--judge-weights"),
+                      device=kw["device"], dtype=kw["reward_dtype"] or kw["dtype"], prefix_sharing=kw["prefix_sharing"],
+                      trust_remote_code=kw["trust_remote_code"], allow_unsafe_weights=kw["allow_unsafe_weights"])
+    cfg.validate()
+    check_judge_sources(cfg)
+    return cfg
+
+
+def _judge_after(cfg) -> None:
+    """Judge the finished run in OUT (a pass over candidates.jsonl after generation; the run's files and its
+    fingerprint are untouched, so a judge never changes what the run wrote or whether it resumes)."""
+    from bonsynth.errors import BonsynthError
+    from bonsynth.judge.report import write_report
+    from bonsynth.judge.run import judge_run
+
+    try:
+        report = judge_run(cfg)
+        write_report(report, cfg.run_dir)
+    except BonsynthError as e:
+        raise type(e)(f"the run in {cfg.run_dir} is complete, but judging it failed: {e} (rerun only the judge "
+                      f"with `bonsynth judge {cfg.run_dir} --judge ...`)") from e
+    for w in report["warnings"]:
+        click.echo(f"warning: {w}", err=True)
+    click.echo(f"gold judge {report['judge']['name']}: {report['verdict']}")
+    click.echo(f"  {cfg.run_dir}/judge.json  {cfg.run_dir}/judge.md  {cfg.run_dir}/judge.png")
 
 
 @click.command()

@@ -141,21 +141,24 @@ def score_cmd(model: str, input_path: str, output_path: Path, fmt: str, device: 
       bonsynth rm score --model rm-pairs --input candidates.jsonl --output scored.jsonl
     """
     from bonsynth.data.normalize import Skipped
+    from bonsynth.rm.prefix import sharing_summary
     from bonsynth.rm.score_file import score_file
 
     skipped = Skipped()
     stats: dict = {}
+    ran: dict = {}
     n = score_file(model, input_path, output_path, fmt=fmt, device=device, dtype=dtype, max_length=max_length,
                    token_budget=token_budget, prefix_sharing=prefix_sharing, trust_remote_code=trust_remote_code,
-                   allow_unsafe_weights=allow_unsafe_weights, skip_invalid=skip_invalid, skipped=skipped, stats=stats)
-    bad = stats.get("num_nonfinite", 0)
-    note = f" ({bad} non-finite rewards written as null)" if bad else ""
-    skip_note = ""
+                   allow_unsafe_weights=allow_unsafe_weights, skip_invalid=skip_invalid, skipped=skipped, stats=stats,
+                   report=ran)
+    notes = [f"prefix sharing: {sharing_summary(ran['prefix_sharing'])}"]
+    if stats.get("num_nonfinite"):
+        notes.append(f"{stats['num_nonfinite']} non-finite rewards written as null")
     if skip_invalid:
         shown = ", ".join(str(line) for line in skipped.lines[: Skipped.SHOWN])
         more = f", ... and {skipped.count - Skipped.SHOWN} more" if skipped.count > Skipped.SHOWN else ""
-        skip_note = f" (skipped {skipped.count} invalid rows" + (f": lines {shown}{more})" if skipped.count else ")")
-    click.echo(f"scored {n} records{note} -> {output_path}{skip_note}")
+        notes.append(f"skipped {skipped.count} invalid rows" + (f": lines {shown}{more}" if skipped.count else ""))
+    click.echo(f"scored {n} records -> {output_path}; " + "; ".join(notes))
 
 
 @rm.command("calibrate")

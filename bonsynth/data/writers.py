@@ -35,6 +35,25 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Replace `path` with `text` atomically (temp file, fsync, rename, fsync the directory): a reader sees the
+    old file or the new one, never a half-written one, and a failure leaves no temp file behind."""
+    path = Path(path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    try:
+        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
+            fh.write(text)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(tmp)
+        raise
+    fsync_dir(path.parent)
+    return path
+
+
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
     """Write all rows to `path` atomically; returns the row count. If anything raises, no file is left."""
     path = Path(path)

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
-from bonsynth.data.writers import fsync_dir
+from bonsynth.data.writers import write_text_atomic
 from bonsynth.errors import io_errors
 
 CANDIDATES = "candidates.jsonl"
@@ -58,14 +58,8 @@ def dpo_row(rec: PromptRecord, chosen: str, rejected: str, score_chosen: float, 
 
 def write_json_atomic(path: Path, obj: dict) -> None:
     text = json.dumps(obj, indent=2, sort_keys=True, ensure_ascii=False, allow_nan=False) + "\n"
-    tmp = path.with_name(path.name + ".tmp")
     with io_errors(path):
-        with open(tmp, "w", encoding="utf-8") as fh:
-            fh.write(text)
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-        fsync_dir(path.parent)
+        write_text_atomic(path, text)
 
 
 class DurableWriter:

@@ -342,8 +342,9 @@ class NonFiniteGuard:
         self.state["nonfinite_rewards"] = total
 
 
-# What a run killed before its first state.json can leave: the half-written state file and the lock.
-_DEBRIS = (outputs.STATE + ".tmp", LOCK_FILE)
+def _is_debris(name: str) -> bool:
+    """What a run killed before its first state.json can leave: a half-written state file and the lock."""
+    return name in (LOCK_FILE, outputs.STATE + ".tmp") or (name.startswith(f".{outputs.STATE}.") and name.endswith(".tmp"))
 
 
 def _read_state(state_path: Path) -> dict:
@@ -400,11 +401,13 @@ def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> t
         if known is None and prompts_digest is not None:
             state["prompts_digest"] = prompts_digest  # a run from before digests: recorded from now on
         return out, state, False
-    others = [p.name for p in out.iterdir() if p.name not in _DEBRIS]
+    others = [p.name for p in out.iterdir() if not _is_debris(p.name)]
     if others:
         raise ConfigError(f"{out} exists and is not empty (it holds {others[0]!r}, and no bonsynth run); "
                           "choose another --out")
-    (out / (outputs.STATE + ".tmp")).unlink(missing_ok=True)  # a run killed before its first state: nothing done
+    for p in out.iterdir():  # a run killed before its first state: nothing was done, so nothing to keep
+        if p.name != LOCK_FILE:
+            p.unlink(missing_ok=True)
     state = {
         "config_fingerprint": fp,
         "config": cfg.fingerprinted(),

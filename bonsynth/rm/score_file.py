@@ -57,6 +57,7 @@ def score_file(
     skip_invalid: bool = False,
     skipped: Skipped | None = None,
     stats: dict | None = None,
+    report: dict | None = None,
 ) -> int:
     """Score every record of `input` with `model` (a directory or a `RewardModel`); returns the rows written.
 
@@ -113,6 +114,8 @@ def score_file(
     rm.last_stats = stats
     if out_stats is not None:
         out_stats.update(stats)
+    if report is not None:  # how the scorer ran (`RewardModel.describe`), for the caller to show
+        report.update(rm.describe())
     return n
 
 

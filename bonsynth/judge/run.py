@@ -1,0 +1,431 @@
+"""`bonsynth judge`: re-score a finished `generate` run with a gold judge and measure what best-of-n bought.
+
+Best-of-N always raises the mean reward of the RM that picks (the max of n beats the mean), so a run's own
+`bon_gain` says nothing about quality. Here every candidate is scored once more by a judge that did not
+select (RM directories, weighted and z-normalised exactly as `generate --reward/--reward-weights`), and the
+exact best-of-n expectation (`bonsynth.judge.estimator`) is computed for n = 1, 2, 4, ..., N under both the
+proxy and the judge, as in Gao et al. 2022: a gold curve that rises, then flattens or falls.
+
+Candidates whose proxy reward is null (NaN/inf; never selected) or whose judge score is non-finite are left
+out and counted; skipped prompts are left out and counted. A prompt with fewer scored candidates than n uses
+all of them for that n.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+from bonsynth.errors import ConfigError, InputError
+from bonsynth.generate import outputs
+from bonsynth.judge import estimator
+
+JUDGE_JSON = "judge.json"
+JUDGE_MD = "judge.md"
+JUDGE_PNG = "judge.png"
+SCORE_CHUNK = 8192  # candidates per scoring call: bounded memory, whole prompts per chunk (prefix sharing)
+
+
+@dataclass
+class JudgeConfig:
+    run_dir: str
+    judges: list[str]
+    judge_weights: list[float] | None = None
+    out: str | None = None  # default: run_dir
+    device: str = "auto"
+    dtype: str = "auto"
+    prefix_sharing: str | bool = "auto"
+    trust_remote_code: bool = False
+    allow_unsafe_weights: bool = False
+    bootstrap: int = 2000
+    seed: int = 0
+    # LLM judges (`openai:MODEL`) only:
+    judge_mode: str = "pointwise"  # pointwise | pairwise
+    judge_prompt: str | None = None  # template file; default: the one shipped for the mode
+    base_url: str | None = None  # default: $BONSYNTH_OPENAI_BASE_URL, $OPENAI_BASE_URL
+    concurrency: int = 8
+    judge_max_tokens: int = 16
+    backend_options: dict = field(default_factory=dict)  # more OpenAIBackend keywords (timeouts, retries)
+
+    @property
+    def llm(self) -> bool:
+        from bonsynth.judge.llm import is_llm_judge
+
+        return any(is_llm_judge(j) for j in self.judges)
+
+    def validate(self) -> None:
+        if not self.judges:
+            raise ConfigError("at least one --judge is needed")
+        if self.judge_weights is not None:
+            if len(self.judges) == 1:
+                raise ConfigError("--judge-weights needs two or more --judge models; drop --judge-weights")
+            if len(self.judge_weights) != len(self.judges):
+                raise ConfigError(f"--judge-weights has {len(self.judge_weights)} values for {len(self.judges)} "
+                                  "--judge models")
+            if not all(math.isfinite(w) for w in self.judge_weights):
+                raise ConfigError(f"--judge-weights must be finite numbers (got {self.judge_weights})")
+        if self.bootstrap < 100:
+            raise ConfigError(f"--bootstrap must be >= 100 resamples (got {self.bootstrap})")
+        if self.llm and len(self.judges) > 1:
+            raise ConfigError("an openai:MODEL judge is used on its own: pass it as the only --judge")
+        if not self.llm:
+            given = [flag for flag, v in (("--judge-mode", self.judge_mode != "pointwise"),
+                                          ("--judge-prompt", self.judge_prompt), ("--base-url", self.base_url))
+                     if v]
+            if given:
+                raise ConfigError(f"{', '.join(given)} only apply to an openai:MODEL judge")
+        if self.judge_mode not in ("pointwise", "pairwise"):
+            raise ConfigError(f"--judge-mode must be pointwise or pairwise (got {self.judge_mode!r})")
+        if self.concurrency < 1 or self.judge_max_tokens < 1:
+            raise ConfigError("--concurrency and --judge-max-tokens must be >= 1")
+
+
+def read_run(run_dir: str | Path) -> dict:
+    """The run's manifest, after checking the directory holds a finished `generate` run (one line if not)."""
+    d = Path(run_dir)
+    if not d.is_dir():
+        raise InputError("not a directory (expected the --out of a finished `bonsynth generate`)", path=d)
+    cands = d / outputs.CANDIDATES
+    if not cands.is_file():
+        raise InputError(f"no {outputs.CANDIDATES}: not a bonsynth generate run", path=d)
+    state_path = d / outputs.STATE
+    if state_path.is_file():
+        try:
+            state = json.loads(state_path.read_text(encoding="utf-8"))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InputError("damaged run state (not valid JSON)", path=state_path) from None
+        if isinstance(state, dict) and not state.get("complete"):
+            raise InputError("the run is not finished (state.json says incomplete); finish it with "
+                             "`bonsynth generate ... --resume` first", path=d)
+    man_path = d / outputs.MANIFEST
+    if not man_path.is_file():
+        raise InputError(f"no {outputs.MANIFEST}: the run is not finished (resume it first)", path=d)
+    try:
+        manifest = json.loads(man_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise InputError(f"not valid JSON ({getattr(e, 'msg', e)})", path=man_path) from None
+    if not isinstance(manifest, dict) or not isinstance(manifest.get("config"), dict):
+        raise InputError("not a bonsynth manifest", path=man_path, field="config")
+    n = manifest["config"].get("n")
+    if isinstance(n, bool) or not isinstance(n, int) or n < 1:
+        raise InputError("not a positive integer", path=man_path, field="config.n")
+    return manifest
+
+
+def iter_candidate_rows(path: Path) -> Iterator[tuple[int, dict]]:
+    """(line number, row) of candidates.jsonl, each checked for what the judge reads; one line on a bad row."""
+    with open(path, encoding="utf-8") as fh:
+        for lineno, line in enumerate(fh, 1):
+            if not line.strip():
+                continue
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError as e:
+                raise InputError(f"not valid JSON ({e.msg})", path=path, line=lineno) from None
+            if not isinstance(row, dict):
+                raise InputError("not a JSON object", path=path, line=lineno)
+            for key in ("prompt", "candidates"):
+                if key not in row:
+                    raise InputError("missing", path=path, line=lineno, field=key)
+            if not isinstance(row["candidates"], list):
+                raise InputError("not a list", path=path, line=lineno, field="candidates")
+            for i, c in enumerate(row["candidates"]):
+                if not isinstance(c, dict) or not isinstance(c.get("text"), str):
+                    raise InputError("missing or not a string", path=path, line=lineno, field=f"candidates[{i}].text")
+                r = c.get("reward")
+                if r is not None and (isinstance(r, bool) or not isinstance(r, (int, float))):
+                    raise InputError("not a number or null", path=path, line=lineno, field=f"candidates[{i}].reward")
+            yield lineno, row
+
+
+def proxy_keys(cands: list[dict], length_normalize: bool) -> list[float | None]:
+    """The proxy's ranking score per candidate, as selection ranks (None for a null reward)."""
+    from bonsynth.select.selection import ranking_scores
+
+    keys: list[float | None] = []
+    for c in cands:
+        r = c.get("reward")
+        if r is None:
+            keys.append(None)
+        else:
+            keys.append(ranking_scores([float(r)], [int(c.get("num_tokens") or 0)], length_normalize)[0])
+    return keys
+
+
+def check_judge_sources(cfg: JudgeConfig) -> None:
+    """Fail fast, before any model loads: a missing judge directory, pickle-only weights, a bad template."""
+    from bonsynth.models import check_model_source
+
+    if cfg.llm:
+        from bonsynth.judge.llm import load_template
+
+        load_template(cfg.judge_mode, cfg.judge_prompt)
+        return
+    for path in cfg.judges:
+        check_model_source(path, what="judge reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
+
+
+def load_judge(cfg: JudgeConfig):
+    """The judge scorer: RM directories as one `RewardEnsemble`, loaded exactly as `generate` loads its RMs."""
+    from bonsynth.rm.ensemble import RewardEnsemble
+
+    check_judge_sources(cfg)
+    if cfg.llm:
+        from bonsynth.judge.llm import PREFIX, LLMJudge
+
+        return LLMJudge(cfg.judges[0].removeprefix(PREFIX), mode=cfg.judge_mode, template=cfg.judge_prompt,
+                        base_url=cfg.base_url, concurrency=cfg.concurrency, max_tokens=cfg.judge_max_tokens,
+                        **cfg.backend_options)
+    return RewardEnsemble.load(cfg.judges, cfg.judge_weights, engine="hf", device=cfg.device, dtype=cfg.dtype,
+                               prefix_sharing=cfg.prefix_sharing, trust_remote_code=cfg.trust_remote_code,
+                               allow_unsafe_weights=cfg.allow_unsafe_weights)
+
+
+def same_as_proxy(cfg: JudgeConfig, manifest: dict) -> bool:
+    """Whether the judge is the RM (mix) that selected: then gold == proxy and the report proves nothing."""
+    conf = manifest["config"]
+    if cfg.llm:
+        return False
+    rewards = [str(Path(p).expanduser().resolve()) for p in conf.get("rewards") or []]
+    judges = [str(Path(p).expanduser().resolve()) for p in cfg.judges]
+    if rewards != judges:
+        return False
+    if len(judges) == 1:
+        return True
+    rw = conf.get("reward_weights") or [1.0 / len(rewards)] * len(rewards)
+    jw = cfg.judge_weights or [1.0 / len(judges)] * len(judges)
+    return all(math.isclose(a, b) for a, b in zip(rw, jw, strict=True))
+
+
+def _scored_prompts(cfg: JudgeConfig, manifest: dict, scorer, counts: dict) -> list[tuple[list[float], list[float]]]:
+    """Per usable prompt: (proxy keys, judge scores) of its scored candidates, in candidate order.
+
+    The file is read in chunks of whole prompts and each chunk is scored in one call, so the judge makes one
+    pass over the candidates and memory stays bounded by the chunk.
+    """
+    path = Path(cfg.run_dir) / outputs.CANDIDATES
+    length_normalize = bool(manifest["config"].get("length_normalize"))
+    result: list[tuple[list[float], list[float]]] = []
+    pending: list[tuple[list[float], list]] = []  # (proxy keys, prompt) per prompt in the chunk
+    prompts: list = []
+    texts: list[str] = []
+
+    def flush() -> None:
+        if not texts:
+            pending.clear()
+            return
+        gold = [float(x) for x in scorer.score(prompts, texts).combined]
+        k = 0
+        for keys, _ in pending:
+            g = gold[k : k + len(keys)]
+            k += len(keys)
+            pairs = [(p, x) for p, x in zip(keys, g, strict=True) if math.isfinite(x)]
+            counts["nonfinite_judge"] += len(keys) - len(pairs)
+            if pairs:
+                result.append(([p for p, _ in pairs], [x for _, x in pairs]))
+            else:
+                counts["prompts_without_scored_candidates"] += 1
+        pending.clear()
+        prompts.clear()
+        texts.clear()
+
+    for _, row in iter_candidate_rows(path):
+        counts["prompts"] += 1
+        cands = row["candidates"]
+        counts["candidates"] += len(cands)
+        if row.get("skipped") or not cands:
+            counts["prompts_skipped"] += 1
+            continue
+        keys = proxy_keys(cands, length_normalize)
+        kept = [(k, c["text"]) for k, c in zip(keys, cands, strict=True) if k is not None and math.isfinite(k)]
+        counts["null_proxy_reward"] += len(cands) - len(kept)
+        if not kept:
+            counts["prompts_without_scored_candidates"] += 1
+            continue
+        pending.append(([k for k, _ in kept], row["prompt"]))
+        prompts.extend([row["prompt"]] * len(kept))
+        texts.extend(t for _, t in kept)
+        if len(texts) >= SCORE_CHUNK:
+            flush()
+    flush()
+    return result
+
+
+def judge_run(cfg: JudgeConfig, *, scorer=None, judge_name: str | None = None) -> dict:
+    """Score the run's candidates with the judge and return the report (nothing is written)."""
+    cfg.validate()
+    manifest = read_run(cfg.run_dir)
+    n_max = int(manifest["config"]["n"])
+    for _ in iter_candidate_rows(Path(cfg.run_dir) / outputs.CANDIDATES):
+        pass  # a damaged file fails here, in one line, before any model loads
+    own = scorer is None
+    t0 = time.perf_counter()
+    if scorer is None:
+        scorer = load_judge(cfg)
+    t_load = time.perf_counter() - t0
+    counts = dict.fromkeys(("prompts", "candidates", "prompts_skipped", "null_proxy_reward", "nonfinite_judge",
+                            "prompts_without_scored_candidates"), 0)
+    pairwise = cfg.llm and cfg.judge_mode == "pairwise"
+    try:
+        t1 = time.perf_counter()
+        data = _pairwise_wins(cfg, manifest, scorer, counts) if pairwise else _scored_prompts(cfg, manifest, scorer,
+                                                                                              counts)
+        t_score = time.perf_counter() - t1
+        describe = scorer.describe() if callable(getattr(scorer, "describe", None)) else []
+    finally:
+        if own and hasattr(scorer, "close"):
+            scorer.close()
+    if hasattr(scorer, "unparsable"):  # an LLM judge: its NaNs are answers it could not parse
+        counts["unparsable"] = int(scorer.unparsable)
+        counts["nonfinite_judge"] = max(0, counts["nonfinite_judge"] - counts["unparsable"])
+    counts["prompts_used"] = len(data)
+    if not pairwise:
+        counts["candidates_used"] = sum(len(p) for p, _ in data)
+    name = judge_name or " + ".join(j if cfg.llm else Path(j.rstrip("/")).name or j for j in cfg.judges)
+    if not data:
+        raise InputError("no prompt has a candidate scored by both the proxy and the judge (all skipped, null, "
+                         "non-finite or unparsable): nothing to judge", path=Path(cfg.run_dir) / outputs.CANDIDATES)
+    timings = {"load_s": round(t_load, 3), "score_s": round(t_score, 3)}
+    if pairwise:
+        return build_pairwise_report(cfg, manifest, data, counts, name, describe, timings=timings, n_max=n_max)
+    return build_report(cfg, manifest, data, counts, name, describe, timings=timings, n_max=n_max)
+
+
+def _pairwise_wins(cfg: JudgeConfig, manifest: dict, judge, counts: dict) -> list[float]:
+    """Per usable prompt: the gold win rate of the proxy's pick against a uniformly random candidate (itself
+    counted as a tie, as in the pointwise report), from one judged comparison per other candidate."""
+    path = Path(cfg.run_dir) / outputs.CANDIDATES
+    length_normalize = bool(manifest["config"].get("length_normalize"))
+    wins: list[float] = []
+    items: list = []
+
+    def flush() -> None:
+        for res in judge.compare(items):
+            parsed = [x for x in res if x is not None]
+            if parsed or not res:
+                wins.append((0.5 + sum(parsed)) / (1 + len(parsed)))
+            else:
+                counts["prompts_without_scored_candidates"] += 1
+        items.clear()
+
+    pending = 0
+    for _, row in iter_candidate_rows(path):
+        counts["prompts"] += 1
+        cands = row["candidates"]
+        counts["candidates"] += len(cands)
+        if row.get("skipped") or not cands:
+            counts["prompts_skipped"] += 1
+            continue
+        keys = proxy_keys(cands, length_normalize)
+        kept = [(i, k) for i, k in enumerate(keys) if k is not None and math.isfinite(k)]
+        counts["null_proxy_reward"] += len(cands) - len(kept)
+        if not kept:
+            counts["prompts_without_scored_candidates"] += 1
+            continue
+        pick = kept[estimator.proxy_pick([k for _, k in kept])][0]
+        others = [(i, cands[i]["text"]) for i, _ in kept if i != pick]
+        items.append((row["prompt"], cands[pick]["text"], others))
+        pending += len(others)
+        if pending >= SCORE_CHUNK:
+            flush()
+            pending = 0
+    flush()
+    counts["comparisons"] = judge.requests
+    return wins
+
+
+def _llm_options(cfg: JudgeConfig) -> dict:
+    from bonsynth.redact import redact_url
+
+    if not cfg.llm:
+        return {}
+    return {"options": {"mode": cfg.judge_mode, "prompt": cfg.judge_prompt,
+                        "base_url": redact_url(cfg.base_url) if cfg.base_url else None,
+                        "concurrency": cfg.concurrency, "max_tokens": cfg.judge_max_tokens}}
+
+
+def build_pairwise_report(cfg: JudgeConfig, manifest: dict, wins: Sequence[float], counts: dict, name: str,
+                          describe: list, *, timings: dict, n_max: int) -> dict:
+    """judge.json for a pairwise LLM judge: the win rate and its CI (no curve: that would need every pair)."""
+    w = np.asarray(wins, dtype=np.float64)
+    ci = estimator.bootstrap_ci(w, resamples=cfg.bootstrap, seed=cfg.seed)
+    rate = float(w.mean())
+    if ci and ci[0] > 0.5:
+        verdict = (f"Best-of-{n_max} helps under {name}: the proxy's pick beats a random candidate of its prompt "
+                   f"{rate:.1%} of the time (95% CI {ci[0]:.1%} to {ci[1]:.1%}, above 50%).")
+    elif ci and ci[1] < 0.5:
+        verdict = (f"Best-of-{n_max} hurts under {name}: the proxy's pick beats a random candidate only "
+                   f"{rate:.1%} of the time (95% CI {ci[0]:.1%} to {ci[1]:.1%}, below 50%).")
+    else:
+        verdict = (f"Best-of-{n_max} does not measurably help under {name}: the proxy's pick beats a random "
+                   f"candidate {rate:.1%} of the time, and the 95% CI includes 50% (a null result).")
+    return {
+        "bonsynth_judge": 1,
+        "run_dir": str(cfg.run_dir),
+        "judge": {"name": name, "paths": list(cfg.judges), "weights": None, "models": describe, **_llm_options(cfg)},
+        "proxy": {"rewards": manifest["config"].get("rewards"), "reward_weights": manifest["config"].get("reward_weights"),
+                  "length_normalize": bool(manifest["config"].get("length_normalize"))},
+        "judge_is_proxy": False,
+        "N": n_max,
+        "counts": counts,
+        "curve": None,
+        "recommended_n": None,
+        "peak_n": None,
+        "gold_win_rate_vs_random": rate,
+        "gold_win_rate_ci95": list(ci) if ci else None,
+        "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": "prompt"},
+        "rank_agreement": None,
+        "rank_agreement_prompts": 0,
+        "verdict": verdict,
+        "warnings": [],
+        "timings": timings,
+    }
+
+
+def build_report(cfg: JudgeConfig, manifest: dict, data: Sequence[tuple[Sequence[float], Sequence[float]]],
+                 counts: dict, name: str, describe: list, *, timings: dict, n_max: int) -> dict:
+    """judge.json's content from the per-prompt (proxy, gold) scores."""
+    t0 = time.perf_counter()
+    rows = estimator.curve(data, n_max)
+    rec_n = estimator.recommended_n(rows)
+    wins = np.array([estimator.win_rate_vs_random(p, g) for p, g in data])
+    ci = estimator.bootstrap_ci(wins, resamples=cfg.bootstrap, seed=cfg.seed)
+    taus = [estimator.kendall_tau_b(p, g) for p, g in data]
+    defined = [t for t in taus if t is not None]
+    same = same_as_proxy(cfg, manifest)
+    warnings = []
+    if same:
+        warnings.append("the judge is the selecting RM (the run's --reward): gold equals proxy, so this report "
+                        "measures nothing about quality; judge with a different model")
+    conf = manifest["config"]
+    if conf.get("dedup") or conf.get("min_reward") is not None:
+        warnings.append("the run used --dedup/--min-reward; the best-of-n curve ranks by the proxy reward alone")
+    timings = dict(timings, stats_s=round(time.perf_counter() - t0, 3))
+    return {
+        "bonsynth_judge": 1,
+        "run_dir": str(cfg.run_dir),
+        "judge": {"name": name, "paths": list(cfg.judges), "weights": cfg.judge_weights, "models": describe,
+                  **_llm_options(cfg)},
+        "proxy": {"rewards": conf.get("rewards"), "reward_weights": conf.get("reward_weights"),
+                  "length_normalize": bool(conf.get("length_normalize"))},
+        "judge_is_proxy": same,
+        "N": n_max,
+        "counts": counts,
+        "curve": rows,
+        "recommended_n": rec_n,
+        "peak_n": max(rows, key=lambda r: r["gold_mean"])["n"],
+        "gold_win_rate_vs_random": float(wins.mean()),
+        "gold_win_rate_ci95": list(ci) if ci else None,
+        "bootstrap": {"resamples": cfg.bootstrap, "seed": cfg.seed, "unit": "prompt"},
+        "rank_agreement": float(np.mean(defined)) if defined else None,
+        "rank_agreement_prompts": len(defined),
+        "verdict": estimator.verdict(rows, name, rec_n),
+        "warnings": warnings,
+        "timings": timings,
+    }
