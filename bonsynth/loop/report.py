@@ -187,12 +187,13 @@ def gold_verdict(history: Sequence[RoundView], control: Sequence[RoundView] | No
         out.append(f"**Gold does not improve while the proxy does** ({last.label} against base: {stats}; the CI "
                    "includes 50%). The proxy gain is not confirmed by the judge: possible over-optimisation of "
                    "the proxy RM.")
-    elif ci[0] > 0.5:
-        out.append(f"Gold improves: {last.label} beats the base policy under the judge ({stats}; CI above 50%).")
-    elif ci[1] < 0.5:
-        out.append(f"Gold got worse and the proxy did not improve ({last.label} against base: {stats}).")
+    elif d_proxy > 0 and ci[0] > 0.5:
+        out.append(f"Gold improves with the proxy: {last.label} beats the base policy under the judge ({stats}; CI "
+                   "above 50%).")
     else:
-        out.append(f"Neither the proxy nor gold moved measurably ({last.label} against base: {stats}).")
+        gold_says = ("gold improved anyway (CI above 50%)" if ci[0] > 0.5 else
+                     "gold got worse too (CI below 50%)" if ci[1] < 0.5 else "gold did not move measurably")
+        out.append(f"The proxy did not rise ({last.label} against base: {stats}); {gold_says}.")
     for prev, h in zip(history, history[1:], strict=False):
         ci_p = h.gold.get("gold_win_rate_vs_previous_ci95")
         if h.metrics["reward_mean"] > prev.metrics["reward_mean"] and ci_p and ci_p[1] < 0.5:
