@@ -106,6 +106,45 @@ def test_same_files_warning(tmp_path, tiny_rm_dir, tiny_rm2_dir):
     assert LoopRunner(recipe, src, tmp_path / "loop", judge=[str(tiny_rm2_dir)]).judge_warnings() == []
 
 
+def test_control_data_is_a_seeded_random_candidate_per_prompt(tmp_path):
+    from bonsynth.loop.gold import write_control_data
+    from bonsynth.loop.sources import derive_seed
+    from bonsynth.loop.train_policy import dpo_rows, sft_rows
+    from tests.conftest import write_jsonl
+
+    chat = [{"role": "user", "content": "hi"}]
+    gen = tmp_path / "gen"
+    gen.mkdir()
+    rows = [{"id": f"p{i}", "prompt": chat if i % 2 else f"prompt {i}", "selected": [0],
+             "candidates": [{"index": j, "text": f"reply {i}.{j}", "reward": float(j)} for j in range(4)]}
+            for i in range(12)]
+    rows.append({"id": "skipped", "prompt": "x", "skipped": "too long", "candidates": []})
+    write_jsonl(gen / "candidates.jsonl", rows)
+    assert write_control_data(gen, tmp_path / "c", seed=5, r=1, method="sft") == {"rows": 12, "method": "sft"}
+    sft = _rows(tmp_path / "c" / "sft.jsonl")
+    picks = [derive_seed(5, "control", 1, f"p{i}") % 4 for i in range(12)]
+    assert [r.get("completion") or r["messages"][-1]["content"] for r in sft] == \
+        [f"reply {i}.{j}" for i, j in enumerate(picks)]
+    assert sft[1]["messages"][:-1] == chat and sft[0]["prompt"] == "prompt 0"
+    assert len(set(picks)) > 1  # not always the same position (and not the best, index 3, every time)
+    before = (tmp_path / "c" / "sft.jsonl").read_bytes()
+    write_control_data(gen, tmp_path / "c", seed=5, r=1, method="sft")
+    assert (tmp_path / "c" / "sft.jsonl").read_bytes() == before  # reproducible
+    write_control_data(gen, tmp_path / "d", seed=5, r=2, method="sft")
+    assert (tmp_path / "d" / "sft.jsonl").read_bytes() != before  # another round, other picks
+
+    write_control_data(gen, tmp_path / "e", seed=5, r=1, method="dpo")
+    dpo = _rows(tmp_path / "e" / "dpo.jsonl")
+    assert len(dpo) == 12 and all(p["chosen"] != p["rejected"] for p in dpo)
+    assert [p["chosen"] for p in dpo] == [f"reply {i}.{j}" for i, j in enumerate(picks)]
+
+    class Tok:  # no chat template: the plain fallback renders both forms
+        chat_template = None
+        eos_token = "</s>"
+
+    assert len(sft_rows(tmp_path / "c", Tok())) == 12 and len(dpo_rows(tmp_path / "e", Tok())) == 12
+
+
 def _view(label, r, proxy, gold, **wr):
     from bonsynth.loop.report import RoundView
 
