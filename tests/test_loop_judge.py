@@ -290,3 +290,26 @@ def test_loop_with_judge_and_random_control(tmp_path, tiny_tokenizer, tiny_polic
     run_loop(recipe, resume=True, show_progress=False)
     for p, rec in before.items():
         assert json.loads((out / p).read_text()) == rec, p
+
+
+def test_report_without_control_and_with_a_warning(tmp_path):
+    from bonsynth.loop.report import GOLD_PNG, write_report
+
+    base = _view("base", None, 0.0, 1.0)
+    base.rewards = [0.0, 0.1]
+    r0 = _view("round 0", 0, 0.5, 1.0, previous=(0.5, 0.4, 0.6), base=(0.5, 0.4, 0.6))
+    r0.rewards = [0.4, 0.6]
+    for h in (base, r0):
+        h.metrics.update({k: 0.0 for k in ("reward_median", "reward_p90", "best_of_n_mean", "bon_gain", "length_mean",
+                                            "length_p90", "distinct_2")})
+    text = write_report(tmp_path, [base, r0], title="t", warnings=["the judge X is the same model files as rewards"]
+                        ).read_text()
+    assert text.count("> **warning:** the judge X is the same model files") == 1
+    assert "| round 0 | 0.5000 | 1.0000 | 0.500 [0.400, 0.600] | 0.500 [0.400, 0.600] |" in text
+    assert "control" not in text and "Gold does not improve while the proxy does" in text
+    assert (tmp_path / GOLD_PNG).stat().st_size > 0
+    # Without a judge: no gold section, no gold plot (reports of existing loops are unchanged).
+    for h in (base, r0):
+        h.gold = {}
+    text = write_report(tmp_path / "plain", [base, r0], title="t").read_text()
+    assert "Gold judge" not in text and not (tmp_path / "plain" / GOLD_PNG).exists()
