@@ -313,3 +313,9 @@ def test_report_without_control_and_with_a_warning(tmp_path):
         h.gold = {}
     text = write_report(tmp_path / "plain", [base, r0], title="t").read_text()
     assert "Gold judge" not in text and not (tmp_path / "plain" / GOLD_PNG).exists()
+
+    # A control arm without a judge: compared under the proxy only, and the report says so.
+    ctl = _view("round 0", 0, 0.25, None)
+    text = write_report(tmp_path / "ctl", [base, r0], title="t", control=[base, ctl]).read_text()
+    assert "## Control arm (random candidates)" in text and "| round 0 | 0.5000 | 0.2500 |" in text
+    assert "set `eval.judge`" in text

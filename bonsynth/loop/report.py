@@ -261,6 +261,18 @@ def write_report(out_dir: Path, history: Sequence[RoundView], *, title: str, not
             f"![gold and proxy against round]({GOLD_PNG})",
             "",
         ]
+    if control is not None and not has_gold:
+        ctl = {h.round: h for h in control}
+        lines += ["## Control arm (random candidates)", "",
+                  "The control arm trains on one random candidate per prompt instead of the best. Without",
+                  "`eval.judge` the arms can only be compared under the proxy RM, which the best-of-N arm is",
+                  "trained towards; set `eval.judge` to compare them under a gold judge.", "",
+                  "| round | proxy mean | control proxy mean |", "|---|---|---|"]
+        for h in history:
+            c = h if h.round is None else ctl.get(h.round)
+            lines.append(f"| {h.label} | {_f(h.metrics['reward_mean'])} | "
+                         f"{_f(c.metrics['reward_mean']) if c else '-'} |")
+        lines.append("")
     if last.generate:
         g = last.generate
         lines += [

@@ -499,7 +499,8 @@ class LoopRunner:
             + (" with rm_update" if rc.rm_update else "") + f"; N = {rc.generation.n}, selection {rc.selection.select}",
             f"- rounds complete: {n_done} of {rc.rounds}; eval: {len(self.src.eval_prompts)} prompts x "
             f"{rc.eval.n} samples",
-        ]
+        ] + ([f"- gold judge: {', '.join(f'`{j}`' for j in self.judge)}"] if self.judge else []) + (
+            [f"- control arm: {rc.control} candidates, same update, its own policy chain"] if rc.control else [])
 
     def history(self, upto: int | None, arm: str = "main") -> list[RoundView]:
         """The baseline and each finished round of one arm (the control arm shares the baseline)."""
