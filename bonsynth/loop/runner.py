@@ -167,6 +167,7 @@ class LoopRunner:
         self.recipe = recipe
         self.src = sources
         self.judge = judge  # resolved eval.judge paths, or None
+        self._judge_warnings: list[str] | None = None
         self.out = out.resolve()
         self.recipe_path = recipe_path
         self.show_progress = show_progress
@@ -443,9 +444,16 @@ class LoopRunner:
             free_memory()
 
     def judge_warnings(self) -> list[str]:
-        """The judge shares files with an RM of the recipe: say so in every report."""
+        """The judge shares files with an RM of the recipe: say so in every report (checked once: equal-sized
+        weights are hashed, which for large models takes a while)."""
         if not self.judge:
             return []
+        if self._judge_warnings is None:
+            self._judge_warnings = self._find_judge_overlap()
+        return list(self._judge_warnings)
+
+    def _find_judge_overlap(self) -> list[str]:
+        assert self.judge
         models = {"rewards": list(self.src.rewards), "eval.rewards": list(self.src.eval_rewards)}
         if self.src.labeler:
             models["rm_update.labeler"] = [self.src.labeler]
