@@ -283,13 +283,15 @@ def test_loop_with_judge_and_random_control(tmp_path, tiny_tokenizer, tiny_polic
     assert len(summary["control"]["gold_mean_by_round"]) == 3 and summary["judge_warnings"] == []
 
     # Stage-level resume: forget the last round's evals; the resumed loop redoes them to the same numbers.
-    before = {p: json.loads((out / p).read_text()) for p in ("round_001/metrics.json", "round_001/control/metrics.json")}
+    redone = ("round_001/metrics.json", "round_001/control/metrics.json", "round_001/eval/judge.json",
+              "round_001/eval/gold.jsonl", "round_001/control/eval/judge.json")
+    before = {p: (out / p).read_bytes() for p in redone}
     state["done"] = [s for s in state["done"] if s not in ("round_001/control_eval", "round_001/eval")]
     (out / "loop_state.json").write_text(json.dumps(state))
     (out / "round_001" / "eval" / "gold.jsonl").unlink()
     run_loop(recipe, resume=True, show_progress=False)
-    for p, rec in before.items():
-        assert json.loads((out / p).read_text()) == rec, p
+    for p, data in before.items():
+        assert (out / p).read_bytes() == data, p
 
 
 def test_report_without_control_and_with_a_warning(tmp_path):

@@ -156,6 +156,7 @@ def judge_eval_run(run_dir: Path, judge: list[str], weights: list[float] | None,
     tmp = run_dir / (GOLD_FILE + ".tmp")
     tmp.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
     tmp.replace(run_dir / GOLD_FILE)
+    report.pop("timings", None)  # a redone eval stage then writes the very same file
     write_json_atomic(run_dir / jr.JUDGE_JSON, report)
     return report
 
