@@ -321,3 +321,30 @@ def test_report_without_control_and_with_a_warning(tmp_path):
     text = write_report(tmp_path / "ctl", [base, r0], title="t", control=[base, ctl]).read_text()
     assert "## Control arm (random candidates)" in text and "| round 0 | 0.5000 | 0.2500 |" in text
     assert "set `eval.judge`" in text
+
+
+@pytest.mark.slow
+def test_judge_that_is_a_copy_of_the_proxy_is_warned_about(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    """Through the CLI: a copied RM directory (other path, same weights) as judge is named on stderr and in the
+    report, and its gold equals the proxy."""
+
+    copy = shutil.copytree(tiny_rm_dir, tmp_path / "same-rm")
+    m = SimpleNamespace(policy=tiny_policy_dir, rm=tiny_rm_dir, prompts=prompts_file)
+    out = tmp_path / "loop"
+    recipe = write_recipe(tmp_path / "r.yaml", m, out, rounds=1, prompts_per_round=2,
+                          generation={"n": 2, "max_new_tokens": 4, "batch_size": 2},
+                          update={"epochs": 1, "batch_size": 2, "max_length": 32},
+                          eval={"num_prompts": 2, "n": 2, "judge": str(copy)})
+    from click.testing import CliRunner
+
+    from bonsynth.cli import cli
+
+    result = CliRunner().invoke(cli, ["loop", str(recipe), "--quiet"])
+    err = result.stderr
+    assert result.exit_code == 0, err
+    assert f"warning: the judge {copy} is the same model files as rewards ({tiny_rm_dir})" in err
+    assert f"> **warning:** the judge {copy} is the same model files" in (out / "report.md").read_text()
+    assert json.loads((out / "loop_summary.json").read_text())["judge_warnings"]
+    for row, g in zip(_rows(out / "round_000" / "eval" / "candidates.jsonl"),
+                      _rows(out / "round_000" / "eval" / "gold.jsonl"), strict=True):
+        assert g["gold"] == pytest.approx([c["reward"] for c in row["candidates"]], abs=1e-5)
