@@ -18,7 +18,26 @@
     selection: {select: best | top-k:K | pairs, min_reward, min_margin, dedup, length_normalize}
     update: {method: sft | dpo, epochs, lr, batch_size, grad_accum, max_length, beta, loss_type, lora: {...}}
     rm_update: {labeler: PATH, epochs, lr, ...}   # optional: fine-tune the RM on each round's relabelled pairs
-    eval: {prompts, num_prompts, n, temperature, top_p, max_new_tokens, rewards}
+    eval: {prompts, num_prompts, n, temperature, top_p, max_new_tokens, rewards, reward_weights,
+           judge, judge_weights}
+    control: random                   # optional: a control arm trained on random candidates (see below)
+
+The gold judge and the control arm (both optional; a recipe without them keeps its fingerprint):
+
+    eval:
+      judge: [PATH, ...]              # RM(s) that never select (same forms as `rewards`, demo: names too)
+      judge_weights: [0.5, 0.5]       # optional, one per judge RM (z-normalised mix, as reward_weights)
+    control: random
+
+With `eval.judge`, every eval run (the baseline's and each round's) is re-scored by the judge with
+`bonsynth judge` (`judge.json`, and per candidate `gold.jsonl`), and each round records its gold mean and its
+gold win rate against the previous round and the base policy, with 95% bootstrap CIs over prompts (per
+prompt: the chance a random eval candidate beats a random one of the other run, ties half). With
+`control: random`, each round also trains a control policy, from the control arm's previous policy, on one
+uniformly random candidate per prompt of the round's candidates (seeded by the recipe seed, the round and the
+prompt id; for dpo a random ordered pair) instead of the best, and evaluates it the same way. The candidate
+pool is the main arm's, so the arms differ only in the selection rule. The report puts both arms side by side
+under the judge: did selection help, or would any fine-tuning on fresh samples have done the same?
 
 Relative paths are relative to the working directory. `demo:policy` and `demo:rm` name the cached demo
 models (built on first use, as `bonsynth quickstart` does); `demo:data/FILE` names a file of the sample data.
@@ -32,6 +51,7 @@ from __future__ import annotations
 import difflib
 import hashlib
 import json
+import math
 from pathlib import Path
 from typing import Any, Literal
 
@@ -52,7 +72,8 @@ NOT_IN_FINGERPRINT = {"out", "rounds", "trust_remote_code", "allow_unsafe_weight
 _NOT_IN_FINGERPRINT_NESTED = {"generation": {"subprocess", "batch_size", "gen_batch_size",
                                              "gpu_memory_utilization", "prefix_sharing", "enforce_eager"}}
 # Keys that do change outputs but are left out while unset, so loops started before they existed still resume.
-_FINGERPRINT_IF_SET_NESTED = {"generation": ("reward_dtype", "max_model_len")}
+_FINGERPRINT_IF_SET_NESTED = {"generation": ("reward_dtype", "max_model_len"), "eval": ("judge", "judge_weights")}
+_FINGERPRINT_IF_SET = ("control",)
 VLLM_ONLY = ("max_model_len", "enforce_eager")  # generation keys that only the vllm backend reads
 
 
@@ -206,8 +227,10 @@ class EvalSection(_Section):
     max_new_tokens: int | None = Field(None, ge=1)
     rewards: list[str] | None = None  # default: the recipe's `rewards` (the initial RMs, a fixed yardstick)
     reward_weights: list[float] | None = None
+    judge: list[str] | None = None  # gold judge RM(s): never select, only measure
+    judge_weights: list[float] | None = None
 
-    @field_validator("prompts", "rewards", mode="before")
+    @field_validator("prompts", "rewards", "judge", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
@@ -232,6 +255,7 @@ class LoopRecipe(_Section):
     update: UpdateSection
     rm_update: RMUpdateSection | None = None
     eval: EvalSection = Field(default_factory=EvalSection)
+    control: Literal["random"] | None = None  # a control arm trained on random candidates
     name: str | None = None
     description: str | None = None
 
@@ -264,6 +288,15 @@ class LoopRecipe(_Section):
             raise ValueError("'eval.reward_weights' needs two or more eval reward models")
         if ev.reward_weights is not None and len(ev.reward_weights) != len(ev.rewards or self.rewards):
             raise ValueError("'eval.reward_weights' needs one value per eval reward model")
+        if ev.judge is not None and not ev.judge:
+            raise ValueError("'eval.judge' is empty; name at least one judge reward model or drop the key")
+        if ev.judge_weights is not None and len(ev.judge or []) < 2:
+            raise ValueError("'eval.judge_weights' needs two or more 'eval.judge' models")
+        if ev.judge_weights is not None and len(ev.judge_weights) != len(ev.judge or []):
+            raise ValueError(f"'eval.judge_weights' has {len(ev.judge_weights)} values for {len(ev.judge or [])} "
+                             "judge models")
+        if ev.judge_weights is not None and not all(math.isfinite(w) for w in ev.judge_weights):
+            raise ValueError("'eval.judge_weights' must be finite numbers")
         if self.rm_update is not None and len(self.rewards) != 1:
             raise ValueError("'rm_update' fine-tunes one reward model; 'rewards' must name exactly one")
         return self
@@ -286,6 +319,9 @@ def fingerprint_view(recipe: LoopRecipe) -> dict:
         for k in keys:
             if d[section].get(k) is None:
                 d[section].pop(k, None)
+    for k in _FINGERPRINT_IF_SET:
+        if d.get(k) is None:
+            d.pop(k, None)
     return d
 
 

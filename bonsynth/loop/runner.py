@@ -12,11 +12,15 @@ Layout of the loop directory (nothing in it is ever overwritten with different c
       policy/                    the updated policy (safetensors + tokenizer) = the next round's policy
       train.json                 what the update trained on, and its loss
       rm_pairs.jsonl, rm/        with rm_update: the relabelled pairs and the fine-tuned RM
-      eval/                      the updated policy's samples on the eval prompts
+      eval/                      the updated policy's samples on the eval prompts (with eval.judge also
+                                 judge.json and gold.jsonl: the judge's scores, see bonsynth.loop.gold)
+      control/                   with control: random: sft.jsonl or dpo.jsonl (random candidates), policy/,
+                                 train.json, eval/, metrics.json (the control arm)
       metrics.json, report.md, reward_distribution.png, reward_vs_round.png
     loop_summary.json, report.md, *.png    the whole loop so far
 
-Stages run in order: baseline, then per round generate, train, [rm_update], eval. Each is recorded in
+Stages run in order: baseline, then per round generate, train, [rm_update], [control_train, control_eval],
+eval (control first, so the round's eval can compare the arms and write the report). Each is recorded in
 loop_state.json when complete; `--resume` skips recorded stages, generation continues from its last durable
 batch (run_generate's own resume), and an interrupted update trains again from the same inputs and seed, which
 reproduces it (training is seeded and, on the CPU, deterministic). Every seed derives from the recipe seed
@@ -43,6 +47,7 @@ from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.outputs import write_json_atomic
 from bonsynth.generate.pipeline import GenerateConfig
 from bonsynth.locks import LOCK_FILE, dir_lock
+from bonsynth.loop import gold as gold_mod
 from bonsynth.loop.recipe import VLLM_ONLY, LoopRecipe, fingerprint_view, load_recipe
 from bonsynth.loop.report import RoundView, write_report
 from bonsynth.loop.sources import ResolvedSources, derive_seed, resolve_sources, round_prompts, write_prompts
@@ -158,15 +163,19 @@ class LoopRunner:
     """One loop directory, driven stage by stage from a validated recipe."""
 
     def __init__(self, recipe: LoopRecipe, sources: ResolvedSources, out: Path, *, recipe_path: str = "recipe",
-                 show_progress: bool = True) -> None:
+                 show_progress: bool = True, judge: list[str] | None = None) -> None:
         self.recipe = recipe
         self.src = sources
+        self.judge = judge  # resolved eval.judge paths, or None
+        self._judge_warnings: list[str] | None = None
         self.out = out.resolve()
         self.recipe_path = recipe_path
         self.show_progress = show_progress
         self.state: dict = {}
-        stages = ["generate", "train"] + (["rm_update"] if recipe.rm_update else []) + ["eval"]
-        self.stages = stages
+        stages = ["generate", "train"] + (["rm_update"] if recipe.rm_update else [])
+        if recipe.control:
+            stages += ["control_train", "control_eval"]
+        self.stages = stages + ["eval"]
 
     # ------------------------------------------------------------------------------------------ state
 
@@ -247,8 +256,17 @@ class LoopRunner:
         except ValueError:
             return str(p)
 
-    def eval_dir(self, r: int | None) -> Path:
-        return self.out / "baseline" / "eval" if r is None else self.rdir(r) / "eval"
+    def eval_dir(self, r: int | None, arm: str = "main") -> Path:
+        if r is None:
+            return self.out / "baseline" / "eval"  # both arms start from the same policy
+        return self.rdir(r) / ("eval" if arm == "main" else "control/eval")
+
+    def control_policy_for(self, r: int) -> str:
+        """The policy the control arm's round r trains from: its own last checkpoint, else the base policy."""
+        for prev in range(r - 1, -1, -1):
+            if (self.rdir(prev) / "control" / "policy").exists():
+                return str(self.rdir(prev) / "control" / "policy")
+        return self.src.policy
 
     # ------------------------------------------------------------------------------------------ generation
 
@@ -312,6 +330,7 @@ class LoopRunner:
         out = self.eval_dir(None)
         out.parent.mkdir(parents=True, exist_ok=True)
         self._generate(self._eval_config(self.src.policy, out))
+        self._judge(out)
         self._write_metrics(None)
 
     def stage_generate(self, r: int) -> None:
@@ -375,19 +394,95 @@ class LoopRunner:
         summary["rm_in"] = self.rel(rm_in)
         write_json_atomic(rd / "rm_update.json", summary)
 
+    def stage_control_train(self, r: int) -> None:
+        """The control arm's update: the same step, on random candidates of this round, from its own policy."""
+        from bonsynth.loop.train_policy import TRAIN_SUMMARY, train_policy
+
+        cd = self.rdir(r) / "control"
+        method = self.recipe.update.method
+        data = gold_mod.write_control_data(self.rdir(r) / "generate", cd, seed=self.recipe.seed, r=r, method=method)
+        ckpt = cd / "policy"
+        policy_in = self.control_policy_for(r)
+        if ckpt.exists() and (ckpt / TRAIN_SUMMARY).exists():
+            summary = _read_json(ckpt / TRAIN_SUMMARY)
+        else:
+            summary = train_policy(
+                method, cd, policy_in, ckpt, self.recipe.update,
+                seed=derive_seed(self.recipe.seed, "round", r, "control_train"), device=self.recipe.device,
+                dtype=self.recipe.dtype, show_progress=self.show_progress, **self._load_options(),
+            )
+        summary.pop("runtime_s", None)
+        summary["policy_in"] = self.rel(policy_in)
+        summary["policy_out"] = self.rel(ckpt) if ckpt.exists() else None
+        summary["control"] = {"selection": "random", **data}
+        write_json_atomic(cd / "train.json", summary)
+
+    def stage_control_eval(self, r: int) -> None:
+        cd = self.rdir(r) / "control"
+        policy = str(cd / "policy") if (cd / "policy").exists() else self.control_policy_for(r)
+        self._generate(self._eval_config(policy, self.eval_dir(r, "control")))
+        self._judge(self.eval_dir(r, "control"))
+        self._write_metrics(r, arm="control")
+
     def stage_eval(self, r: int) -> None:
         policy = str(self.rdir(r) / "policy") if (self.rdir(r) / "policy").exists() else self.policy_for(r)
         self._generate(self._eval_config(policy, self.eval_dir(r)))
+        self._judge(self.eval_dir(r))
         self._write_metrics(r)
         history = self.history(upto=r)
-        write_report(self.rdir(r), history, title=f"bonsynth loop: {round_name(r)}", notes=self._notes(r))
+        write_report(self.rdir(r), history, title=f"bonsynth loop: {round_name(r)}", notes=self._notes(r),
+                     control=self.history(upto=r, arm="control") if self.recipe.control else None,
+                     warnings=self.judge_warnings())
 
-    def _write_metrics(self, r: int | None) -> dict:
+    def _judge(self, run_dir: Path) -> None:
+        """Re-score an eval run with the gold judge (nothing without eval.judge)."""
+        if self.judge:
+            gold_mod.judge_eval_run(run_dir, self.judge, self.recipe.eval.judge_weights, self.recipe,
+                                    seed=derive_seed(self.recipe.seed, "judge"))
+            from bonsynth.loop.train_policy import free_memory
+
+            free_memory()
+
+    def judge_warnings(self) -> list[str]:
+        """The judge shares files with an RM of the recipe: say so in every report (checked once: equal-sized
+        weights are hashed, which for large models takes a while)."""
+        if not self.judge:
+            return []
+        if self._judge_warnings is None:
+            self._judge_warnings = self._find_judge_overlap()
+        return list(self._judge_warnings)
+
+    def _find_judge_overlap(self) -> list[str]:
+        assert self.judge
+        models = {"rewards": list(self.src.rewards), "eval.rewards": list(self.src.eval_rewards)}
+        if self.src.labeler:
+            models["rm_update.labeler"] = [self.src.labeler]
+        if self.recipe.eval.rewards is None:
+            models.pop("eval.rewards")  # the same as rewards: said once
+        return gold_mod.judge_overlap_warnings(self.judge, models)
+
+    def _write_metrics(self, r: int | None, arm: str = "main") -> dict:
         from bonsynth.loop.metrics import eval_metrics
 
-        prev = None if r is None else self.eval_dir(r - 1 if r > 0 else None)
-        m = eval_metrics(self.eval_dir(r) / "candidates.jsonl", prev / "candidates.jsonl" if prev else None)
-        record: dict = {"round": r, "eval": m}
+        prev = None if r is None else self.eval_dir(r - 1 if r > 0 else None, arm)
+        here = self.eval_dir(r, arm)
+        m = eval_metrics(here / "candidates.jsonl", prev / "candidates.jsonl" if prev else None)
+        record: dict = {"round": r, "eval": m} if arm == "main" else {"round": r, "arm": arm, "eval": m}
+        if self.judge:
+            extra = {}
+            if arm == "main" and r is not None and self.recipe.control:
+                extra["control"] = self.eval_dir(r, "control")
+            record["gold"] = gold_mod.gold_metrics(here, previous=prev, base=None if r is None else self.eval_dir(None),
+                                                   seed=derive_seed(self.recipe.seed, "gold-bootstrap"), extra=extra)
+            report = _read_json(here / "judge.json")
+            record["gold"]["judge"] = {"name": report["judge"]["name"], "judge_is_proxy": report["judge_is_proxy"],
+                                       "best_of_n_win_rate_vs_random": report["gold_win_rate_vs_random"],
+                                       "rank_agreement": report["rank_agreement"]}
+        if arm == "control":
+            assert r is not None
+            record["train"] = _read_json(self.rdir(r) / "control" / "train.json")
+            write_json_atomic(self.rdir(r) / "control" / "metrics.json", record)
+            return record
         if r is not None:
             rd = self.rdir(r)
             man = _read_json(rd / "generate" / "manifest.json")
@@ -412,21 +507,24 @@ class LoopRunner:
             + (" with rm_update" if rc.rm_update else "") + f"; N = {rc.generation.n}, selection {rc.selection.select}",
             f"- rounds complete: {n_done} of {rc.rounds}; eval: {len(self.src.eval_prompts)} prompts x "
             f"{rc.eval.n} samples",
-        ]
+        ] + ([f"- gold judge: {', '.join(f'`{j}`' for j in self.judge)}"] if self.judge else []) + (
+            [f"- control arm: {rc.control} candidates, same update, its own policy chain"] if rc.control else [])
 
-    def history(self, upto: int | None) -> list[RoundView]:
+    def history(self, upto: int | None, arm: str = "main") -> list[RoundView]:
+        """The baseline and each finished round of one arm (the control arm shares the baseline)."""
         from bonsynth.loop.metrics import eval_rewards
 
         views = []
         for r in [None, *range(0 if upto is None else upto + 1)]:
-            mpath = (self.out / "baseline" if r is None else self.rdir(r)) / "metrics.json"
+            base = self.out / "baseline" if r is None else self.rdir(r) if arm == "main" else self.rdir(r) / "control"
+            mpath = base / "metrics.json"
             if not mpath.exists():
                 continue
             rec = _read_json(mpath)
             views.append(RoundView(
                 label="base" if r is None else f"round {r}", round=r, metrics=rec["eval"],
-                rewards=eval_rewards(self.eval_dir(r) / "candidates.jsonl"), train=rec.get("train", {}),
-                generate=rec.get("generate", {}), rm_update=rec.get("rm_update", {}),
+                rewards=eval_rewards(self.eval_dir(r, arm) / "candidates.jsonl"), train=rec.get("train", {}),
+                generate=rec.get("generate", {}), rm_update=rec.get("rm_update", {}), gold=rec.get("gold", {}),
             ))
         return views
 
@@ -454,10 +552,26 @@ class LoopRunner:
             "reward_mean_by_round": [h.metrics["reward_mean"] for h in history],
             "final_policy": self.policy_for(n) if n else None,
         }
+        if self.judge:
+            summary["gold_mean_by_round"] = [h.gold.get("gold_mean") for h in history]
+            summary["judge"] = list(self.judge)
+            summary["judge_warnings"] = self.judge_warnings()
+        if self.recipe.control:
+            control = self.history(upto=n - 1 if n else None, arm="control")
+            summary["control"] = {
+                "selection": self.recipe.control,
+                "rounds": [_read_json(self.rdir(r) / "control" / "metrics.json") for r in range(n)],
+                "reward_mean_by_round": [h.metrics["reward_mean"] for h in control],
+                "final_policy": self.control_policy_for(n) if n else None,
+            }
+            if self.judge:
+                summary["control"]["gold_mean_by_round"] = [h.gold.get("gold_mean") for h in control]
         write_json_atomic(self.out / SUMMARY_FILE, summary)
         if history:
             write_report(self.out, history, title=f"bonsynth loop{': ' + self.recipe.name if self.recipe.name else ''}",
-                         notes=self._notes(n - 1 if n else None))
+                         notes=self._notes(n - 1 if n else None),
+                         control=self.history(upto=n - 1 if n else None, arm="control") if self.recipe.control else None,
+                         warnings=self.judge_warnings())
         return summary
 
     # ------------------------------------------------------------------------------------------ driver
@@ -475,6 +589,8 @@ class LoopRunner:
         todo = [s for s in steps if s[0] not in done]
         if done and todo:
             _say(f"resuming {self.out} at {todo[0][0]}")
+        for w in self.judge_warnings():
+            _say(f"warning: {w}")
         for name, r, stage in todo:
             label = "baseline eval" if r is None else f"round {r} ({r + 1} of {self.recipe.rounds}) {stage}"
             _say(f"[loop] {label} ...")
@@ -490,6 +606,11 @@ class LoopRunner:
                 wr = m.get("win_rate_vs_previous")
                 _say(f"[loop] round {r}: eval reward mean {m['reward_mean']:+.4f}, median {m['reward_median']:+.4f}, "
                      f"p90 {m['reward_p90']:+.4f}, win rate vs previous {'-' if wr is None else f'{wr:.3f}'}")
+                gm = _read_json(self.rdir(r) / "metrics.json").get("gold")
+                if gm:
+                    wb = gm.get("gold_win_rate_vs_base")
+                    _say(f"[loop] round {r}: gold mean {gm['gold_mean']:+.4f}, gold win rate vs base "
+                         f"{'-' if wb is None else f'{wb:.3f}'}")
                 self.write_summary()
         return self.write_summary()
 
@@ -521,8 +642,10 @@ def run_loop(recipe_path: str | Path, resume: bool = False, rounds: int | None =
     if out is not None:
         recipe.out = str(out)
     sources = resolve_sources(recipe, str(recipe_path))  # every path is checked before anything is written
+    judge = gold_mod.resolve_judge(recipe, str(recipe_path))
     check_vllm_options(recipe, str(recipe_path))
-    runner = LoopRunner(recipe, sources, Path(recipe.out), recipe_path=str(recipe_path), show_progress=show_progress)
+    runner = LoopRunner(recipe, sources, Path(recipe.out), recipe_path=str(recipe_path), show_progress=show_progress,
+                        judge=judge)
     with runner.locked():
         runner.open(resume, rounds_given=rounds is not None)
         return runner.run()
