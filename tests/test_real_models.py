@@ -426,6 +426,49 @@ def test_rm_slice_and_train_from_demo_smollm2(smol, tmp_path, monkeypatch, capsy
     assert (rm / "bonsynth_rm.json").is_file() and (rm / "config.json").is_file()
     assert json.loads((rm / "config.json").read_text())["num_hidden_layers"] == 4
 
+    # rm score on the real-base RM: rewards equal a direct transformers forward pass on the same text.
+    short = tmp_path / "short.jsonl"
+    short.write_text(json.dumps({"prompt": "Hi there.\n", "chosen": "Hello, friend.", "rejected": "Go away."}) + "\n",
+                     encoding="utf-8")
+    scored = tmp_path / "scored.jsonl"
+    r = run_cli(monkeypatch, capsys, *["rm", "score", "--model", str(rm), "--input", str(short), "--output",
+                                 str(scored), "--device", "cpu", "--prefix-sharing", "off"])
+    assert r.exit_code == 0, r.output
+    (got,) = [json.loads(line) for line in scored.read_text().splitlines()]
+    import torch
+    from transformers import AutoModelForSequenceClassification, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(rm)
+    model = AutoModelForSequenceClassification.from_pretrained(rm, dtype=torch.float32).eval()
+    for key, reply in (("reward_chosen", "Hello, friend."), ("reward_rejected", "Go away.")):
+        with torch.no_grad():
+            direct = model(**tok("Hi there.\n" + reply, return_tensors="pt")).logits[0, 0].item()
+        assert got[key] == pytest.approx(direct, abs=1e-4), key
+
+    # merge: a linear average of the RM with a second seed's, loaded and evaluated like any RM.
+    rm2 = tmp_path / "rm2"
+    r = run_cli(monkeypatch, capsys, *["rm", "train", "--base", str(s4), "--data", str(data), "--objective", "pairwise",
+                                 "--out", str(rm2), "--epochs", "1", "--max-length", "64", "--batch-size", "4",
+                                 "--eval-split", "0", "--seed", "7"])
+    assert r.exit_code == 0, r.output
+    cfg_yaml = tmp_path / "avg.yaml"
+    cfg_yaml.write_text(f"merge_method: linear\nmodels:\n  - model: {rm}\n    parameters: {{weight: 0.5}}\n"
+                        f"  - model: {rm2}\n    parameters: {{weight: 0.5}}\ndtype: float32\n", encoding="utf-8")
+    merged = tmp_path / "merged"
+    r = run_cli(monkeypatch, capsys, *["merge", str(cfg_yaml), str(merged), "--calibrate-data", str(data)])
+    assert r.exit_code == 0, r.output
+    from safetensors.torch import load_file
+
+    a, b = load_file(rm / "model.safetensors"), load_file(rm2 / "model.safetensors")
+    m = {}
+    for f in sorted(merged.glob("*.safetensors")):
+        m.update(load_file(f))
+    shared = [k for k in m if k in a and k in b and a[k].dtype.is_floating_point]
+    assert shared and all(torch.allclose(m[k], (a[k] + b[k]) / 2, atol=1e-6) for k in shared)
+    r = run_cli(monkeypatch, capsys, *["rm", "eval", "--model", str(merged), "--data", str(data), "--json"])
+    assert r.exit_code == 0, r.output
+    assert json.loads(r.stdout.strip().splitlines()[-1])["num_examples"] == 8
+
 
 @_real
 def test_rm_train_from_demo_minilm(tmp_path, monkeypatch, capsys):
@@ -443,6 +486,40 @@ def test_rm_train_from_demo_minilm(tmp_path, monkeypatch, capsys):
     assert r.exit_code == 0, r.output
     r = run_cli(monkeypatch, capsys, *["rm", "eval", "--model", str(rm), "--data", str(data), "--json"])
     assert r.exit_code == 0, r.output
+
+
+@_real
+def test_one_loop_round_on_smollm2(smol, tmp_path, monkeypatch, capsys, tiny_rm_dir):
+    """One RAFT round with the real policy: generate with demo:smollm2, SFT (LoRA) on the best, evaluate."""
+    pytest.importorskip("peft")
+    _threads()
+    rows = [json.loads(line) for line in (REPO / "data" / "prompts.jsonl").read_text().splitlines()[:10]]
+    prompts = tmp_path / "prompts.jsonl"
+    prompts.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    recipe = tmp_path / "loop.yaml"
+    recipe.write_text(f"""name: real-round
+out: {tmp_path / "loop"}
+seed: 0
+policy: demo:smollm2
+rewards: [{tiny_rm_dir}]
+prompts: [{prompts}]
+rounds: 1
+prompts_per_round: 4
+device: cpu
+generation: {{n: 2, max_new_tokens: 12, backend: hf, batch_size: 4}}
+selection: {{select: best}}
+update: {{method: sft, epochs: 1, lr: 1.0e-4, batch_size: 2, max_length: 192, lora: {{r: 4}}}}
+eval: {{num_prompts: 2, n: 2, max_new_tokens: 12}}
+""", encoding="utf-8")
+    r = run_cli(monkeypatch, capsys, "loop", str(recipe))
+    assert r.exit_code == 0, r.output
+    rd = tmp_path / "loop" / "round_000"
+    sft = [json.loads(line) for line in (rd / "generate" / "sft.jsonl").read_text().splitlines()]
+    assert len(sft) == 4 and all(row["messages"][-1]["role"] == "assistant" for row in sft)
+    assert all("<|im_" not in row["messages"][-1]["content"] for row in sft)
+    assert (rd / "policy" / "config.json").is_file()
+    metrics = json.loads((rd / "metrics.json").read_text())
+    assert metrics and (tmp_path / "loop" / "report.md").is_file()
 
 
 CHAT_PROMPTS = [
