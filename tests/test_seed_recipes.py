@@ -39,22 +39,22 @@ def test_yaml_parses_as_is_and_with_local_paths(path: Path, tmp_path: Path):
     cfg, _text = load_config(path)  # as shipped (relative names, not yet built)
     local = parse_config(_local(yaml.safe_load(path.read_text()), tmp_path), str(path))
     assert local.merge_method == cfg.merge_method
-    weights = {Path(m.model).name: m.parameters["weight"].value for m in local.models if m.parameters}
+    weights = {Path(m.model).name: m.parameters["weight"] for m in local.models if m.parameters}
     assert weights == SEED_WEIGHTS
 
 
 def test_ties_is_the_seed_rewardblend():
     cfg, _ = load_config(RECIPE / "rewardblend-ties.yaml")
     assert cfg.merge_method == "ties" and cfg.base_model == "gpt2-8l"
-    densities = {m.model: m.parameters["density"].value for m in cfg.models if m.parameters}
+    densities = {m.model: m.parameters["density"] for m in cfg.models if m.parameters}
     assert densities == dict.fromkeys(SEED_WEIGHTS, 1.0)
-    assert cfg.parameters["normalize"].value is True
+    assert cfg.parameters["normalize"] is True
 
 
 def test_dare_ties_and_linear_variants():
     dare, _ = load_config(RECIPE / "rewardblend-dare-ties.yaml")
     assert dare.merge_method == "dare_ties" and dare.base_model == "gpt2-8l"
-    assert all(0 < m.parameters["density"].value < 1 for m in dare.models if m.parameters)
+    assert all(0 < m.parameters["density"] < 1 for m in dare.models if m.parameters)
     linear, _ = load_config(RECIPE / "rewardblend-linear.yaml")
     assert linear.merge_method == "linear" and linear.base_model is None
 

@@ -91,10 +91,10 @@ def test_merge_configs_parse_and_keep_the_seed_weights(bench, tmp_path: Path):
     for name, data in cfgs.items():
         cfg = parse_config(data, name)
         assert cfg.merge_method == name
-        weights = [m.parameters["weight"].value for m in cfg.models if m.parameters]
+        weights = [m.parameters["weight"] for m in cfg.models if m.parameters]
         assert weights == [0.5, 0.6, 0.05]
     ties = parse_config(cfgs["ties"])
-    assert [m.parameters["density"].value for m in ties.models if m.parameters] == [1.0, 1.0, 1.0]
+    assert [m.parameters["density"] for m in ties.models if m.parameters] == [1.0, 1.0, 1.0]
     assert ties.base_model == str(tmp_path / "base")
     two = bench.merge_configs("base", {t: rms[t] for t in ("thumbs", "pairs")})  # hh-rlhf file absent
     assert len(parse_config(two["ties"]).models) == 3
