@@ -15,8 +15,9 @@ HERE="$(cd "$(dirname "$0")" && pwd)"
 
 BASE="${BASE:-gpt2}"                 # hub id or local folder of the model to slice
 LAYERS="${LAYERS:-0:8}"              # the seed keeps gpt2's first 8 of 12 layers (~2/3 of the depth)
-# The Chai datasets: set these to the ids as published on the hub (not checked from an offline machine) or
-# to local files; each row must be a bonsynth binary row (text + 0/1 label) or pair (prompt/chosen/rejected).
+# The Chai datasets: the two ChaiML ids below are PLACEHOLDERS (the exact ids were not checked from an offline
+# machine): set THUMBS / PAIRS to the ids as published on the hub, or to local files. Each row must be a
+# bonsynth binary row (text + 0/1 label, like data/feedback.jsonl) or a pair (prompt/chosen/rejected).
 THUMBS="${THUMBS:-ChaiML/thumbs_up_dataset}"          # thumbs up/down of single replies -> binary objective
 PAIRS="${PAIRS:-ChaiML/feedback_pairs_dataset}"       # chosen/rejected reply pairs -> pairwise objective
 HH="${HH:-Anthropic/hh-rlhf}"                          # hh-rlhf chosen/rejected pairs -> pairwise objective
