@@ -15,7 +15,7 @@ import contextlib
 import json
 import os
 import secrets
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -35,14 +35,18 @@ def _json_default(value: Any) -> Any:
     raise TypeError(f"{type(value).__name__} is not JSON serializable")
 
 
-def write_text_atomic(path: str | Path, text: str) -> Path:
-    """Replace `path` with `text` atomically (temp file, fsync, rename, fsync the directory): a reader sees the
-    old file or the new one, never a half-written one, and a failure leaves no temp file behind."""
+@contextlib.contextmanager
+def atomic_file(path: str | Path) -> Iterator[IO[str]]:
+    """A text file that replaces `path` atomically when the block ends (temp file, fsync, rename, fsync the
+    directory): a reader sees the old file or the new one, never a half-written one, and a failure (or an
+    exception in the block) leaves no temp file behind."""
     path = Path(path)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
+    # os.open with 0o666 lets the umask decide the mode, as for any normally created file.
+    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     try:
-        with open(tmp, "w", encoding="utf-8", newline="\n") as fh:
-            fh.write(text)
+        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
+            yield fh
             fh.flush()
             os.fsync(fh.fileno())
         os.replace(tmp, path)
@@ -51,30 +55,24 @@ def write_text_atomic(path: str | Path, text: str) -> Path:
             os.unlink(tmp)
         raise
     fsync_dir(path.parent)
-    return path
+
+
+def write_text_atomic(path: str | Path, text: str) -> Path:
+    """Replace `path` with `text` atomically (see `atomic_file`)."""
+    with atomic_file(path) as fh:
+        fh.write(text)
+    return Path(path)
 
 
 def write_jsonl_atomic(path: str | Path, rows: Iterable[dict]) -> int:
     """Write all rows to `path` atomically; returns the row count. If anything raises, no file is left."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{secrets.token_hex(4)}.tmp")
-    # os.open with 0o666 lets the umask decide the mode, as for any normally created file.
-    fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
     count = 0
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as fh:
-            for row in rows:
-                fh.write(dumps_row(row))
-                count += 1
-            fh.flush()
-            os.fsync(fh.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        with contextlib.suppress(FileNotFoundError):
-            os.unlink(tmp)
-        raise
-    fsync_dir(path.parent)
+    with atomic_file(path) as fh:
+        for row in rows:
+            fh.write(dumps_row(row))
+            count += 1
     return count
 
 
