@@ -488,10 +488,7 @@ def run_generate(
             if not state.get("complete"):
                 _generate_batches(cfg, out, state, prompts, backend, scorer, on_batch)
             manifest = build_manifest(cfg, out, backend, scorer)
-            if shard_info is not None:
-                manifest["shard"] = shard_info
-            if cfg.skip_invalid and skipped is not None:
-                manifest["input"] = skipped_record(cfg, skipped)
+            manifest.update(run_extras(cfg, shard_info, skipped))
             finish_run(out, state, manifest)
             return manifest
     finally:
@@ -532,9 +529,15 @@ def _generate_batches(cfg: GenerateConfig, out: Path, state: dict, prompts: Prom
         writer.close()
 
 
-def skipped_record(cfg: GenerateConfig, skipped) -> dict:
-    """What `--skip-invalid` dropped from the prompts file, for the manifest (the whole file's rows)."""
-    return {"prompts": cfg.prompts, **skipped.to_json()}
+def run_extras(cfg: GenerateConfig, shard_info: dict | None, skipped) -> dict:
+    """Manifest fields every engine adds: the shard this job ran, and what `--skip-invalid` dropped from the
+    prompts file (the whole file's rows)."""
+    extras: dict = {}
+    if shard_info is not None:
+        extras["shard"] = shard_info
+    if cfg.skip_invalid and skipped is not None:
+        extras["input"] = {"prompts": cfg.prompts, **skipped.to_json()}
+    return extras
 
 
 def finish_run(out: Path, state: dict, manifest: dict) -> None:

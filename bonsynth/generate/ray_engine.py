@@ -55,7 +55,7 @@ from bonsynth.generate.pipeline import (
     finish_run,
     load_generation_prompts,
     open_run_dir,
-    skipped_record,
+    run_extras,
 )
 from bonsynth.generate.prompts import PromptSource, as_prompt_source
 from bonsynth.select.selection import SelectionConfig
@@ -307,10 +307,7 @@ def run_generate_ray(
                     return json.loads((out / outputs.MANIFEST).read_text(encoding="utf-8"))
                 describe = _run_blocks(ray, cfg, plan, selection, prompts, probe, out, state, tqdm, on_batch)
                 manifest = _manifest(cfg, out, describe, plan, ray.__version__)
-                if shard_info is not None:
-                    manifest["shard"] = shard_info
-                if cfg.skip_invalid and skipped is not None:
-                    manifest["input"] = skipped_record(cfg, skipped)
+                manifest.update(run_extras(cfg, shard_info, skipped))
                 finish_run(out, state, manifest)
                 return manifest
             except BaseException as e:
