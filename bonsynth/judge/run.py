@@ -158,6 +158,25 @@ def proxy_keys(cands: list[dict], length_normalize: bool) -> list[float | None]:
     return keys
 
 
+def usable_prompts(path: Path, length_normalize: bool, counts: dict) -> Iterator[tuple[dict, list[tuple[int, float]]]]:
+    """Each prompt row with its candidates that have a finite proxy key, as (index, key); skipped prompts,
+    null proxy rewards and prompts left with nothing are counted into `counts`, never judged."""
+    for _, row in iter_candidate_rows(path):
+        counts["prompts"] += 1
+        cands = row["candidates"]
+        counts["candidates"] += len(cands)
+        if row.get("skipped") or not cands:
+            counts["prompts_skipped"] += 1
+            continue
+        keys = proxy_keys(cands, length_normalize)
+        kept = [(i, k) for i, k in enumerate(keys) if k is not None and math.isfinite(k)]
+        counts["null_proxy_reward"] += len(cands) - len(kept)
+        if not kept:
+            counts["prompts_without_scored_candidates"] += 1
+            continue
+        yield row, kept
+
+
 def check_judge_sources(cfg: JudgeConfig) -> None:
     """Fail fast, before any model loads: a missing judge directory, pickle-only weights, a bad template."""
     from bonsynth.models import check_model_source
@@ -235,19 +254,8 @@ def _scored_prompts(cfg: JudgeConfig, manifest: dict, scorer, counts: dict) -> l
         prompts.clear()
         texts.clear()
 
-    for _, row in iter_candidate_rows(path):
-        counts["prompts"] += 1
-        cands = row["candidates"]
-        counts["candidates"] += len(cands)
-        if row.get("skipped") or not cands:
-            counts["prompts_skipped"] += 1
-            continue
-        keys = proxy_keys(cands, length_normalize)
-        kept = [(k, c["text"]) for k, c in zip(keys, cands, strict=True) if k is not None and math.isfinite(k)]
-        counts["null_proxy_reward"] += len(cands) - len(kept)
-        if not kept:
-            counts["prompts_without_scored_candidates"] += 1
-            continue
+    for row, kept in usable_prompts(path, length_normalize, counts):
+        kept = [(k, row["candidates"][i]["text"]) for i, k in kept]
         pending.append(([k for k, _ in kept], row["prompt"]))
         prompts.extend([row["prompt"]] * len(kept))
         texts.extend(t for _, t in kept)
@@ -315,19 +323,8 @@ def _pairwise_wins(cfg: JudgeConfig, manifest: dict, judge, counts: dict) -> lis
         items.clear()
 
     pending = 0
-    for _, row in iter_candidate_rows(path):
-        counts["prompts"] += 1
+    for row, kept in usable_prompts(path, length_normalize, counts):
         cands = row["candidates"]
-        counts["candidates"] += len(cands)
-        if row.get("skipped") or not cands:
-            counts["prompts_skipped"] += 1
-            continue
-        keys = proxy_keys(cands, length_normalize)
-        kept = [(i, k) for i, k in enumerate(keys) if k is not None and math.isfinite(k)]
-        counts["null_proxy_reward"] += len(cands) - len(kept)
-        if not kept:
-            counts["prompts_without_scored_candidates"] += 1
-            continue
         pick = kept[estimator.proxy_pick([k for _, k in kept])][0]
         others = [(i, cands[i]["text"]) for i, _ in kept if i != pick]
         items.append((row["prompt"], cands[pick]["text"], others))
