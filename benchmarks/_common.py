@@ -257,3 +257,22 @@ def publish(key: str, block: list[str], args: Any) -> None:
     print(text)
     if not (args.quick or args.no_write):
         write_section(key, text)
+
+
+def bonsynth_cli(args: list[str], timings: dict[str, float], step: str, env: dict[str, str] | None = None) -> str:
+    """Run `bonsynth ARGS` in a child process, as a user would: stdout back, stderr streamed, wall time to `timings`.
+
+    A failing step stops the benchmark with the step's name and command, never a half-filled result table.
+    """
+    import subprocess
+
+    cmd = [sys.executable, "-m", "bonsynth.cli", *args]
+    print(f"[{step}] bonsynth {' '.join(args)}", file=sys.stderr, flush=True)
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO,
+                          env=None if env is None else {**os.environ, **env})
+    timings[step] = timings.get(step, 0.0) + time.perf_counter() - t
+    if proc.returncode != 0:
+        raise SystemExit(f"[{step}] failed with exit code {proc.returncode}: {' '.join(cmd)}")
+    print(f"[{step}] done in {timings[step]:.0f} s", file=sys.stderr, flush=True)
+    return proc.stdout

@@ -39,7 +39,6 @@ import json
 import os
 import random
 import shutil
-import subprocess
 import sys
 import tempfile
 import time
@@ -161,19 +160,6 @@ def results_table(acc: dict[str, dict[str, float]], auc: dict[str, float | None]
 # ---- the run -------------------------------------------------------------------------------------------------
 
 
-def _cli(args: list[str], timings: dict[str, float], step: str) -> str:
-    """Run `bonsynth ARGS` as a user would; stdout back, stderr streamed; the wall time goes to `timings`."""
-    cmd = [sys.executable, "-m", "bonsynth.cli", *args]
-    print(f"[{step}] bonsynth {' '.join(args)}", file=sys.stderr, flush=True)
-    t = time.perf_counter()
-    proc = subprocess.run(cmd, stdout=subprocess.PIPE, text=True, cwd=REPO)
-    timings[step] = timings.get(step, 0.0) + time.perf_counter() - t
-    if proc.returncode != 0:
-        raise SystemExit(f"[{step}] failed with exit code {proc.returncode}: {' '.join(cmd)}")
-    print(f"[{step}] done in {timings[step]:.0f} s", file=sys.stderr, flush=True)
-    return proc.stdout
-
-
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--base", default="demo:smollm2", help="model to slice (default demo:smollm2)")
@@ -190,7 +176,8 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--out-md", type=Path, default=None, help="also append the result block to this file")
     args = ap.parse_args(argv)
 
-    from _common import command, machine  # benchmarks/ is on sys.path when run as a script
+    from _common import bonsynth_cli as _cli  # benchmarks/ is on sys.path when run as a script
+    from _common import command, machine
 
     cmdline = command()
     loads = [os.getloadavg()[0]]

@@ -178,7 +178,7 @@ def test_judge_cli_recomputes_from_candidates(run_dir, tmp_path, tiny_rm2_dir):
     assert [c["n"] for c in rep["curve"]] == [1, 2, 4, 6]
     for c in rep["curve"]:
         brute = np.mean([_brute(p, g, c["n"]) for p, g in per], axis=0)
-        assert (c["proxy_mean"], c["gold_mean"], c["gold_oracle"]) == pytest.approx(tuple(brute), abs=1e-5)
+        assert (c["proxy_mean"], c["gold_mean"], c["oracle_gold_mean"]) == pytest.approx(tuple(brute), abs=1e-5)
         per_prompt = [_brute(p, g, c["n"])[1] for p, g in per]
         assert c["gold_se"] == pytest.approx(np.std(per_prompt, ddof=1) / math.sqrt(10), abs=1e-5)
         assert c["kl_bound"] == pytest.approx(math.log(c["n"]) - (c["n"] - 1) / c["n"])
@@ -344,7 +344,7 @@ def test_llm_judge_pointwise_counts_unparsable_and_keeps_the_key_secret(run_dir,
             per.append(([p for p, _ in kept], [float(g) for _, g in kept]))
     for c in rep["curve"]:
         brute = np.mean([_brute(p, g, min(c["n"], len(p))) for p, g in per], axis=0)
-        assert (c["proxy_mean"], c["gold_mean"], c["gold_oracle"]) == pytest.approx(tuple(brute), abs=1e-9)
+        assert (c["proxy_mean"], c["gold_mean"], c["oracle_gold_mean"]) == pytest.approx(tuple(brute), abs=1e-9)
     # The default template was filled with the prompt and the candidate; the requests were sent with the key.
     assert any(rows[0]["candidates"][0]["text"] in s and rows[0]["prompt"] in s for s in seen)
     assert all(q["authorization"] == f"Bearer {SECRET}" for q in llm_server.requests)

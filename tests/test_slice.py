@@ -170,3 +170,28 @@ def test_slice_errors_exit_2(tok, tmp_path, monkeypatch, capsys, layers, message
     assert e.value.code == 2 and message in err and "Traceback" not in err
     assert not (tmp_path / "s").exists()
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
+
+
+def _slice_cli(monkeypatch, *args: str) -> int:
+    monkeypatch.setattr(sys, "argv", ["bonsynth", "rm", "slice", *args])
+    try:
+        run_guarded(_group())
+    except SystemExit as e:
+        return e.code
+    return 0
+
+
+def test_slice_refuses_a_non_empty_out_unless_overwrite(tok, tmp_path, monkeypatch, capsys):
+    """A rerun (a benchmark, a script) must not silently mix two models' files: refuse, or replace whole."""
+    base = save_model(tiny_causal_lm(tok, seed=1, n_layer=3, n_embd=16, n_head=2, n_positions=32), tok, tmp_path / "b")
+    out = tmp_path / "s"
+    assert _slice_cli(monkeypatch, "--base", str(base), "--layers", "0:2", "--out", str(out)) == 0
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 2
+    capsys.readouterr()
+    assert _slice_cli(monkeypatch, "--base", str(base), "--layers", "0:1", "--out", str(out)) == 2
+    err = capsys.readouterr().err
+    assert "--overwrite" in err and "Traceback" not in err
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 2  # untouched
+    assert _slice_cli(monkeypatch, "--base", str(base), "--layers", "0:1", "--out", str(out), "--overwrite") == 0
+    assert json.loads((out / "config.json").read_text())["n_layer"] == 1
+    _check_kept_weights(base, out, "h", 0, 1)

@@ -33,8 +33,9 @@ def rm() -> None:
 @click.option("--base", required=True, help="Path or hub id of a causal LM or encoder.")
 @click.option("--layers", required=True, help="Layer range to keep, START:END (END exclusive), e.g. 0:8.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
+@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (once the new model is complete).")
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
-def slice_cmd(base: str, layers: str, out: Path, trust_remote_code: bool) -> None:
+def slice_cmd(base: str, layers: str, out: Path, overwrite: bool, trust_remote_code: bool) -> None:
     """Keep a range of layers of a model and save it (same code as a mergekit passthrough merge).
 
     \b
@@ -43,7 +44,7 @@ def slice_cmd(base: str, layers: str, out: Path, trust_remote_code: bool) -> Non
     """
     from bonsynth.rm.slice import slice_model
 
-    info = slice_model(base, layers, out, trust_remote_code=trust_remote_code)
+    info = slice_model(base, layers, out, overwrite=overwrite, trust_remote_code=trust_remote_code)
     click.echo(f"wrote {out} ({info['num_layers']} layers, {info['num_parameters'] / 1e6:.1f}M parameters)")
 
 

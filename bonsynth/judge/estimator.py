@@ -136,7 +136,7 @@ def curve(prompts: Sequence[tuple[Sequence[float], Sequence[float]]], n_max: int
             "kl_bound": math.log(n) - (n - 1) / n,
             "proxy_mean": float(col[:, 0].mean()),
             "gold_mean": float(col[:, 1].mean()),
-            "gold_oracle": float(col[:, 2].mean()),
+            "oracle_gold_mean": float(col[:, 2].mean()),
             "proxy_se": _se(col[:, 0]),
             "gold_se": _se(col[:, 1]),
             "gold_gain": float((col[:, 1] - table[:, 0, 1]).mean()),

@@ -44,7 +44,7 @@ def markdown(report: dict) -> str:
         ]
         for r in report["curve"]:
             lines.append(f"| {r['n']} | {r['kl_bound']:.3f} | {_f(r['proxy_mean'])} | {_f(r['gold_mean'])} | "
-                         f"{_f(r['gold_se'], 2)} | {_f(r['gold_oracle'])} |")
+                         f"{_f(r['gold_se'], 2)} | {_f(r['oracle_gold_mean'])} |")
     lines += ["", "Counts: " + ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in report["counts"].items()), ""]
     lines += ["Exact expectations over all size-n subsets of each prompt's candidates (no sampling); "
               "proxy = the run's --reward, gold = the judge.", ""]
@@ -81,7 +81,7 @@ def plot(report: dict, path: Path) -> None:
         gold = [r["gold_mean"] for r in rows]
         se = [r["gold_se"] or 0.0 for r in rows]
         ax.errorbar(x, gold, yerr=se, marker="o", color="tab:blue", label="gold: judge of the proxy's pick")
-        ax.plot(x, [r["gold_oracle"] for r in rows], ls="--", color="tab:green", label="gold oracle (judge's own pick)")
+        ax.plot(x, [r["oracle_gold_mean"] for r in rows], ls="--", color="tab:green", label="gold oracle (judge's own pick)")
         ax.set_xlabel("sqrt(KL bound) = sqrt(log n - (n-1)/n)")
         ax.set_ylabel(f"judge reward ({report['judge']['name']})")
         for xi, r in zip(x, rows, strict=True):

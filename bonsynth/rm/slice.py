@@ -43,8 +43,11 @@ def slice_config(base: str, start: int, end: int) -> dict[str, Any]:
     }
 
 
-def slice_model(base: str, layers: str, out: str | Path, *, trust_remote_code: bool = False) -> dict[str, Any]:
+def slice_model(base: str, layers: str, out: str | Path, *, overwrite: bool = False,
+                trust_remote_code: bool = False) -> dict[str, Any]:
     """Keep layers START:END of `base` and save model, config and tokenizer to `out`.
+
+    A non-empty `out` is refused unless `overwrite`; the new directory replaces it only once complete.
 
     Returns the merge summary, whose `num_layers` and `num_parameters` describe the sliced model.
     """
@@ -56,5 +59,5 @@ def slice_model(base: str, layers: str, out: str | Path, *, trust_remote_code: b
     start, end = parse_layers(layers)
     data = slice_config(base, start, end)
     cfg = parse_config(data, "slice")
-    return merge_config(cfg, out, trust_remote_code=trust_remote_code, require_tokenizer=True,
+    return merge_config(cfg, out, overwrite=overwrite, trust_remote_code=trust_remote_code, require_tokenizer=True,
                         config_text=yaml.safe_dump(data, sort_keys=False))
