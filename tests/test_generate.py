@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import signal
@@ -105,6 +106,37 @@ def test_hf_backend_per_prompt_seeding_and_finish_reasons(tiny_policy_dir):
     greedy = be.generate(recs[:1], SamplingConfig(n=2, max_new_tokens=6, temperature=0.0))
     assert greedy[0].completions[0].text == greedy[0].completions[1].text
 
+
+
+def test_hf_backend_prefills_each_prompt_once_same_samples(tiny_policy_dir, monkeypatch):
+    """The prompt is run through the model once per prompt, not once per sample, and the samples are the ones
+    `num_return_sequences` (every sample prefilled on its own) gives: mixed lengths, left padding, stop strings."""
+    from bonsynth.generate.backends.hf import HFBackend
+
+    be = HFBackend(str(tiny_policy_dir), device="cpu", batch_size=4)
+    recs = _mixed_prompts([3, 9, 17, 5, 12])
+    for sampling in (SamplingConfig(n=4, max_new_tokens=7, seed=5, temperature=0.9, top_p=0.9),
+                     SamplingConfig(n=3, max_new_tokens=7, seed=2, stop=("e",))):
+        shapes: list[tuple[int, int]] = []
+        forward = be.model.forward
+
+        @functools.wraps(forward)  # keeps the signature the backend inspects
+        def spy(*args, _forward=forward, _shapes=shapes, **kw):
+            _shapes.append(tuple(kw["input_ids"].shape))
+            return _forward(*args, **kw)
+
+        monkeypatch.setattr(be.model, "forward", spy)
+        once = be.generate(recs, sampling)
+        prompt_rows = [rows for rows, width in shapes if width > 1]
+        assert prompt_rows and all(rows <= be.batch_size for rows in prompt_rows)  # prompts, never prompts x n
+        assert sum(prompt_rows) == len(recs)
+        monkeypatch.setattr(be.model, "forward", forward)
+        monkeypatch.setattr(HFBackend, "_prefill_once", lambda self, ids, mask, n: None)  # every sample prefilled
+        each = be.generate(recs, sampling)
+        monkeypatch.undo()
+        assert [[(c.text, c.finish_reason, c.num_tokens) for c in r.completions] for r in once] == \
+            [[(c.text, c.finish_reason, c.num_tokens) for c in r.completions] for r in each]
+        assert len({c.text for r in once for c in r.completions}) > len(recs)  # real sampling, not one reply
 
 
 def _mixed_prompts(word_counts: list[int], seed: int = 3) -> list:

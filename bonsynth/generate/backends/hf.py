@@ -1,4 +1,8 @@
-"""transformers backend: `generate` over batches of prompts, left padding, `num_return_sequences=n`.
+"""transformers backend: `generate` over batches of prompts, left padding, n samples per prompt.
+
+Each prompt is prefilled once: one forward pass over the batch's prompts fills the KV cache, which is then
+repeated n times for the n samples, so the prompt's tokens are not recomputed per sample (what
+`num_return_sequences=n` does). Best-of-N prompts are often several times longer than the replies.
 
 Sampling is made batch-independent: a logits processor draws each row's token by the Gumbel-max trick
 from that row's own generator (seeded from the run seed, the prompt id and the sample index), then hands
@@ -255,6 +259,12 @@ class HFBackend(GenerationBackend):
         if sampling.stop:
             gen_kw.update(stop_strings=list(sampling.stop), tokenizer=tok)
         with torch.inference_mode():
+            cache = self._prefill_once(input_ids_t, mask_t, n) if n > 1 and width > 1 else None
+            if cache is not None:
+                # the cache holds every prompt token but the last; generate feeds that one and samples on
+                gen_kw.update(input_ids=input_ids_t.repeat_interleave(n, dim=0),
+                              attention_mask=mask_t.repeat_interleave(n, dim=0),
+                              num_return_sequences=1, past_key_values=cache)
             out = self.model.generate(**gen_kw)
         new_tokens = out[:, width:].tolist()
 
@@ -266,6 +276,23 @@ class HFBackend(GenerationBackend):
             results.append(GenerationResult(prompt_text=encoded[i].text, prompt_tokens=len(encoded[i].ids),
                                             completions=tuple(comps), prompt_truncated=encoded[i].too_long))
         return results
+
+    def _prefill_once(self, input_ids, mask, n: int):
+        """The KV cache of each prompt but its last token, computed once and repeated n times (row i*n+j is
+        prompt i's sample j, the order `num_return_sequences` uses); None where the model cannot take it."""
+        import inspect
+
+        if "position_ids" not in inspect.signature(self.model.forward).parameters:
+            return None
+        # left padding: positions count real tokens only, as generate computes them from the mask
+        positions = (mask.cumsum(-1) - 1).clamp_min(0)
+        out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
+                         position_ids=positions[:, :-1], use_cache=True)
+        cache = getattr(out, "past_key_values", None)
+        if cache is None or not hasattr(cache, "batch_repeat_interleave"):
+            return None
+        cache.batch_repeat_interleave(n)
+        return cache
 
     def _decode(self, ids: list[int], sampling: SamplingConfig, eos: int | None, pad: int | None) -> Completion:
         finish = "length"
