@@ -31,11 +31,13 @@ from bonsynth.errors import BonsynthError
 
 DEMO_VERSION = "1"
 DATA_FILES = ("prompts.jsonl", "pairs.jsonl")
-# The quickstart's real models: policy, RM base and the RM recipe (part of the RM's cache key).
+# The quickstart's real models: policy, RM base and the RM recipe (part of the RM's cache key). Half the pairs
+# train and half measure: the task is easy (1.000 held-out accuracy from 576 training pairs, and from 320), so
+# the smaller training set costs no accuracy, halves the training time and gives a 5x larger held-out set.
 QUICKSTART_POLICY = "demo:smollm2"
 QUICKSTART_RM_BASE = "demo:minilm"
 QUICKSTART_RM_RECIPE = {"layers": "0:3", "epochs": 1.0, "lr": 2e-4, "batch_size": 16, "max_length": 128,
-                        "eval_split": 0.1, "seed": 0, "version": 1}
+                        "eval_split": 0.5, "seed": 0, "version": 2}
 # Sampling: enough prompts and tokens to see best-of-N work, small enough for about a minute on 2 CPU cores.
 QUICKSTART_DEFAULTS = {"n": 4, "limit": 16, "max_new_tokens": 48, "temperature": 0.8, "top_p": 0.95}
 
