@@ -281,3 +281,23 @@ def test_text_classification_pipeline_agrees(tok, models, tmp_path):
         by_label = {s["label"]: s["score"] for s in scores}
         p_good.append(by_label["LABEL_1"])
     assert RewardModel.load(out).probability(texts) == pytest.approx(p_good, abs=1e-5)
+
+
+def test_long_texts_raise_no_tokenizer_length_warning(tok, models, caplog):
+    """bonsynth truncates itself (keeping the response), so transformers' "sequence length is longer than the
+    specified maximum" warning is noise that a user would read as a problem: it must not be printed."""
+    import copy
+
+    import transformers
+
+    short_tok = copy.deepcopy(tok)
+    short_tok.model_max_length = 24
+    rm = RewardModel.from_model(models[1], short_tok, max_length=24)
+    transformers.logging.enable_propagation()
+    try:
+        with caplog.at_level("WARNING"):
+            rewards = rm.score([("blah " * 50, " Paris is the capital.")])
+    finally:
+        transformers.logging.disable_propagation()
+    assert len(rewards) == 1 and math.isfinite(rewards[0])
+    assert not [r for r in caplog.records if "longer than the specified maximum" in r.getMessage()]

@@ -422,7 +422,7 @@ class RewardModel:
     def _tokenize(self, texts: list[str]) -> list[list[int]]:
         if not texts:
             return []
-        return self.tokenizer(texts, add_special_tokens=False)["input_ids"]
+        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # we truncate
 
     def _assemble(self, prompt: list[int], response: list[int]) -> Encoded:
         prefix, suffix = self._prefix, self._suffix

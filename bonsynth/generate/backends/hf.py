@@ -217,7 +217,7 @@ class HFBackend(GenerationBackend):
             text = render_prompt(r.prompt, tok)
             # Chat templates already carry BOS and friends; plain prompts get the tokenizer's usual specials.
             templated = r.is_chat and has_chat_template(tok)
-            ids = tok(text, add_special_tokens=not templated)["input_ids"]
+            ids = tok(text, add_special_tokens=not templated, verbose=False)["input_ids"]  # truncated below
             too_long = len(ids) > budget
             if too_long and sampling.long_prompt != "skip":
                 ids = ids[-budget:]
