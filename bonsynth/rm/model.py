@@ -43,6 +43,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bonsynth.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.data.chat import render_pair
 from bonsynth.errors import BonsynthError
 from bonsynth.models import (
@@ -54,7 +55,6 @@ from bonsynth.models import (
     resolve_device,
     resolve_dtype,
 )
-from bonsynth.rm.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.rm.meta import META_FILE, RMMeta
 
 log = logging.getLogger(__name__)
