@@ -537,3 +537,37 @@ def test_python_dash_m_cli_exit_code(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_internal_error_exits_1_asking_for_a_report(zoo, tmp_path, monkeypatch, capsys):
+    """A broken invariant of bonsynth's own (a method returning the wrong shape) is a bug, not a user error."""
+    from bonsynth.merge.methods import get_method
+
+    monkeypatch.setattr(get_method("linear"), "merge", lambda group: torch.zeros(1))
+    cfg = _write(tmp_path, {"merge_method": "linear", "models": [{"model": zoo["lm1"], "parameters": {"weight": 1}},
+                                                               {"model": zoo["lm2"], "parameters": {"weight": 1}}]})
+    out = tmp_path / "out" / "merged"
+    code, err = run_cli(["merge", str(cfg), str(out)], monkeypatch, capsys)
+    assert code == 1, err
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(r"error: internal: merged '.+' has shape \(1,\), expected \(.+\) \(this is a bug in bonsynth, "
+                        r"not in your input; please report it with the command you ran\)", errors[0]), errors[0]
+    assert not out.exists()
+
+
+def test_user_errors_still_exit_2_and_internal_ones_1(monkeypatch, capsys):
+    from bonsynth.errors import BonsynthError, ConfigError, InternalError
+
+    for exc, code, text in [(ConfigError("bad key"), 2, "error: bad key"),
+                            (BonsynthError("no model"), 2, "error: no model"),
+                            (InternalError("x != y"), 1, "error: internal: x != y (this is a bug in bonsynth")]:
+        @click.command("boom")
+        def boom(exc=exc):
+            raise exc
+
+        monkeypatch.setattr(sys, "argv", ["bonsynth", "boom"])
+        with pytest.raises(SystemExit) as e:
+            run_guarded(click.Group("bonsynth", commands={"boom": boom}))
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.startswith(text) and len(err.splitlines()) == 1, err

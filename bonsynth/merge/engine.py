@@ -25,7 +25,7 @@ import torch
 import yaml
 
 from bonsynth.data.yaml_io import parse_yaml
-from bonsynth.errors import BonsynthError, ConfigError
+from bonsynth.errors import BonsynthError, ConfigError, InternalError
 from bonsynth.merge import heads as H
 from bonsynth.merge.config import _NO_VALUE, MergeConfig, load_config, normalize_dtype, resolve
 from bonsynth.merge.io import ModelSource, ShardWriter, copy_tokenizer, parse_size, resolve_model_dir
@@ -318,7 +318,7 @@ class _Executor:
                                 p.shared, self.seed)
             result = self.method.merge(group)
         if tuple(result.shape) != p.shape:
-            raise BonsynthError(f"internal: merged '{p.out_name}' has shape {tuple(result.shape)}, expected {p.shape}")
+            raise InternalError(f"merged '{p.out_name}' has shape {tuple(result.shape)}, expected {p.shape}")
         return result.to(dtype=self.out_dtype or compute)
 
 
