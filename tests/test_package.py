@@ -24,7 +24,7 @@ def test_generate_exports_its_public_names():
     assert (gen.BestOfN, gen.GenerateConfig, gen.run_generate) == (BestOfN, GenerateConfig, run_generate)
     for name in gen.__all__:
         assert getattr(gen, name) is not None
-    assert importlib.import_module("bonsynth.generate.outputs").dumps_row  # submodules still import as before
+    assert importlib.import_module("bonsynth.generate.outputs").row_bytes  # submodules still import as before
 
 
 def test_importing_generate_stays_cheap():
@@ -42,3 +42,38 @@ def test_declared_package_data_exists():
     missing = [f"{pkg}/{pattern}" for pkg, patterns in data.items() for pattern in patterns
                if not list((ROOT / pkg.replace(".", "/")).glob(pattern))]
     assert not missing
+
+
+def test_one_spelling_normalize_in_identifiers():
+    """Code says `normalize` (as `data/normalize.py` and merge's `normalize` do); British prose in docstrings
+    and comments is left alone."""
+    import ast
+
+    found = []
+    for path in sorted((ROOT / "bonsynth").rglob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text(encoding="utf-8"))):
+            names = []
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef, ast.ClassDef)):
+                names.append(node.name)
+            elif isinstance(node, ast.Name):
+                names.append(node.id)
+            elif isinstance(node, ast.Attribute):
+                names.append(node.attr)
+            elif isinstance(node, ast.arg):
+                names.append(node.arg)
+            elif isinstance(node, ast.keyword) and node.arg:
+                names.append(node.arg)
+            elif isinstance(node, ast.alias):
+                names.append(node.asname or node.name)
+            elif isinstance(node, ast.Dict):  # keys written to files or read from configs
+                names.extend(k.value for k in node.keys if isinstance(k, ast.Constant) and isinstance(k.value, str))
+            found.extend(f"{path.relative_to(ROOT)}:{node.lineno}: {n}" for n in names if "normalis" in n.lower())
+    assert not found
+
+
+def test_one_finish_reason_rule_for_every_backend():
+    from bonsynth.generate.backends import base, openai_backend, vllm_backend
+
+    assert openai_backend.normalize_finish_reason is vllm_backend.normalize_finish_reason is base.normalize_finish_reason
+    assert [base.normalize_finish_reason(r) for r in ("length", "max_tokens", "stop", "abort", None)] == [
+        "length", "length", "stop", "stop", "stop"]

@@ -398,7 +398,7 @@ class RewardModel:
 
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
         """Token ids for `items` (whole texts, or (prompt, response) pairs), truncated to `max_length`."""
-        kind, rows = _normalise_items(items)
+        kind, rows = _normalize_items(items)
         if not rows:
             return []
         if kind == "text":
@@ -761,7 +761,7 @@ def _is_prompt(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
 
 
-def _normalise_items(items: Sequence[Any]) -> tuple[str, list]:
+def _normalize_items(items: Sequence[Any]) -> tuple[str, list]:
     """('text', [str]) or ('pair', [(prompt, response)]); anything else is a user error."""
     if isinstance(items, (str, bytes, dict)):
         raise BonsynthError("score() takes a list of texts or of (prompt, response) pairs, not a single value")

@@ -26,7 +26,13 @@ from typing import Any
 from bonsynth.data.chat import has_chat_template, render_prompt
 from bonsynth.data.records import PromptRecord
 from bonsynth.errors import ConfigError
-from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
+from bonsynth.generate.backends.base import (
+    Completion,
+    GenerationBackend,
+    GenerationResult,
+    SamplingConfig,
+    normalize_finish_reason,
+)
 from bonsynth.generate.seeding import prompt_seed
 from bonsynth.vllm_engine import (
     LazyLLM,
@@ -42,11 +48,6 @@ from bonsynth.vllm_engine import (
 log = logging.getLogger(__name__)
 
 HF_BACKEND_HINT = "--backend hf (the transformers backend)"
-
-
-def normalise_finish_reason(reason: str | None) -> str:
-    """vLLM says 'stop' (EOS / stop string), 'length', or 'abort'; bonsynth keeps 'stop' and 'length'."""
-    return "length" if reason == "length" else "stop"
 
 
 class VLLMBackend(GenerationBackend):
@@ -193,7 +194,7 @@ class VLLMBackend(GenerationBackend):
             completions=tuple(
                 Completion(
                     text=c.text,
-                    finish_reason=normalise_finish_reason(c.finish_reason),
+                    finish_reason=normalize_finish_reason(c.finish_reason),
                     num_tokens=len(c.token_ids),
                 )
                 for c in comps
