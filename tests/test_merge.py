@@ -571,3 +571,32 @@ def test_user_errors_still_exit_2_and_internal_ones_1(monkeypatch, capsys):
             run_guarded(click.Group("bonsynth", commands={"boom": boom}))
         err = capsys.readouterr().err
         assert e.value.code == code and err.startswith(text) and len(err.splitlines()) == 1, err
+
+
+def test_allow_unsafe_weights_is_merges_opt_in_too(zoo, tmp_path, monkeypatch, capsys):
+    """One name for the pickle opt-in: `--allow-unsafe-weights`; `--allow-pickle` still works, deprecated and hidden."""
+    model_dir = tmp_path / "pickled"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(Path(zoo["lm1"], "config.json").read_text())
+    torch.save(load_file(str(Path(zoo["lm1"]) / "model.safetensors")), model_dir / "pytorch_model.bin")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / f).write_text(Path(zoo["lm1"], f).read_text())
+    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": str(model_dir)}]})
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o1")], monkeypatch, capsys)
+    assert code == 2 and "opt in with --allow-unsafe-weights" in err and not (tmp_path / "o1").exists()
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o2"), "--allow-unsafe-weights"], monkeypatch, capsys)
+    assert code == 0 and "deprecated" not in err, err
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o3"), "--allow-pickle"], monkeypatch, capsys)
+    assert code == 0 and "note: --allow-pickle is deprecated; use --allow-unsafe-weights" in err, err
+    from click.testing import CliRunner
+
+    from bonsynth.cli.merge import merge
+
+    shown = CliRunner().invoke(merge, ["--help"]).output
+    assert "--allow-unsafe-weights" in shown and "--allow-pickle" not in shown
+
+    from bonsynth.merge import run_merge
+
+    with pytest.warns(DeprecationWarning, match="allow_unsafe_weights"):
+        run_merge(cfg, tmp_path / "o4", allow_pickle=True)
+    assert (tmp_path / "o4" / "model.safetensors").is_file()

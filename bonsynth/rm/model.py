@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -46,6 +45,7 @@ from typing import Any
 from bonsynth.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.data.chat import render_pair
 from bonsynth.errors import BonsynthError
+from bonsynth.modelref import is_hub_id
 from bonsynth.models import (
     TOKENIZER_FILES,
     check_remote_code,
@@ -58,7 +58,6 @@ from bonsynth.models import (
 from bonsynth.rm.meta import META_FILE, RMMeta
 
 log = logging.getLogger(__name__)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MAX_DEFAULT_LENGTH = 4096
 PrefixMode = bool | str  # True, False or "auto"
 
@@ -155,7 +154,7 @@ def _tokenizer_source(path: Path, meta: RMMeta | None) -> str:
 
 def _cached_tokenizer(name: str) -> bool:
     """Whether a hub id's tokenizer is in the local cache (never a download)."""
-    if not _maybe_hub_id(name):
+    if not is_hub_id(name):
         return False
     try:
         from transformers import AutoTokenizer
@@ -255,7 +254,7 @@ class RewardModel:
         local = p.exists()
         if local and not p.is_dir():
             raise BonsynthError(f"model not found: {path} (not a directory)")
-        if not local and not _maybe_hub_id(str(path)):
+        if not local and not is_hub_id(str(path)):
             raise BonsynthError(f"model not found: {path}")
         meta = None
         if local:
@@ -734,13 +733,6 @@ def _check_budget(token_budget: int | None) -> int | None:
     if token_budget is not None and token_budget < 1:
         raise BonsynthError(f"token budget must be a positive number of tokens, got {token_budget}")
     return token_budget
-
-
-def _maybe_hub_id(name: str) -> bool:
-    """`owner/name` or `name` that is not a local path (`runs/rm` with an existing `runs/` is a local path)."""
-    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
-        return False
-    return "/" not in name or not Path(name.split("/")[0]).is_dir()
 
 
 def _halves(batch: list[int]) -> list[list[int]]:

@@ -22,7 +22,8 @@ from types import SimpleNamespace
 from typing import Any
 
 from bonsynth.errors import BonsynthError
-from bonsynth.models import check_model_source, dtype_name, resolve_dtype
+from bonsynth.modelref import ModelRef
+from bonsynth.models import dtype_name, resolve_dtype
 from bonsynth.rm.meta import RMMeta
 from bonsynth.rm.model import RewardModel, _special_affixes
 from bonsynth.vllm_engine import (
@@ -71,17 +72,11 @@ class VLLMRewardScorer:
         allow_unsafe_weights: bool = False,
         **engine_kw: Any,
     ) -> None:
-        from pathlib import Path
-
         from transformers import AutoConfig, AutoTokenizer
 
-        from bonsynth.modelref import resolve_model_ref
-
         import_vllm()
-        self.path = resolve_model_ref(str(path))
-        local = Path(self.path).exists()
-        if local:
-            check_model_source(self.path, what="reward model", allow_unsafe_weights=allow_unsafe_weights)
+        ref = ModelRef.parse(str(path), what="reward model", allow_unsafe_weights=allow_unsafe_weights)
+        self.path, local = ref.location, ref.local
         try:
             config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
