@@ -30,7 +30,6 @@ TOKENIZER_FILES = (
 )
 
 
-
 def parse_size(value: str | int) -> int:
     """Shard size: an int, or a number with K/M/B (thousand, million, billion, as mergekit) or KB/MB/GB/KiB/MiB/GiB."""
     if isinstance(value, int):
