@@ -1,7 +1,8 @@
 """User-facing errors.
 
 Anything a user can cause (bad input, bad config, a missing model) raises a `BonsynthError`. The CLI turns it
-into one clear line on stderr and exit code 2, never a traceback.
+into one clear line on stderr and exit code 2, never a traceback. A broken invariant of bonsynth's own raises
+`InternalError` instead: one line that asks for a bug report, and exit code 1, since no input would fix it.
 """
 
 from __future__ import annotations
@@ -16,6 +17,22 @@ class BonsynthError(Exception):
     """An error caused by the user's input or configuration (exit code 2)."""
 
     exit_code = 2
+
+
+class InternalError(BonsynthError):
+    """A bonsynth bug (an invariant of its own broke), not the user's doing: exit code 1 and a bug-report request.
+
+    A `BonsynthError` subclass so that every handler that cleans up after a failed run still does; the CLI
+    tells it apart by its exit code and adds `REPORT_HINT`.
+    """
+
+    exit_code = 1
+
+    def __init__(self, message: str) -> None:
+        super().__init__(f"internal: {message}")
+
+
+REPORT_HINT = "this is a bug in bonsynth, not in your input; please report it with the command you ran"
 
 
 class InputError(BonsynthError):

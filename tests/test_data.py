@@ -594,3 +594,22 @@ def test_records_round_trip_through_jsonl(tmp_path):
         assert [r.meta for r in data.records if isinstance(r, PromptRecord)] == [
             r.meta for r in recs if isinstance(r, PromptRecord)
         ]
+
+
+def test_one_dumps_row_for_every_jsonl_file():
+    """`generate` and the loop write through the same encoder as the data writers: one set of rules."""
+    import math
+
+    import numpy as np
+
+    from bonsynth.data.writers import dumps_row
+    from bonsynth.generate import outputs
+
+    assert outputs.dumps_row is dumps_row
+    row = {"text": "café", "r": np.float32(0.5), "ids": np.arange(2)}
+    assert dumps_row(row) == '{"text": "café", "r": 0.5, "ids": [0, 1]}\n'
+    assert dumps_row(row, compact=True) == '{"text":"café","r":0.5,"ids":[0,1]}\n'
+    assert outputs.row_bytes([row, {"n": 1}]) == '{"text":"café","r":0.5,"ids":[0,1]}\n{"n":1}\n'.encode()
+    for bad in (math.nan, math.inf):
+        with pytest.raises(ValueError):
+            dumps_row({"reward": bad})

@@ -204,7 +204,7 @@ def test_disk_full_mid_run_is_one_line_then_resume_is_byte_identical(tmp_path, t
         calls["n"] += 1
         if calls["n"] == 2:  # the second batch: half of it reaches the file, then the disk is full
             fh = self.handles[outputs.CANDIDATES]
-            fh.write(outputs.dumps_row(rows[outputs.CANDIDATES][0])[:17])
+            fh.write(outputs.row_bytes(rows[outputs.CANDIDATES][:1])[:17])
             fh.flush()
             with outputs.io_errors(self.out / outputs.CANDIDATES):
                 raise OSError(errno.ENOSPC, "No space left on device")

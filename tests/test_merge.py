@@ -537,3 +537,66 @@ def test_python_dash_m_cli_exit_code(tmp_path):
     assert res.returncode == 2, res.stderr
     assert res.stderr.startswith("error: ") and "Traceback" not in res.stderr
     assert not (tmp_path / "out").exists()
+
+
+def test_internal_error_exits_1_asking_for_a_report(zoo, tmp_path, monkeypatch, capsys):
+    """A broken invariant of bonsynth's own (a method returning the wrong shape) is a bug, not a user error."""
+    from bonsynth.merge.methods import get_method
+
+    monkeypatch.setattr(get_method("linear"), "merge", lambda group: torch.zeros(1))
+    cfg = _write(tmp_path, {"merge_method": "linear", "models": [{"model": zoo["lm1"], "parameters": {"weight": 1}},
+                                                               {"model": zoo["lm2"], "parameters": {"weight": 1}}]})
+    out = tmp_path / "out" / "merged"
+    code, err = run_cli(["merge", str(cfg), str(out)], monkeypatch, capsys)
+    assert code == 1, err
+    errors = [x for x in err.splitlines() if x.startswith("error:")]
+    assert len(errors) == 1 and "Traceback" not in err, err
+    assert re.fullmatch(r"error: internal: merged '.+' has shape \(1,\), expected \(.+\) \(this is a bug in bonsynth, "
+                        r"not in your input; please report it with the command you ran\)", errors[0]), errors[0]
+    assert not out.exists()
+
+
+def test_user_errors_still_exit_2_and_internal_ones_1(monkeypatch, capsys):
+    from bonsynth.errors import BonsynthError, ConfigError, InternalError
+
+    for exc, code, text in [(ConfigError("bad key"), 2, "error: bad key"),
+                            (BonsynthError("no model"), 2, "error: no model"),
+                            (InternalError("x != y"), 1, "error: internal: x != y (this is a bug in bonsynth")]:
+        @click.command("boom")
+        def boom(exc=exc):
+            raise exc
+
+        monkeypatch.setattr(sys, "argv", ["bonsynth", "boom"])
+        with pytest.raises(SystemExit) as e:
+            run_guarded(click.Group("bonsynth", commands={"boom": boom}))
+        err = capsys.readouterr().err
+        assert e.value.code == code and err.startswith(text) and len(err.splitlines()) == 1, err
+
+
+def test_allow_unsafe_weights_is_merges_opt_in_too(zoo, tmp_path, monkeypatch, capsys):
+    """One name for the pickle opt-in: `--allow-unsafe-weights`; `--allow-pickle` still works, deprecated and hidden."""
+    model_dir = tmp_path / "pickled"
+    model_dir.mkdir()
+    (model_dir / "config.json").write_text(Path(zoo["lm1"], "config.json").read_text())
+    torch.save(load_file(str(Path(zoo["lm1"]) / "model.safetensors")), model_dir / "pytorch_model.bin")
+    for f in ("tokenizer.json", "tokenizer_config.json"):
+        (model_dir / f).write_text(Path(zoo["lm1"], f).read_text())
+    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": str(model_dir)}]})
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o1")], monkeypatch, capsys)
+    assert code == 2 and "opt in with --allow-unsafe-weights" in err and not (tmp_path / "o1").exists()
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o2"), "--allow-unsafe-weights"], monkeypatch, capsys)
+    assert code == 0 and "deprecated" not in err, err
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o3"), "--allow-pickle"], monkeypatch, capsys)
+    assert code == 0 and "note: --allow-pickle is deprecated; use --allow-unsafe-weights" in err, err
+    from click.testing import CliRunner
+
+    from bonsynth.cli.merge import merge
+
+    shown = CliRunner().invoke(merge, ["--help"]).output
+    assert "--allow-unsafe-weights" in shown and "--allow-pickle" not in shown
+
+    from bonsynth.merge import run_merge
+
+    with pytest.warns(DeprecationWarning, match="allow_unsafe_weights"):
+        run_merge(cfg, tmp_path / "o4", allow_pickle=True)
+    assert (tmp_path / "o4" / "model.safetensors").is_file()

@@ -9,10 +9,10 @@ import pytest
 
 torch = pytest.importorskip("torch")
 
+from bonsynth.batching import padded_tokens, token_budget_batches  # noqa: E402
 from bonsynth.data.chat import render_pair  # noqa: E402
 from bonsynth.demo.models import EOS, save_model, tiny_causal_lm, tiny_reward_model, train_tokenizer  # noqa: E402
 from bonsynth.errors import BonsynthError  # noqa: E402
-from bonsynth.rm.batching import padded_tokens, token_budget_batches  # noqa: E402
 from bonsynth.rm.meta import RMMeta  # noqa: E402
 from bonsynth.rm.model import RewardModel  # noqa: E402
 

@@ -1,4 +1,4 @@
-"""What every command shares: user errors become one line on stderr and exit code 2."""
+"""What every command shares: user errors become one line on stderr and exit code 2 (a bonsynth bug: 1)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bonsynth.errors import USER_IO_ERRNOS, BonsynthError, describe_io_error
+from bonsynth.errors import REPORT_HINT, USER_IO_ERRNOS, BonsynthError, InternalError, describe_io_error
 
 
 def run_guarded(group: click.Group) -> None:
@@ -24,7 +24,9 @@ def run_guarded(group: click.Group) -> None:
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
     except BonsynthError as e:
-        click.echo(f"error: {e}", err=True)
+        # user errors exit 2; an InternalError (a bonsynth bug) exits 1 and asks for a report, still one line
+        hint = f" ({REPORT_HINT})" if isinstance(e, InternalError) else ""
+        click.echo(f"error: {e}{hint}", err=True)
         sys.exit(e.exit_code)
     except OSError as e:
         if e.errno not in USER_IO_ERRNOS:

@@ -15,13 +15,15 @@ import click
 @click.option("--out-shard-size", default="5B", show_default=True, help="Max output shard size (e.g. 5B, 500M).")
 @click.option("--dtype", default=None, help="Override the config's dtype for the merge arithmetic.")
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
-@click.option("--allow-pickle", is_flag=True, help="Also read pytorch_model.bin weights (torch.load, weights_only).")
+@click.option("--allow-unsafe-weights", is_flag=True,
+              help="Also read pickle pytorch_model.bin weights (torch.load, weights_only), as in every other command.")
+@click.option("--allow-pickle", is_flag=True, hidden=True, help="Deprecated name of --allow-unsafe-weights.")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists and is not empty.")
 @click.option("--calibrate-data", type=click.Path(path_type=Path), default=None,
               help="Responses to score with the merged RM (any file `rm score` reads): its measured reward mean/std "
                    "go into bonsynth_rm.json (without it they are unmeasured placeholders, 0 / 1).")
 def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str, dtype, trust_remote_code: bool,
-          allow_pickle: bool, overwrite: bool, calibrate_data: Path | None) -> None:
+          allow_unsafe_weights: bool, allow_pickle: bool, overwrite: bool, calibrate_data: Path | None) -> None:
     """Merge models from a mergekit-style YAML (passthrough, linear, task_arithmetic, ties, dare_*, slerp).
 
     Reward models with mixed heads (none, 1-label, 2-label) merge into one scalar reward head.
@@ -32,9 +34,12 @@ def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str
     """
     from bonsynth.merge import run_merge
 
+    if allow_pickle:
+        click.echo("note: --allow-pickle is deprecated; use --allow-unsafe-weights", err=True)
     summary = run_merge(
         config, out, device=device, random_seed=random_seed, out_shard_size=out_shard_size, dtype=dtype,
-        trust_remote_code=trust_remote_code, allow_pickle=allow_pickle, overwrite=overwrite,
+        trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights or allow_pickle,
+        overwrite=overwrite,
         calibrate_data=calibrate_data,
     )
     for note in summary.get("notes", []):

@@ -8,7 +8,6 @@ Row locations: the 1-based line for jsonl, the record index + 1 for everything e
 from __future__ import annotations
 
 import json
-import re
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any, NoReturn
@@ -20,7 +19,6 @@ from bonsynth.errors import InputError
 JSONL_SUFFIXES = (".jsonl", ".ndjson", ".jsonlines")
 JSON_SUFFIXES = (".json",)
 PARQUET_SUFFIXES = (".parquet", ".pq")
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 
 
 def iter_raw_rows(
@@ -161,11 +159,11 @@ def _fail_kind(found_kind: str | None, fields: tuple[str, ...], kind: str, fmt: 
 
 
 def _looks_like_hub_name(source: str) -> bool:
-    """`org/name` or `name`, with no file suffix and no local folder `org/` (then it is a missing local path)."""
+    """`org/name` or `name` by the one Hub-id rule (`is_hub_id`: no local folder `org/`), with no file suffix."""
+    from bonsynth.modelref import is_hub_id
+
     suffixes = (*JSONL_SUFFIXES, *JSON_SUFFIXES, *PARQUET_SUFFIXES)
-    if not _HUB_NAME.match(source) or source.lower().endswith(suffixes):
-        return False
-    return "/" not in source or not Path(source).parent.is_dir()
+    return is_hub_id(source) and not source.lower().endswith(suffixes)
 
 
 def _iter_jsonl(path: Path) -> Iterator[tuple[Location, dict | InputError]]:

@@ -6,7 +6,7 @@
   call returned for is on disk. A crash *during* a write can leave a torn last line; `repair_jsonl_tail`
   cuts it off. To resume: `repair_jsonl_tail(path)`, read what is done (`iter_raw_rows`), append the rest.
 
-Rows are JSON objects with `ensure_ascii=False` (UTF-8 text stays readable).
+Rows are JSON objects encoded by `dumps_row` (UTF-8 text stays readable, NaN refused).
 """
 
 from __future__ import annotations
@@ -22,9 +22,16 @@ from typing import IO, Any
 from bonsynth.data.records import BinaryRecord, PairRecord, PromptRecord, RankedGroup, Record
 
 
-def dumps_row(row: dict) -> str:
-    """One JSONL line (with its newline); numpy scalars and arrays become plain JSON values."""
-    return json.dumps(row, ensure_ascii=False, default=_json_default) + "\n"
+def dumps_row(row: dict, *, compact: bool = False) -> str:
+    """One JSONL line (with its newline), the one encoder of every JSONL file bonsynth writes.
+
+    UTF-8 text stays readable; numpy/torch scalars and arrays (and paths) become plain JSON values; a NaN or
+    inf raises, since `NaN` is not JSON and a non-finite value that got this far is a bug (rewards are
+    written as null before they get here). `compact` drops the spaces after `,` and `:` (the large files
+    `generate` and the loop write).
+    """
+    separators = (",", ":") if compact else None
+    return json.dumps(row, ensure_ascii=False, separators=separators, allow_nan=False, default=_json_default) + "\n"
 
 
 def _json_default(value: Any) -> Any:

@@ -20,7 +20,7 @@ from collections.abc import Iterable
 from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
-from bonsynth.data.writers import write_text_atomic
+from bonsynth.data.writers import dumps_row, write_text_atomic
 from bonsynth.errors import io_errors
 
 CANDIDATES = "candidates.jsonl"
@@ -31,9 +31,9 @@ MANIFEST = "manifest.json"
 DATA_FILES = (CANDIDATES, SFT, DPO)
 
 
-def dumps_row(row: dict) -> bytes:
-    """One strict-JSON line: a NaN or inf that got this far is a bug, so it raises instead of writing `NaN`."""
-    return (json.dumps(row, ensure_ascii=False, separators=(",", ":"), allow_nan=False) + "\n").encode("utf-8")
+def row_bytes(rows: Iterable[dict]) -> bytes:
+    """The compact JSONL lines of `rows`, UTF-8 encoded (`dumps_row`: a NaN or inf raises, never `NaN`)."""
+    return "".join(dumps_row(r, compact=True) for r in rows).encode("utf-8")
 
 
 def sft_row(rec: PromptRecord, text: str, reward: float) -> dict:
@@ -80,7 +80,7 @@ class DurableWriter:
     def append_batch(self, rows: dict[str, Iterable[dict]], prompts_done: int) -> None:
         for name in DATA_FILES:
             fh = self.handles[name]
-            data = b"".join(dumps_row(r) for r in rows.get(name, ()))
+            data = row_bytes(rows.get(name, ()))
             with io_errors(self.out / name):  # disk full: one line naming the file; --resume cuts the tail off
                 fh.write(data)
                 fh.flush()

@@ -225,7 +225,7 @@ def write_control_data(gen_dir: Path, out_dir: Path, *, seed: int, r: int, metho
     """The control arm's training data from the round's candidates: per prompt one uniformly random candidate
     (sft.jsonl), or for dpo a random ordered pair of two distinct ones (dpo.jsonl); the main arm's
     skipped prompts are skipped here too. Returns counts."""
-    from bonsynth.generate.outputs import dumps_row
+    from bonsynth.generate.outputs import row_bytes
     from bonsynth.loop.sources import read_jsonl
 
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -248,6 +248,6 @@ def write_control_data(gen_dir: Path, out_dir: Path, *, seed: int, r: int, metho
             dpo.append({"id": pid, "prompt": prompt, "chosen": cands[i]["text"], "rejected": cands[j]["text"]})
     name, rows = ("sft.jsonl", sft) if method == "sft" else ("dpo.jsonl", dpo)
     tmp = out_dir / (name + ".tmp")
-    tmp.write_bytes(b"".join(dumps_row(x) for x in rows))
+    tmp.write_bytes(row_bytes(rows))
     tmp.replace(out_dir / name)
     return {"rows": len(rows), "method": method}

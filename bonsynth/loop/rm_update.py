@@ -32,7 +32,7 @@ def _as_reply(prompt, text: str):
 def relabel_pairs(dpo_path: Path, labeler: str, out_path: Path, *, device: str = "auto", dtype: str = "auto",
                   trust_remote_code: bool = False, allow_unsafe_weights: bool = False) -> dict:
     """Order each pair by the labeller and write the pairwise dataset; returns counts and the agreement rate."""
-    from bonsynth.generate.outputs import dumps_row
+    from bonsynth.generate.outputs import row_bytes
     from bonsynth.rm.model import RewardModel
 
     with open(dpo_path, encoding="utf-8") as fh:
@@ -59,7 +59,7 @@ def relabel_pairs(dpo_path: Path, labeler: str, out_path: Path, *, device: str =
         out_rows.append({"id": r["id"], "prompt": r["prompt"], "chosen": _as_reply(r["prompt"], chosen),
                          "rejected": _as_reply(r["prompt"], rejected), "labeler_margin": abs(sc - sr)})
     tmp = out_path.with_name(out_path.name + ".tmp")
-    tmp.write_bytes(b"".join(dumps_row(r) for r in out_rows))
+    tmp.write_bytes(row_bytes(out_rows))
     tmp.replace(out_path)
     stats["num_pairs"] = len(out_rows)
     stats["agreement"] = agree / len(out_rows) if out_rows else None

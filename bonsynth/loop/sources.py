@@ -145,10 +145,10 @@ def write_prompts(path: Path, records: list[PromptRecord]) -> None:
     """Write a prompts file once (atomically); an existing one is kept, so nothing a round wrote is replaced."""
     if path.exists():
         return
-    from bonsynth.generate.outputs import dumps_row
+    from bonsynth.generate.outputs import row_bytes
 
     tmp = path.with_name(path.name + ".tmp")
-    tmp.write_bytes(b"".join(dumps_row(prompt_row(r)) for r in records))
+    tmp.write_bytes(row_bytes(prompt_row(r) for r in records))
     tmp.replace(path)
 
 

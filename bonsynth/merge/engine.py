@@ -17,6 +17,7 @@ import json
 import logging
 import random
 import shutil
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,7 +26,7 @@ import torch
 import yaml
 
 from bonsynth.data.yaml_io import parse_yaml
-from bonsynth.errors import BonsynthError, ConfigError
+from bonsynth.errors import BonsynthError, ConfigError, InternalError
 from bonsynth.merge import heads as H
 from bonsynth.merge.config import _NO_VALUE, MergeConfig, load_config, normalize_dtype, resolve
 from bonsynth.merge.io import ModelSource, ShardWriter, copy_tokenizer, parse_size, resolve_model_dir
@@ -318,7 +319,7 @@ class _Executor:
                                 p.shared, self.seed)
             result = self.method.merge(group)
         if tuple(result.shape) != p.shape:
-            raise BonsynthError(f"internal: merged '{p.out_name}' has shape {tuple(result.shape)}, expected {p.shape}")
+            raise InternalError(f"merged '{p.out_name}' has shape {tuple(result.shape)}, expected {p.shape}")
         return result.to(dtype=self.out_dtype or compute)
 
 
@@ -410,6 +411,15 @@ def _rm_meta(pl: _Planner, cfg: MergeConfig, config_text: str | None):
     )
 
 
+def _unsafe_weights_opt_in(allow_unsafe_weights: bool, allow_pickle: bool | None) -> bool:
+    """The pickle opt-in under its one name (`allow_unsafe_weights`, as everywhere else); `allow_pickle` is the
+    deprecated name merge had, still accepted."""
+    if allow_pickle is None:
+        return bool(allow_unsafe_weights)
+    warnings.warn("allow_pickle is deprecated; use allow_unsafe_weights", DeprecationWarning, stacklevel=3)
+    return bool(allow_unsafe_weights or allow_pickle)
+
+
 def merge_config(
     cfg: MergeConfig,
     out_dir: str | Path,
@@ -419,17 +429,19 @@ def merge_config(
     out_shard_size: str | int = "5B",
     dtype: str | None = None,
     trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    allow_unsafe_weights: bool = False,
     overwrite: bool = False,
     config_text: str | None = None,
     require_tokenizer: bool = False,
     calibrate_data: str | Path | None = None,
+    allow_pickle: bool | None = None,
 ) -> dict[str, Any]:
     """Run a validated config; see `run_merge`.
 
     Merging executes no model code (configs are read as JSON, tokenizers copied as files); `trust_remote_code`
     only reaches the calibration, which loads the merged RM to score `calibrate_data`.
     """
+    unsafe = _unsafe_weights_opt_in(allow_unsafe_weights, allow_pickle)
     out = check_output_dir(out_dir, overwrite=overwrite)
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but CUDA is not available")
@@ -440,7 +452,7 @@ def merge_config(
     method = get_method(cfg.merge_method)
     seed = random_seed if random_seed is not None else random.SystemRandom().randrange(2**31)
 
-    sources = {ref: ModelSource(ref, resolve_model_dir(ref, allow_pickle=allow_pickle), allow_pickle=allow_pickle)
+    sources = {ref: ModelSource(ref, resolve_model_dir(ref, allow_pickle=unsafe), allow_pickle=unsafe)
                for ref in cfg.referenced_models()}
     pl = _Planner(cfg, method, sources)
     pl.build()
@@ -457,7 +469,7 @@ def merge_config(
     if tok_ref in (None, "base"):
         tok_dir = sources[cfg.base_model or pl.template].path
     else:
-        tok_dir = sources[tok_ref].path if tok_ref in sources else resolve_model_dir(tok_ref, allow_pickle=allow_pickle)
+        tok_dir = sources[tok_ref].path if tok_ref in sources else resolve_model_dir(tok_ref, allow_pickle=unsafe)
     if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")):
         msg = f"no tokenizer files in {tok_dir}"
         if tok_ref not in (None, "base") or require_tokenizer:
@@ -539,9 +551,10 @@ def run_merge(
     out_shard_size: str | int = "5B",
     dtype: str | None = None,
     trust_remote_code: bool = False,
-    allow_pickle: bool = False,
+    allow_unsafe_weights: bool = False,
     overwrite: bool = False,
     calibrate_data: str | Path | None = None,
+    allow_pickle: bool | None = None,
 ) -> dict[str, Any]:
     """Merge the models of a mergekit-style YAML config into `out_dir`; returns a summary.
 
@@ -553,5 +566,6 @@ def run_merge(
     """
     cfg, text = load_config(config_path)
     return merge_config(cfg, out_dir, device=device, random_seed=random_seed, out_shard_size=out_shard_size,
-                        dtype=dtype, trust_remote_code=trust_remote_code, allow_pickle=allow_pickle,
+                        dtype=dtype, trust_remote_code=trust_remote_code,
+                        allow_unsafe_weights=_unsafe_weights_opt_in(allow_unsafe_weights, allow_pickle),
                         overwrite=overwrite, config_text=text, calibrate_data=calibrate_data)

@@ -29,8 +29,6 @@ TOKENIZER_FILES = (
     "chat_template.json",
 )
 
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?(@[\w./-]+)?$")
-
 
 def parse_size(value: str | int) -> int:
     """Shard size: an int, or a number with K/M/B (thousand, million, billion, as mergekit) or KB/MB/GB/KiB/MiB/GiB."""
@@ -50,15 +48,14 @@ def parse_size(value: str | int) -> int:
 
 def resolve_model_dir(ref: str, *, allow_pickle: bool = False) -> Path:
     """A local directory for a model reference: the path itself (`demo:` names resolved), or a hub snapshot."""
-    from bonsynth.modelref import resolve_model_ref
+    from bonsynth.modelref import is_hub_id, resolve_model_ref
 
     p = Path(resolve_model_ref(ref)).expanduser()
     if p.is_dir():
         return p
     if p.exists():
         raise ConfigError(f"model '{ref}' is a file, not a model directory")
-    local_looking = ref.startswith(("/", ".", "~")) or ref.count("/") > 1 or "\\" in ref
-    if local_looking or not _HUB_ID.match(ref):
+    if not is_hub_id(ref, revision=True):
         raise ConfigError(f"model not found: '{ref}' (no such directory)")
     repo, _, revision = ref.partition("@")
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
@@ -112,7 +109,7 @@ class ModelSource:
         if pickled and not self.allow_pickle:
             raise ConfigError(
                 f"model '{self.ref}' has only pickle weights ({pickled[0].name}); bonsynth reads safetensors by "
-                "default. Convert it to safetensors, or opt in with --allow-pickle (loaded with weights_only=True)"
+                "default. Convert it to safetensors, or opt in with --allow-unsafe-weights (loaded with weights_only=True)"
             )
         if not pickled:
             raise ConfigError(f"model '{self.ref}' has no weights (*.safetensors) in {self.path}")

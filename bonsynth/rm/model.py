@@ -35,7 +35,6 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 import time
 from collections import deque
 from collections.abc import Sequence
@@ -43,8 +42,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from bonsynth.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.data.chat import render_pair
 from bonsynth.errors import BonsynthError
+from bonsynth.modelref import is_hub_id
 from bonsynth.models import (
     TOKENIZER_FILES,
     check_remote_code,
@@ -54,11 +55,9 @@ from bonsynth.models import (
     resolve_device,
     resolve_dtype,
 )
-from bonsynth.rm.batching import default_token_budget, padded_tokens, token_budget_batches
 from bonsynth.rm.meta import META_FILE, RMMeta
 
 log = logging.getLogger(__name__)
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _MAX_DEFAULT_LENGTH = 4096
 PrefixMode = bool | str  # True, False or "auto"
 
@@ -155,7 +154,7 @@ def _tokenizer_source(path: Path, meta: RMMeta | None) -> str:
 
 def _cached_tokenizer(name: str) -> bool:
     """Whether a hub id's tokenizer is in the local cache (never a download)."""
-    if not _maybe_hub_id(name):
+    if not is_hub_id(name):
         return False
     try:
         from transformers import AutoTokenizer
@@ -255,7 +254,7 @@ class RewardModel:
         local = p.exists()
         if local and not p.is_dir():
             raise BonsynthError(f"model not found: {path} (not a directory)")
-        if not local and not _maybe_hub_id(str(path)):
+        if not local and not is_hub_id(str(path)):
             raise BonsynthError(f"model not found: {path}")
         meta = None
         if local:
@@ -398,7 +397,7 @@ class RewardModel:
 
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
         """Token ids for `items` (whole texts, or (prompt, response) pairs), truncated to `max_length`."""
-        kind, rows = _normalise_items(items)
+        kind, rows = _normalize_items(items)
         if not rows:
             return []
         if kind == "text":
@@ -736,13 +735,6 @@ def _check_budget(token_budget: int | None) -> int | None:
     return token_budget
 
 
-def _maybe_hub_id(name: str) -> bool:
-    """`owner/name` or `name` that is not a local path (`runs/rm` with an existing `runs/` is a local path)."""
-    if name.startswith((".", "/", "~")) or not _HUB_ID.match(name):
-        return False
-    return "/" not in name or not Path(name.split("/")[0]).is_dir()
-
-
 def _halves(batch: list[int]) -> list[list[int]]:
     mid = len(batch) // 2
     return [batch[:mid], batch[mid:]]
@@ -761,7 +753,7 @@ def _is_prompt(value: Any) -> bool:
     return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
 
 
-def _normalise_items(items: Sequence[Any]) -> tuple[str, list]:
+def _normalize_items(items: Sequence[Any]) -> tuple[str, list]:
     """('text', [str]) or ('pair', [(prompt, response)]); anything else is a user error."""
     if isinstance(items, (str, bytes, dict)):
         raise BonsynthError("score() takes a list of texts or of (prompt, response) pairs, not a single value")

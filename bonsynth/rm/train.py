@@ -19,7 +19,6 @@ import contextlib
 import logging
 import math
 import random
-import re
 import sys
 import time
 import warnings
@@ -28,6 +27,7 @@ from pathlib import Path
 from typing import Any
 
 from bonsynth.errors import ConfigError, InputError
+from bonsynth.modelref import is_hub_id
 from bonsynth.models import checkpointing_args
 from bonsynth.rm.meta import RMMeta, file_sha256
 
@@ -38,7 +38,6 @@ LABEL_MAPPINGS = {
     "binary": {"0": "bad", "1": "good"},
 }
 log = logging.getLogger(__name__)
-_HUB_NAME = re.compile(r"^[A-Za-z0-9][\w.-]*(/[\w.-]+)?$")
 _STATS_SAMPLE = 512  # examples scored for mean/std (and train metrics) when there is no eval split
 
 
@@ -388,7 +387,7 @@ def load_base_model(cfg: RMTrainConfig) -> tuple[Any, Any, int]:
         shards = sorted(path.glob("*.safetensors"))
         for shard in shards:
             check_safetensors_file(shard, what="base model")
-    elif base.startswith((".", "/", "~")) or base.count("/") > 1 or not _HUB_NAME.match(base):
+    elif not is_hub_id(base):
         raise ConfigError(f"base model not found: {base} (no such directory)")
     try:
         config = AutoConfig.from_pretrained(base, trust_remote_code=trc)

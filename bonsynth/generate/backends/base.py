@@ -37,6 +37,12 @@ class Completion:
     num_tokens: int
 
 
+def normalize_finish_reason(reason: str | None) -> str:
+    """An engine's finish reason as bonsynth's two: 'length' (vLLM and OpenAI 'length', Anthropic-style
+    'max_tokens') stays 'length'; EOS, stop strings, 'abort' and the rest are 'stop'."""
+    return "length" if reason in ("length", "max_tokens") else "stop"
+
+
 @dataclass(frozen=True)
 class GenerationResult:
     prompt_text: str  # the exact text the model continued (after the chat template)

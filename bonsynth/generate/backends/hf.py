@@ -14,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 
+from bonsynth.batching import token_budget_batches
 from bonsynth.data.chat import has_chat_template, render_prompt
 from bonsynth.data.records import PromptRecord
 from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
@@ -25,7 +26,6 @@ from bonsynth.models import (
     resolve_device,
     resolve_dtype,
 )
-from bonsynth.rm.batching import token_budget_batches
 
 # Padded-token budgets for one `generate` call, counted as rows x (prompt width + max_new_tokens) with
 # rows = prompts x n. On the CPU, cost grows with that product (the prefill pays for every pad, its attention

@@ -41,7 +41,13 @@ from urllib.parse import urlsplit, urlunsplit
 from bonsynth.data.chat import render_prompt
 from bonsynth.data.records import PromptRecord
 from bonsynth.errors import BonsynthError, ConfigError
-from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
+from bonsynth.generate.backends.base import (
+    Completion,
+    GenerationBackend,
+    GenerationResult,
+    SamplingConfig,
+    normalize_finish_reason,
+)
 from bonsynth.generate.seeding import prompt_seed
 from bonsynth.redact import redact_text, redact_url, url_secrets
 
@@ -108,11 +114,6 @@ def server_message(response: Any) -> str:
         msg = response.text
     msg = " ".join(str(msg).split())
     return msg[:MAX_MESSAGE_CHARS] + ("..." if len(msg) > MAX_MESSAGE_CHARS else "")
-
-
-def normalise_finish_reason(reason: str | None) -> str:
-    """'length' (or Anthropic-style 'max_tokens') stays 'length'; EOS, stop strings and the rest are 'stop'."""
-    return "length" if reason in ("length", "max_tokens") else "stop"
 
 
 def completion_token_counts(
@@ -327,7 +328,7 @@ class OpenAIBackend(GenerationBackend):
                 texts.append(((c.get("message") or {}).get("content")) or "")
             else:
                 texts.append(c.get("text") or "")
-        finishes = [normalise_finish_reason(c.get("finish_reason")) for c in choices]
+        finishes = [normalize_finish_reason(c.get("finish_reason")) for c in choices]
         usage = data.get("usage") or {}
         total = usage.get("completion_tokens")
         counter = self._count_tokens if self.tokenizer is not None else None

@@ -3,6 +3,9 @@
 A fixed batch size wastes compute on padding when lengths vary (one long text pads 31 short ones) and runs
 out of memory on long texts. Sorting by length and filling batches up to a budget of padded tokens
 (`max_len_in_batch * batch_size`) keeps padding small and memory use flat, whatever the length mix.
+
+It sits below `rm` and `generate` (the RM scorer and the hf backend both batch this way), so neither layer
+imports the other for it.
 """
 
 from __future__ import annotations
