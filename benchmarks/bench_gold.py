@@ -281,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
                  "--n", str(size["n"]), "--max-new-tokens", str(size["max_new_tokens"]), "--temperature",
                  str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed), "--backend",
                  args.backend, "--select", "best", "--judge", str(gold), "--out", str(run_dir), "--quiet",
+                 # eager: torch.compile's warm-up (a dummy batch of max_num_batched_tokens) costs the CPU more
+                 # than it saves at this size; 2048 tokens hold the longest prompt plus the reply
+                 *(["--enforce-eager", "--max-model-len", "2048"] if args.backend == "vllm" else []),
                  *(["--resume"] if (run_dir / "manifest.json").exists() else [])], "best-of-N run + judge")
 
         if "loop" in stages:
