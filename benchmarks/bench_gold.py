@@ -228,9 +228,14 @@ def main(argv: list[str] | None = None) -> int:
         commands_path.write_text(json.dumps({"commands": commands}), encoding="utf-8")
 
     def cli(cli_args: list[str], step: str) -> str:
-        out = bonsynth_cli(cli_args, timings, step, env)
-        loads.append(os.getloadavg()[0])
+        mine: dict[str, float] = {}
+        out = bonsynth_cli(cli_args, mine, step, env)
+        # two stages may run side by side (--stages run and --stages loop): merge into the files, never overwrite
+        saved = _read_json(timings_path) if timings_path.exists() else {}
+        timings.update({**saved, step: saved.get(step, 0.0) + mine[step]})
         timings_path.write_text(json.dumps(timings), encoding="utf-8")
+        saved_loads = _read_json(loads_path)["loads"] if loads_path.exists() else []
+        loads[:] = [*saved_loads, os.getloadavg()[0]]
         loads_path.write_text(json.dumps({"loads": loads}), encoding="utf-8")
         return out
 
@@ -278,7 +283,7 @@ def main(argv: list[str] | None = None) -> int:
 
         if "run" in stages:
             cli(["generate", "--policy", args.policy, "--reward", str(proxy), "--prompts", str(d / "prompts-run.jsonl"),
-                 "--n", str(size["n"]), "--max-new-tokens", str(size["max_new_tokens"]), "--temperature",
+                 "--limit", str(size["prompts"]), "--n", str(size["n"]), "--max-new-tokens", str(size["max_new_tokens"]), "--temperature",
                  str(args.temperature), "--top-p", str(args.top_p), "--seed", str(args.seed), "--backend",
                  args.backend, "--select", "best", "--judge", str(gold), "--out", str(run_dir), "--quiet",
                  # eager: torch.compile's warm-up (a dummy batch of max_num_batched_tokens) costs the CPU more
