@@ -22,7 +22,8 @@ from collections import Counter
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
-from bonsynth.data.readers import load_prompts
+from bonsynth.data.normalize import Skipped
+from bonsynth.data.readers import iter_prompts
 from bonsynth.data.records import PromptRecord
 from bonsynth.data.synth import (
     FILTERS,
@@ -62,6 +63,7 @@ class SynthConfig:
     batch_size: int = 32  # requests per durable batch
     max_requests: int | None = None  # give up after this many requests (default 20 * num)
     filters: FilterSettings = field(default_factory=FilterSettings)
+    skip_invalid: bool = False  # drop invalid seed rows (listed in the manifest) instead of failing
     resume: bool = False
     overwrite: bool = False
     device: str = "auto"
@@ -175,7 +177,9 @@ def run_synth(cfg: SynthConfig, backend: GenerationBackend | None = None) -> dic
 
     cfg.validate()
     out, manifest_path, partial_path = output_paths(cfg.out)
-    records = load_prompts(cfg.seeds)
+    skipped = Skipped()
+    records = list(iter_prompts(cfg.seeds, skip_invalid=cfg.skip_invalid, skipped=skipped))
+    skipped.report()
     kind, seeds = seeds_from_records(records, cfg.seeds)
     template = load_template(kind, cfg.template)
     fingerprint = _fingerprint(cfg, _seeds_digest(records), template.sha256)
@@ -256,7 +260,8 @@ def run_synth(cfg: SynthConfig, backend: GenerationBackend | None = None) -> dic
     manifest = {
         "kind": "prompts-synth",
         "fingerprint": fingerprint,
-        "seeds": {"path": cfg.seeds, "count": len(seeds), "kind": kind, "sha256": _seeds_digest(records)},
+        "seeds": {"path": cfg.seeds, "count": len(seeds), "kind": kind, "sha256": _seeds_digest(records),
+                  "skipped_invalid": skipped.to_json()},
         "model": cfg.policy,
         "backend": backend.describe(),
         "seed": cfg.seed,
