@@ -135,8 +135,8 @@ def build_request(template: Template, shots: Sequence[Seed]) -> str:
 def clean_candidate(text: str) -> str:
     """The new prompt in a model's answer: cut where a next example starts, drop a leading "Example N:" /
     "Prompt:" label and quotes around the whole answer. Nothing else is rewritten."""
-    text = _NEXT_EXAMPLE.split("\n" + text.strip(), maxsplit=1)[0].strip()
-    text = _LABEL.sub("", text, count=1).strip()
+    text = _LABEL.sub("", text.strip(), count=1)
+    text = _NEXT_EXAMPLE.split(text, maxsplit=1)[0].strip()
     if len(text) >= 2 and text[0] in _QUOTES and text[-1] in _QUOTES:
         text = text[1:-1].strip()
     return text
