@@ -87,17 +87,18 @@ def _planted(rng: random.Random, n: int, vocab: int) -> list[str]:
     return texts
 
 
+@pytest.mark.parametrize("ngram", [1, 2])
 @pytest.mark.parametrize("threshold", [0.5, 0.7, 0.9])
-def test_lsh_dedup_equals_brute_force_exact_jaccard(threshold):
-    rng = random.Random(int(threshold * 10))
+def test_lsh_dedup_equals_brute_force_exact_jaccard(threshold, ngram):
+    rng = random.Random(int(threshold * 10) + ngram)
     for trial in range(3):
         texts = _planted(rng, 400, vocab=300)
-        kept = dedup(texts, threshold)
-        assert kept == dedup_exact(texts, threshold), (threshold, trial)
+        kept = dedup(texts, threshold, ngram=ngram)
+        assert kept == dedup_exact(texts, threshold, ngram=ngram), (threshold, trial)
         # the planted near-duplicates really exercised the threshold: some dropped, some kept
         assert 0 < len(texts) - len(kept) < len(texts) // 2
         # exact verification: no kept pair is at or above the threshold
-        sets = [shingles(texts[i]) for i in kept]
+        sets = [shingles(texts[i], ngram) for i in kept]
         assert all(jaccard(a, b) < threshold for i, a in enumerate(sets) for b in sets[:i])
 
 

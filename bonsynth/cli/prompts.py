@@ -28,8 +28,10 @@ def prompts() -> None:
 @click.option("--shots", type=int, default=3, show_default=True, help="Seed examples shown in each request.")
 @click.option("--per-request", type=int, default=1, show_default=True, help="Completions per request.")
 @click.option("--max-similarity", type=float, default=0.7, show_default=True,
-              help="Drop a prompt whose word-set Jaccard with a seed or an earlier kept prompt is >= this.")
-@click.option("--ngram", type=int, default=1, show_default=True, help="Word n-grams for the similarity (1 = word sets).")
+              help="Drop a prompt whose Jaccard similarity (word --ngram sets) with a seed or an earlier "
+              "kept prompt is >= this.")
+@click.option("--ngram", type=int, default=2, show_default=True,
+              help="Word n-grams for the similarity (2 = word pairs; 1 = word sets).")
 @click.option("--min-words", type=int, default=3, show_default=True, help="Drop prompts with fewer words.")
 @click.option("--max-words", type=int, default=256, show_default=True, help="Drop prompts with more words.")
 @click.option("--no-language-check", is_flag=True, help="Keep prompts that fail the cheap same-language-as-the-seeds check.")

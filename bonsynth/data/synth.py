@@ -9,7 +9,9 @@ its last user turn, e.g. a system character card) plus that last user turn, its 
 item is a new user turn for the card of the request's first shot: the context is kept as it is, so the new
 prompt has the seed's structure (card + user turn) and can be answered by the same character.
 
-Similarity is the Jaccard index of word n-gram sets (lower-cased words, n=1 by default: word sets). A candidate
+Similarity is the Jaccard index of word n-gram sets (lower-cased words; n=2 by default: word pairs, which keep
+some word order, as ROUGE-L does, and are not dominated by the function words every prompt shares, which with
+word sets (n=1) make LSH flag many unrelated prompts at scale; `--ngram 1` uses word sets). A candidate
 is dropped when its similarity to an earlier kept item (a seed or an accepted prompt) is >= `max_similarity`
 (Self-Instruct's rule with ROUGE-L 0.7). MinHash LSH (`datasketch`) finds the candidate pairs in near-constant
 time per prompt; each candidate pair is then checked with the exact Jaccard, so no prompt is ever dropped for a
@@ -153,7 +155,7 @@ def words(text: str) -> list[str]:
 def shingles(text: str, ngram: int = 1) -> frozenset[str]:
     """The set of word n-grams of `text` (n=1: its word set)."""
     toks = words(text)
-    if ngram <= 1:
+    if ngram <= 1 or not toks:
         return frozenset(toks)
     return frozenset(" ".join(toks[i:i + ngram]) for i in range(max(1, len(toks) - ngram + 1)))
 
@@ -252,7 +254,7 @@ class NearDupIndex:
     Jaccard with the text is >= the threshold, so the result does not depend on LSH's bucket order.
     """
 
-    def __init__(self, threshold: float, *, num_perm: int = 128, ngram: int = 1, seed: int = 1) -> None:
+    def __init__(self, threshold: float, *, num_perm: int = 128, ngram: int = 2, seed: int = 1) -> None:
         from datasketch import MinHash, MinHashLSH
 
         if not 0 < threshold <= 1:
@@ -312,7 +314,7 @@ def dedup(texts: Sequence[str], threshold: float, **kw) -> list[int]:
     return [i for i, t in enumerate(texts) if index.add(i, t) is None]
 
 
-def dedup_exact(texts: Sequence[str], threshold: float, ngram: int = 1) -> list[int]:
+def dedup_exact(texts: Sequence[str], threshold: float, ngram: int = 2) -> list[int]:
     """The same greedy rule by comparing every text with every kept one (quadratic: the reference and the
     benchmark baseline)."""
     kept: list[tuple[int, frozenset]] = []
@@ -332,7 +334,7 @@ class FilterSettings:
     min_words: int = 3
     max_words: int = 256
     max_similarity: float = 0.7
-    ngram: int = 1
+    ngram: int = 2
     num_perm: int = 128
     language_check: bool = True
 
