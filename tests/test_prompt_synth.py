@@ -264,6 +264,11 @@ def test_reproducible_and_resume_gives_the_same_output(tmp_path, tiny_policy_dir
     m_a = json.loads((tmp_path / "a.manifest.json").read_text())
     m_c = json.loads((tmp_path / "c.manifest.json").read_text())
     assert m_a["counts"] == m_c["counts"] and m_a["requests"] == m_c["requests"]
+    # --resume on a finished run: nothing to do; with other settings it refuses to replace it
+    assert main(synth_args(seeds, tiny_policy_dir, c, *common, "--resume"))[0] == 0
+    assert c.read_bytes() == a.read_bytes()
+    code, _, err = main(synth_args(seeds, tiny_policy_dir, c, "--num", "5", "--seed", "7", "--resume"))
+    assert code == 2 and "--overwrite" in _one_error_line(err) and c.read_bytes() == a.read_bytes()
 
     # another seed gives other prompts, and a resume with other settings is refused
     d = tmp_path / "d.jsonl"

@@ -188,11 +188,11 @@ def run_synth(cfg: SynthConfig, backend: GenerationBackend | None = None) -> dic
     if cfg.resume:
         if partial_path.exists():
             done = _read_partial(partial_path, fingerprint)
-        elif out.exists() and manifest_path.exists():
-            manifest = json.loads(manifest_path.read_text(encoding="utf-8"))
+        elif out.exists():
+            manifest = json.loads(manifest_path.read_text(encoding="utf-8")) if manifest_path.exists() else {}
             if manifest.get("fingerprint") == fingerprint:
                 return manifest  # already complete
-            raise ConfigError(f"{out} is a finished run with other settings; pass --overwrite to replace it")
+            raise ConfigError(f"{out} is not a finished run with these settings; pass --overwrite to replace it")
     elif not cfg.overwrite:
         for p in (out, partial_path):
             if p.exists():
