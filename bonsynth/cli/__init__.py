@@ -32,6 +32,7 @@ def _register() -> None:
     from bonsynth.cli import loop as loop_cmds
     from bonsynth.cli import merge as merge_cmds
     from bonsynth.cli import models as models_cmds
+    from bonsynth.cli import prompts as prompts_cmds
     from bonsynth.cli import quickstart as quickstart_cmds
     from bonsynth.cli import rm as rm_cmds
 
@@ -39,6 +40,7 @@ def _register() -> None:
     cli.add_command(rm_cmds.rm)
     cli.add_command(merge_cmds.merge)
     cli.add_command(generate_cmds.generate)
+    cli.add_command(prompts_cmds.prompts)
     cli.add_command(loop_cmds.loop)
     cli.add_command(judge_cmds.judge)
     cli.add_command(models_cmds.models)
