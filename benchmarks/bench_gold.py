@@ -108,8 +108,9 @@ def prompt_rows(rows: list[dict[str, Any]], prefix: str) -> list[dict[str, Any]]
     return out
 
 
-def fmt(x: float | None, digits: int = 3) -> str:
-    return "n/a" if x is None else f"{x:+.{digits}f}"
+def fmt(x: float | None, digits: int = 4) -> str:
+    """Signed, `digits` significant digits: a small proxy RM's rewards can all sit within 0.001 of each other."""
+    return "n/a" if x is None else f"{x:+.{digits}g}"
 
 
 def fmt_ci(rate: float | None, ci: list[float] | None) -> str:

@@ -55,7 +55,7 @@ def test_tables_read_the_report_fields(bench):
                        {"n": 4, "kl_bound": 0.636, "proxy_mean": 0.9, "gold_mean": -0.1, "gold_se": 0.04,
                         "oracle_gold_mean": 0.7}]}
     text = bench.curve_table(judge)
-    assert "| 4 | 0.797 | +0.900 | -0.100 ± 0.040 | +0.700 |" in text
+    assert "| 4 | 0.797 | +0.9 | -0.1 ± 0.040 | +0.7 |" in text
     summary = {"baseline": {"eval": {"reward_mean": 0.5}, "gold": {"gold_mean": 0.1}}}
     rounds = [{"eval": {"reward_mean": 0.7}, "gold": {"gold_mean": 0.2, "gold_win_rate_vs_base": 0.56,
                                                       "gold_win_rate_vs_base_ci95": [0.5, 0.62],
@@ -63,7 +63,7 @@ def test_tables_read_the_report_fields(bench):
                                                       "gold_win_rate_vs_control_ci95": [0.3, 0.5]}}]
     control = [{"eval": {"reward_mean": 0.6}, "gold": {"gold_mean": 0.15}}]
     table = bench.loop_table(summary, rounds, control)
-    assert "| base policy | +0.500 | +0.100 | — | — | — |" in table
-    assert ("| round 0 best-of-N (proxy) | +0.700 | +0.200 | 0.560 [0.500, 0.620] | n/a | 0.400 [0.300, 0.500] |"
+    assert "| base policy | +0.5 | +0.1 | — | — | — |" in table
+    assert ("| round 0 best-of-N (proxy) | +0.7 | +0.2 | 0.560 [0.500, 0.620] | n/a | 0.400 [0.300, 0.500] |"
             in table)
-    assert "| round 0 control (random) | +0.600 | +0.150 | n/a | n/a | — |" in table
+    assert "| round 0 control (random) | +0.6 | +0.15 | n/a | n/a | — |" in table

@@ -153,6 +153,31 @@ def run_dir(tmp_path_factory, tiny_policy_dir, tiny_rm_dir):
     return out
 
 
+def test_recommended_n_uses_the_paired_step_error_not_the_spread_between_prompts():
+    """Prompts differ far more from each other than best-of-n moves any one of them, so each level's standard
+    error (the spread between prompts) can exceed every step while the paired steps are clear: the rule must
+    judge a step by its paired error. The paired step errors equal a per-prompt brute force."""
+    rows = [{"n": 2 ** k, "gold_mean": g, "gold_se": 0.7, "gold_step_se": None if k == 0 else se}
+            for k, (g, se) in enumerate([(0.20, None), (0.54, 0.01), (0.73, 0.01), (0.735, 0.01)])]
+    assert estimator.recommended_n(rows) == 4
+    old = [{k: v for k, v in r.items() if k != "gold_step_se"} for r in rows]  # reports written before the field
+    assert estimator.recommended_n(old) == 1
+
+    rng = np.random.default_rng(1)
+    prompts = []
+    for _ in range(30):
+        proxy = rng.normal(size=8)
+        gold = rng.normal(scale=5.0) + 0.5 * proxy + rng.normal(scale=0.3, size=8)
+        prompts.append((proxy.tolist(), gold.tolist()))
+    curve = estimator.curve(prompts, 8)
+    assert curve[0]["gold_step_se"] is None
+    for k in (1, 2, 3):
+        per_prompt = [_brute(p, g, curve[k]["n"])[1] - _brute(p, g, curve[k - 1]["n"])[1] for p, g in prompts]
+        assert curve[k]["gold_step_se"] == pytest.approx(np.std(per_prompt, ddof=1) / math.sqrt(len(per_prompt)))
+        assert curve[k]["gold_step_se"] < curve[k]["gold_se"] / 3
+    assert estimator.recommended_n(curve) > 1
+
+
 def test_judge_cli_recomputes_from_candidates(run_dir, tmp_path, tiny_rm2_dir):
     from bonsynth.rm.ensemble import RewardEnsemble
 

@@ -117,7 +117,9 @@ def curve(prompts: Sequence[tuple[Sequence[float], Sequence[float]]], n_max: int
     """Per n of `n_grid(n_max)`: the means over prompts of proxy/gold/oracle best-of-n, and standard errors.
 
     `gold_gain_se` is the standard error of the paired per-prompt difference gold(n) - gold(1), the right
-    yardstick for "did best-of-n beat n = 1".
+    yardstick for "did best-of-n beat n = 1"; `gold_step_se` that of gold(n) - gold(previous n), the yardstick
+    for "did doubling n still help". Both are paired: prompts differ far more from each other than best-of-n
+    moves any one of them, so the level's standard error (`gold_se`) would hide every step.
     """
     grid = n_grid(n_max)
     table = np.empty((len(prompts), len(grid), 3))
@@ -141,14 +143,19 @@ def curve(prompts: Sequence[tuple[Sequence[float], Sequence[float]]], n_max: int
             "gold_se": _se(col[:, 1]),
             "gold_gain": float((col[:, 1] - table[:, 0, 1]).mean()),
             "gold_gain_se": _se(col[:, 1] - table[:, 0, 1]),
+            "gold_step_se": _se(col[:, 1] - table[:, k - 1, 1]) if k > 0 else None,
         })
     return rows
 
 
 def recommended_n(rows: Sequence[dict]) -> int:
-    """The first n after which gold_mean stops rising by more than the next point's standard error (or peaks)."""
+    """The first n after which gold_mean stops rising by more than the standard error of that rise (or peaks).
+
+    The rise from one n to the next is measured on the same prompts, so its standard error is the paired one
+    (`gold_step_se`); rows from before that field fall back to the level's `gold_se`.
+    """
     for a, b in zip(rows, rows[1:], strict=False):
-        se = b["gold_se"] or 0.0
+        se = b.get("gold_step_se", b["gold_se"]) or 0.0
         if b["gold_mean"] - a["gold_mean"] <= se:
             return a["n"]
     return rows[-1]["n"]
