@@ -259,12 +259,13 @@ class HFBackend(GenerationBackend):
         if sampling.stop:
             gen_kw.update(stop_strings=list(sampling.stop), tokenizer=tok)
         with torch.inference_mode():
-            cache = self._prefill_once(input_ids_t, mask_t, n) if n > 1 and width > 1 else None
-            if cache is not None:
+            prefilled = self._prefill_once(input_ids_t, mask_t, n) if n > 1 and width > 1 else None
+            if prefilled is not None:
+                cache_name, cache = prefilled
                 # the cache holds every prompt token but the last; generate feeds that one and samples on
                 gen_kw.update(input_ids=input_ids_t.repeat_interleave(n, dim=0),
                               attention_mask=mask_t.repeat_interleave(n, dim=0),
-                              num_return_sequences=1, past_key_values=cache)
+                              num_return_sequences=1, **{cache_name: cache})
             out = self.model.generate(**gen_kw)
         new_tokens = out[:, width:].tolist()
 
@@ -279,20 +280,23 @@ class HFBackend(GenerationBackend):
 
     def _prefill_once(self, input_ids, mask, n: int):
         """The KV cache of each prompt but its last token, computed once and repeated n times (row i*n+j is
-        prompt i's sample j, the order `num_return_sequences` uses); None where the model cannot take it."""
-        import inspect
+        prompt i's sample j, the order `num_return_sequences` uses), with the name `generate` takes it under
+        in this transformers release (`past_key_values` in 5.19, `cache` from 5.24); None where the model
+        cannot take one."""
+        from bonsynth.rm.prefix import cache_argument
 
-        if "position_ids" not in inspect.signature(self.model.forward).parameters:
+        name = cache_argument(self.model)  # also requires position_ids
+        if name is None:
             return None
         # left padding: positions count real tokens only, as generate computes them from the mask
         positions = (mask.cumsum(-1) - 1).clamp_min(0)
         out = self.model(input_ids=input_ids[:, :-1], attention_mask=mask[:, :-1],
                          position_ids=positions[:, :-1], use_cache=True)
-        cache = getattr(out, "past_key_values", None)
+        cache = getattr(out, name, None)
         if cache is None or not hasattr(cache, "batch_repeat_interleave"):
             return None
         cache.batch_repeat_interleave(n)
-        return cache
+        return name, cache
 
     def _decode(self, ids: list[int], sampling: SamplingConfig, eos: int | None, pad: int | None) -> Completion:
         finish = "length"
