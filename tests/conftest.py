@@ -126,3 +126,26 @@ def chat_prompts_file(tmp_path) -> Path:
     rows = [{"id": f"c{i}", "messages": [{"role": "system", "content": "You are a pirate."},
                                          {"role": "user", "content": t}]} for i, t in enumerate(texts)]
     return write_jsonl(tmp_path / "chat_prompts.jsonl", rows)
+
+
+def run_bonsynth(args: list[str]) -> tuple[int, str, str]:
+    """The CLI in-process, exactly as the `bonsynth` script runs it (user errors -> one line, exit 2):
+    (exit code, stdout, stderr)."""
+    import contextlib
+    import io
+    import sys
+
+    from bonsynth.cli import cli
+    from bonsynth.cli.common import run_guarded
+
+    out, err = io.StringIO(), io.StringIO()
+    code, argv = 0, sys.argv
+    sys.argv = ["bonsynth", *args]
+    try:
+        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+            run_guarded(cli)
+    except SystemExit as e:
+        code = int(e.code or 0)
+    finally:
+        sys.argv = argv
+    return code, out.getvalue(), err.getvalue()

@@ -15,9 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from bonsynth.cli import cli
 from bonsynth.generate.pipeline import GenerateConfig, run_generate
-from tests.conftest import corpus, write_jsonl
+from tests.conftest import corpus, run_bonsynth, write_jsonl
 
 
 def _strict_rows(path: Path) -> list[dict]:
@@ -41,23 +40,7 @@ class _Result:
 
 def _main(args: list[str]) -> _Result:
     """The CLI in-process, exactly as the `bonsynth` script runs it (user errors -> one line, exit 2)."""
-    import contextlib
-    import io
-
-    from bonsynth.cli.common import run_guarded
-
-    out, err = io.StringIO(), io.StringIO()
-    code = 0
-    argv = sys.argv
-    sys.argv = ["bonsynth", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            run_guarded(cli)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    return _Result(code, out.getvalue(), err.getvalue())
+    return _Result(*run_bonsynth(args))
 
 
 def _one_error_line(res: _Result) -> str:

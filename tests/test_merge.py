@@ -375,14 +375,19 @@ def test_errors_exit_2_and_leave_nothing(zoo, tmp_path, monkeypatch, capsys, cas
     assert not (tmp_path / "out").exists() or not any((tmp_path / "out").iterdir())
 
 
-def test_pickle_weights_refused_unless_opted_in(zoo, tmp_path, monkeypatch, capsys):
+def _pickled_passthrough(zoo, tmp_path: Path) -> Path:
+    """A passthrough merge config over a copy of lm1 whose weights are a pickle `pytorch_model.bin`."""
     model_dir = tmp_path / "pickled"
     model_dir.mkdir()
     (model_dir / "config.json").write_text(Path(zoo["lm1"], "config.json").read_text())
     torch.save(load_file(str(Path(zoo["lm1"]) / "model.safetensors")), model_dir / "pytorch_model.bin")
     for f in ("tokenizer.json", "tokenizer_config.json"):
         (model_dir / f).write_text(Path(zoo["lm1"], f).read_text())
-    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": str(model_dir)}]})
+    return _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": str(model_dir)}]})
+
+
+def test_pickle_weights_refused_unless_opted_in(zoo, tmp_path, monkeypatch, capsys):
+    cfg = _pickled_passthrough(zoo, tmp_path)
     code, err = run_cli(["merge", str(cfg), str(tmp_path / "o1")], monkeypatch, capsys)
     assert code == 2 and "pickle" in err and not (tmp_path / "o1").exists()
     code, err = run_cli(["merge", str(cfg), str(tmp_path / "o2"), "--allow-pickle"], monkeypatch, capsys)
@@ -575,13 +580,7 @@ def test_user_errors_still_exit_2_and_internal_ones_1(monkeypatch, capsys):
 
 def test_allow_unsafe_weights_is_merges_opt_in_too(zoo, tmp_path, monkeypatch, capsys):
     """One name for the pickle opt-in: `--allow-unsafe-weights`; `--allow-pickle` still works, deprecated and hidden."""
-    model_dir = tmp_path / "pickled"
-    model_dir.mkdir()
-    (model_dir / "config.json").write_text(Path(zoo["lm1"], "config.json").read_text())
-    torch.save(load_file(str(Path(zoo["lm1"]) / "model.safetensors")), model_dir / "pytorch_model.bin")
-    for f in ("tokenizer.json", "tokenizer_config.json"):
-        (model_dir / f).write_text(Path(zoo["lm1"], f).read_text())
-    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": str(model_dir)}]})
+    cfg = _pickled_passthrough(zoo, tmp_path)
     code, err = run_cli(["merge", str(cfg), str(tmp_path / "o1")], monkeypatch, capsys)
     assert code == 2 and "opt in with --allow-unsafe-weights" in err and not (tmp_path / "o1").exists()
     code, err = run_cli(["merge", str(cfg), str(tmp_path / "o2"), "--allow-unsafe-weights"], monkeypatch, capsys)

@@ -2,16 +2,13 @@
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import json
 import random
-import sys
 from pathlib import Path
 
 import pytest
-from conftest import WORDS, corpus, write_jsonl
+from conftest import WORDS, corpus, run_bonsynth, write_jsonl
 
 from bonsynth.data.readers import load_prompts
 from bonsynth.data.synth import (
@@ -42,22 +39,7 @@ SEED_TEXTS = [
 ]
 
 
-def main(args: list[str]) -> tuple[int, str, str]:
-    """The CLI in-process, exactly as the `bonsynth` script runs it (user errors -> one line, exit 2)."""
-    from bonsynth.cli import cli
-    from bonsynth.cli.common import run_guarded
-
-    out, err = io.StringIO(), io.StringIO()
-    code, argv = 0, sys.argv
-    sys.argv = ["bonsynth", *args]
-    try:
-        with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-            run_guarded(cli)
-    except SystemExit as e:
-        code = int(e.code or 0)
-    finally:
-        sys.argv = argv
-    return code, out.getvalue(), err.getvalue()
+main = run_bonsynth  # the CLI in-process: (exit code, stdout, stderr)
 
 
 def seeds_file(tmp_path: Path, texts=SEED_TEXTS) -> Path:
