@@ -276,3 +276,9 @@ def bonsynth_cli(args: list[str], timings: dict[str, float], step: str, env: dic
         raise SystemExit(f"[{step}] failed with exit code {proc.returncode}: {' '.join(cmd)}")
     print(f"[{step}] done in {timings[step]:.0f} s", file=sys.stderr, flush=True)
     return proc.stdout
+
+
+def timings_line(timings: dict[str, float]) -> str:
+    """'Timings: step 12 s, ...; total N s.' for a benchmark that runs bonsynth steps one after another."""
+    return ("Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
+            + f"; total {sum(timings.values()):.0f} s.")

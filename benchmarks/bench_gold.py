@@ -329,6 +329,7 @@ def main(argv: list[str] | None = None) -> int:
 def report(work: Path, args: argparse.Namespace, size: dict[str, Any], timings: dict[str, float], machine_line: str,
            commands: list[str]) -> str:
     """The BENCHMARKS.md block, every number read back from the files bonsynth wrote."""
+    from _common import timings_line
     accs = _read_json(work / "rm-accuracy.json")
     judge = _read_json(work / "bon-run" / "judge.json")
     summary = _read_json(work / "loop" / "loop_summary.json")
@@ -367,7 +368,7 @@ def report(work: Path, args: argparse.Namespace, size: dict[str, Any], timings: 
         "",
         f"Machine: {machine_line}. Commands: " + "; ".join(f"`{c}`" for c in commands) + ".",
         "",
-        "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items()) + f"; total {sum(timings.values()):.0f} s.",
+        timings_line(timings),
     ]
     return "\n".join(lines)
 

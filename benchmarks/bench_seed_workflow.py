@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
 
     from _common import bonsynth_cli as _cli  # benchmarks/ is on sys.path when run as a script
-    from _common import command, machine
+    from _common import command, machine, timings_line
 
     cmdline = command()
     loads = [os.getloadavg()[0]]
@@ -259,8 +259,7 @@ def main(argv: list[str] | None = None) -> int:
             "",
             f"Machine: {machine(loads)}. Command: `{cmdline}`.",
             "",
-            "Timings: " + ", ".join(f"{k} {v:.0f} s" for k, v in timings.items())
-            + f"; total {sum(timings.values()):.0f} s.",
+            timings_line(timings),
         ]
         text = "\n".join(block)
         print(text)
