@@ -439,3 +439,38 @@ def test_best_of_n_library_matches_the_cli_path(tmp_path, tiny_policy_dir, tiny_
     assert manifest["summary"] == json.loads((out_cli / "manifest.json").read_text())["summary"]
     with pytest.raises(TypeError):
         BestOfN(policy=str(tiny_policy_dir), reward=str(tiny_rm_dir), bogus=1)
+
+
+def test_best_of_n_close_releases_both_engines(tiny_policy_dir, tiny_rm_dir):
+    from bonsynth import BestOfN
+
+    bon = BestOfN(policy=str(tiny_policy_dir), reward=str(tiny_rm_dir), n=2, backend="hf", max_new_tokens=4,
+                  seed=1, device="cpu")
+    list(bon.run(["Hello there."]))
+    closed: list[str] = []
+    backend_close, scorer_close = bon._backend.close, bon._scorer.close
+    bon._backend.close = lambda: (closed.append("backend"), backend_close())[-1]
+    bon._scorer.close = lambda: (closed.append("scorer"), scorer_close())[-1]
+    bon.close()
+    assert sorted(closed) == ["backend", "scorer"]
+    assert bon._backend is None and bon._scorer is None
+    assert len(list(bon.run(["Hi again."]))) == 1  # a later run loads them again
+
+
+def test_every_engine_runs_the_one_best_of_n_step():
+    """Only `generate/step.py` calls a scorer or builds rows: the CLI pipeline, `BestOfN` and the Ray actors go
+    through it, so a change to the step reaches every engine."""
+    import ast
+    from pathlib import Path
+
+    gen = Path(__file__).resolve().parent.parent / "bonsynth" / "generate"
+    for path in sorted(gen.rglob("*.py")):
+        if path.name == "step.py":
+            continue
+        tree = ast.parse(path.read_text(encoding="utf-8"))
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "score":
+                owner = ast.unparse(node.func.value)
+                assert "scorer" not in owner, f"{path.name}:{node.lineno} calls {owner}.score; use generate.step"
+            if isinstance(node, ast.FunctionDef):
+                assert node.name not in {"build_rows", "best_of_n_step"}, f"{path.name} redefines {node.name}"

@@ -16,7 +16,8 @@ def test_generate_exports_its_public_names():
 
     assert gen.__file__ is not None  # a regular package, not a namespace
     expected = {"BestOfN", "Completion", "FilePrompts", "GenerateConfig", "GenerationBackend", "GenerationResult",
-                "PromptSource", "SamplingConfig", "make_backend", "run_generate", "run_generate_ray", "summarize"}
+                "PromptSource", "SamplingConfig", "make_backend", "run_generate", "run_generate_ray", "summarize",
+                "best_of_n_step", "Scorer"}
     assert set(gen.__all__) == expected
     from bonsynth.generate.api import BestOfN
     from bonsynth.generate.pipeline import GenerateConfig, run_generate

@@ -5,6 +5,7 @@ The public names, importable from here (loaded on first use, so `import bonsynth
 - `GenerateConfig`, `run_generate`: the `bonsynth generate` pipeline (`pipeline`), `run_generate_ray` on Ray;
 - `BestOfN`: the library API (`api`);
 - `SamplingConfig`, `GenerationBackend`, `GenerationResult`, `Completion`, `make_backend`: the backends;
+- `best_of_n_step`, `Scorer`: the one step every engine runs (`step`);
 - `PromptSource`, `FilePrompts`: where the prompts come from; `summarize`: a run's reward summary.
 
 (`gather.gather` stays in its module: a package attribute named like a submodule would be replaced by the
@@ -29,6 +30,8 @@ _HOMES = {
     "PromptSource": "prompts",
     "FilePrompts": "prompts",
     "summarize": "summary",
+    "best_of_n_step": "step",
+    "Scorer": "step",
 }
 
 __all__ = sorted(_HOMES)

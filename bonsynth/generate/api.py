@@ -21,10 +21,10 @@ from bonsynth.generate.pipeline import (
     NonFiniteGuard,
     backend_for,
     build_manifest,
-    build_rows,
     finish_run,
     open_run_dir,
 )
+from bonsynth.generate.step import best_of_n_step
 
 
 def to_prompt_records(prompts: Iterable) -> list[PromptRecord]:
@@ -94,11 +94,7 @@ class BestOfN:
         sampling, selection = self.config.sampling(), self.config.selection()
         for lo in range(0, len(records), self.config.batch_size):
             batch = records[lo : lo + self.config.batch_size]
-            results = self.backend.generate(batch, sampling)
-            flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
-            flat_texts = [c.text for res in results for c in res.completions]
-            scores = self.scorer.score(flat_prompts, flat_texts)
-            rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
+            rows = best_of_n_step(batch, self.backend, self.scorer, sampling, selection)
             for name in outputs.DATA_FILES:
                 self._rows[name].extend(rows[name])
             yield from rows[outputs.CANDIDATES]
@@ -121,9 +117,13 @@ class BestOfN:
         return manifest
 
     def close(self) -> None:
+        """Release both engines (GPU memory, vLLM worker processes); a later `run` loads them again."""
         if self._backend is not None:
             self._backend.close()
             self._backend = None
+        if self._scorer is not None:
+            self._scorer.close()
+            self._scorer = None
 
     def __enter__(self) -> BestOfN:
         return self

@@ -20,13 +20,14 @@ from pathlib import Path
 from bonsynth.data.records import PromptRecord
 from bonsynth.errors import ConfigError, InputError
 from bonsynth.generate import outputs
-from bonsynth.generate.backends.base import GenerationBackend, GenerationResult, SamplingConfig
+from bonsynth.generate.backends.base import GenerationBackend, SamplingConfig
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.prompts import FilePrompts, PromptSource, as_prompt_source
+from bonsynth.generate.step import Scorer, best_of_n_step
 from bonsynth.generate.summary import summarize
 from bonsynth.locks import LOCK_FILE, dir_lock
 from bonsynth.redact import redact
-from bonsynth.select.selection import SelectionConfig, parse_select, select_candidates
+from bonsynth.select.selection import SelectionConfig, parse_select
 
 # Config fields that do not change what the run writes (a resume may change them). Prefix sharing changes
 # rewards only by float rounding, and the loading options only decide whether a model may be loaded.
@@ -255,63 +256,6 @@ def check_model_sources(cfg: GenerateConfig, *, policy: bool = True, rewards: bo
         check_model_source(path, what="reward model", allow_unsafe_weights=cfg.allow_unsafe_weights)
 
 
-def finite_or_none(x: float) -> float | None:
-    """A reward as written to disk: strict JSON has no NaN or Infinity, so a non-finite reward is `null`."""
-    return x if math.isfinite(x) else None
-
-
-def build_rows(
-    batch: list[PromptRecord],
-    results: list[GenerationResult],
-    rewards: list[float],
-    per_model: dict[str, list[float]],
-    selection: SelectionConfig,
-) -> dict[str, list[dict]]:
-    """Turn one batch's generations and rewards into rows for the three data files."""
-    rows: dict[str, list[dict]] = {name: [] for name in outputs.DATA_FILES}
-    k = 0
-    for rec, res in zip(batch, results, strict=True):
-        comps = res.completions
-        r = [float(x) for x in rewards[k : k + len(comps)]]
-        per = {name: vals[k : k + len(comps)] for name, vals in per_model.items()}
-        k += len(comps)
-        texts = [c.text for c in comps]
-        sel = select_candidates(texts, r, [c.num_tokens for c in comps], selection)
-        dup = set(sel.duplicates)
-        cand_rows = []
-        for i, c in enumerate(comps):
-            cand_rows.append({
-                "index": i,
-                "text": c.text,
-                "reward": finite_or_none(r[i]),
-                "rewards": {name: finite_or_none(float(vals[i])) for name, vals in per.items()},
-                "finish_reason": c.finish_reason,
-                "num_tokens": c.num_tokens,
-                "duplicate": i in dup,
-            })
-        row = {
-            "id": rec.id,
-            "prompt": rec.prompt,
-            "prompt_tokens": res.prompt_tokens,
-            "prompt_truncated": res.prompt_truncated,
-            "skipped": res.skipped,
-            "candidates": cand_rows,
-            "selected": sel.selected,
-            "pair": list(sel.pair) if sel.pair else None,
-            "pair_skipped": sel.skipped_pair_reason,
-            "below_min_reward": sel.below_min_reward,
-        }
-        if sel.nonfinite:
-            row["nonfinite_rewards"] = len(sel.nonfinite)
-        rows[outputs.CANDIDATES].append(row)
-        for i in sel.selected:
-            rows[outputs.SFT].append(outputs.sft_row(rec, texts[i], r[i]))
-        if sel.pair:
-            c, j = sel.pair
-            rows[outputs.DPO].append(outputs.dpo_row(rec, texts[c], texts[j], r[c], r[j]))
-    return rows
-
-
 class NonFiniteGuard:
     """Stops a run whose RM gives NaN or inf for more than `max_share` of the candidates the run will score.
 
@@ -461,7 +405,7 @@ def run_generate(
     cfg: GenerateConfig,
     *,
     backend: GenerationBackend | None = None,
-    scorer=None,
+    scorer: Scorer | None = None,
     prompts: PromptSource | Sequence[PromptRecord] | None = None,
     on_batch: Callable[[int, int], None] | None = None,
 ) -> dict:
@@ -494,12 +438,12 @@ def run_generate(
     finally:
         if own_backend and backend is not None:
             backend.close()
-        if own_scorer and scorer is not None and hasattr(scorer, "close"):
+        if own_scorer and scorer is not None:
             scorer.close()
 
 
 def _generate_batches(cfg: GenerateConfig, out: Path, state: dict, prompts: PromptSource,
-                      backend: GenerationBackend, scorer, on_batch: Callable[[int, int], None] | None) -> None:
+                      backend: GenerationBackend, scorer: Scorer, on_batch: Callable[[int, int], None] | None) -> None:
     """The remaining batches, each generated, scored, selected and appended durably."""
     from tqdm.auto import tqdm
 
@@ -512,14 +456,10 @@ def _generate_batches(cfg: GenerateConfig, out: Path, state: dict, prompts: Prom
         bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
                    disable=not cfg.show_progress, dynamic_ncols=True)
         for lo, batch in prompts.batches(cfg.batch_size, start):
-            results = backend.generate(batch, sampling)
-            flat_prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
-            flat_texts = [c.text for res in results for c in res.completions]
-            scores = scorer.score(flat_prompts, flat_texts)
-            rows = build_rows(batch, results, scores.combined, scores.per_model, selection)
+            rows = best_of_n_step(batch, backend, scorer, sampling, selection)
             guard.check(rows)
             writer.append_batch(rows, lo + len(batch))
-            n_cands += len(flat_texts)
+            n_cands += sum(len(row["candidates"]) for row in rows[outputs.CANDIDATES])
             bar.update(len(batch))
             bar.set_postfix(cand_per_s=f"{n_cands / max(1e-9, time.perf_counter() - t_start):.1f}")
             if on_batch is not None:
@@ -547,7 +487,7 @@ def finish_run(out: Path, state: dict, manifest: dict) -> None:
     outputs.write_json_atomic(out / outputs.STATE, state)
 
 
-def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer) -> dict:
+def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer: Scorer) -> dict:
     models = {
         "policy": model_fingerprint(cfg.policy),
         "rewards": [dict(model_fingerprint(p), **d) for p, d in zip(cfg.rewards, scorer.describe(), strict=True)],

@@ -49,7 +49,6 @@ from bonsynth.generate.pipeline import (
     NonFiniteGuard,
     apply_shard,
     backend_kwargs,
-    build_rows,
     check_model_sources,
     compose_manifest,
     finish_run,
@@ -58,6 +57,7 @@ from bonsynth.generate.pipeline import (
     run_extras,
 )
 from bonsynth.generate.prompts import PromptSource, as_prompt_source
+from bonsynth.generate.step import build_rows, score_results
 from bonsynth.select.selection import SelectionConfig
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install "bonsynth[ray]"'
@@ -158,13 +158,6 @@ def _results_from_json(text: str) -> list[GenerationResult]:
     return out
 
 
-def _flat(batch: list[PromptRecord], results: list[GenerationResult]) -> tuple[list, list[str]]:
-    """(prompt, candidate text) pairs in the order the local run scores them."""
-    prompts = [rec.prompt for rec, res in zip(batch, results, strict=True) for _ in res.completions]
-    texts = [c.text for res in results for c in res.completions]
-    return prompts, texts
-
-
 def _set_threads(threads: int) -> None:
     import torch
 
@@ -216,8 +209,7 @@ class ScoreActor:
         self.description = json.dumps(self.scorer.describe(), sort_keys=True, default=str)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        prompts, texts = _flat(_records(row), _results_from_json(row["results"]))
-        scores = self.scorer.score(prompts, texts)
+        scores = score_results(self.scorer, _records(row), _results_from_json(row["results"]))
         return dict(row, scores=json.dumps({"combined": scores.combined, "per_model": scores.per_model}),
                     rewards=self.description)
 
