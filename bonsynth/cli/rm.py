@@ -7,6 +7,7 @@ from pathlib import Path
 import click
 
 from bonsynth.cli.common import echo_json
+from bonsynth.rm.train import AVERAGE_METHODS, LR_SCHEDULERS
 
 FORMATS = click.Choice(["auto", "pairwise", "binary", "ranked", "prompts"])
 PREFIX_SHARING = click.Choice(["auto", "on", "off"])
@@ -66,19 +67,42 @@ def slice_cmd(base: str, layers: str, out: Path, overwrite: bool, trust_remote_c
 @click.option("--report-to", default="none", show_default=True, help="Trainer report_to (none, tensorboard, wandb).")
 @click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
 @click.option("--skip-invalid", is_flag=True, help=SKIP_INVALID_HELP)
+@click.option("--lr-scheduler", type=click.Choice(LR_SCHEDULERS), default="linear", show_default=True,
+              help="Learning-rate schedule after the warm-up (transformers' names).")
+@click.option("--warmup-ratio", type=float, default=0.0, show_default=True,
+              help="Share of the optimiser steps spent warming the learning rate up from 0.")
+@click.option("--center-rewards", type=float, default=None,
+              help="TRL's center_rewards_coefficient: adds c * mean((r+ + r-)^2) to the loss, pulling rewards "
+                   "towards 0 (pairwise and ranked; TRL suggests 0.01).")
+@click.option("--eval-every", type=int, default=0, show_default=True,
+              help="Measure the eval split every N optimiser steps (and at the end); keep the best checkpoint "
+                   "by eval accuracy (0 = off: keep the last).")
+@click.option("--early-stopping", type=int, default=0, show_default=True,
+              help="Stop after this many --eval-every evaluations without a better one (0 = off).")
+@click.option("--seeds", default=None, metavar="S1,S2,...",
+              help="WARM: train one member per seed on the same split and average their weights into --out.")
+@click.option("--average", type=click.Choice(AVERAGE_METHODS), default=None,
+              help="How --seeds members are averaged (bonsynth merge's method; default linear).")
+@click.option("--keep-members", is_flag=True, help="With --seeds: also keep each member under OUT/members/seed-K.")
 def train_cmd(**kw) -> None:
     """Train a reward model.
 
     \b
     Example:
       bonsynth rm train --base gpt2-8l --data data/pairs.jsonl --objective pairwise --out rm-pairs --epochs 2
+      bonsynth rm train --base minilm --data pairs.jsonl --objective pairwise --out rm-warm --seeds 0,1,2 \\
+          --eval-every 50 --early-stopping 3
     """
     from bonsynth.rm.train import RMTrainConfig, train_reward_model
 
     kw["data"] = list(kw["data"])
     cfg = RMTrainConfig(**kw)
-    result = train_reward_model(cfg)
-    echo_json(result)
+    if cfg.seeds is not None:
+        from bonsynth.merge.warm import train_warm
+
+        echo_json(train_warm(cfg))
+    else:
+        echo_json(train_reward_model(cfg))
 
 
 @rm.command("eval")

@@ -32,6 +32,10 @@ from bonsynth.models import checkpointing_args
 from bonsynth.rm.meta import RMMeta, file_sha256
 
 TRAIN_OBJECTIVES = ("pairwise", "binary", "ranked")
+# transformers' scheduler names that make sense for a short fine-tune (`--lr-scheduler`)
+LR_SCHEDULERS = ("linear", "cosine", "cosine_with_restarts", "polynomial", "constant", "constant_with_warmup",
+                 "inverse_sqrt", "warmup_stable_decay")
+AVERAGE_METHODS = ("linear",)  # weight averaging of the `--seeds` members (WARM), through bonsynth merge
 LABEL_MAPPINGS = {
     "pairwise": {"0": "reward"},
     "ranked": {"0": "reward"},
@@ -62,19 +66,27 @@ class RMTrainConfig:
     trust_remote_code: bool = False
     skip_invalid: bool = False  # drop rows that fail validation (reported, counted in the summary) instead of failing
     overwrite: bool = False  # replace a non-empty `out` (only once the new model is complete)
+    warmup_ratio: float = 0.0  # share of the optimiser steps with a linear warm-up
+    lr_scheduler: str = "linear"  # transformers' scheduler name (LR_SCHEDULERS)
+    center_rewards: float | None = None  # TRL's center_rewards_coefficient: + c * mean((r+ + r-)^2) in the loss
+    eval_every: int = 0  # evaluate on the eval split every N optimiser steps and keep the best checkpoint (0: off)
+    early_stopping: int = 0  # stop after this many evaluations without a better one (0: off; needs eval_every)
+    seeds: list[int] | None = None  # WARM: train one member per seed (same split), then average their weights
+    average: str | None = None  # how the members are averaged: linear (the default with --seeds)
+    keep_members: bool = False  # also keep each member under OUT/members/seed-K
     # not on the command line: library / benchmark knobs
     allow_unsafe_weights: bool = False  # also load a pickle-only base (the loop's rm_update, when its recipe opts in)
     lora_alpha: int | None = None  # default 2 * lora_r
     lora_dropout: float = 0.0
     lora_target_modules: list[str] | str | None = None  # default: peft's choice for the architecture
     weight_decay: float = 0.0
-    warmup_ratio: float = 0.0
-    lr_scheduler_type: str = "linear"
     logging_steps: int = 10
     eval_batch_size: int | None = None
     gradient_checkpointing: bool = False
-    center_rewards_coefficient: float | None = None
     disable_tqdm: bool | None = None
+    init_seed: int | None = None  # the eval split and the new head's draw (default: `seed`); WARM members share
+    # the run's, so they start from one point and differ only in data order (Ramé et al.: a shared init keeps the
+    # members in one basin, where averaging their weights works)
     extra: dict = field(default_factory=dict)  # free-form notes stored in bonsynth_rm.json
 
     def __post_init__(self) -> None:
@@ -92,10 +104,51 @@ class RMTrainConfig:
             (self.lora_r >= 0, f"--lora-r must be 0 (off) or positive, got {self.lora_r}"),
             (0 <= self.eval_split < 1, f"--eval-split must be in [0, 1), got {self.eval_split}"),
             (self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}"),
+            (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.lr_scheduler in LR_SCHEDULERS,
+             f"--lr-scheduler {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
+            (self.center_rewards is None or (math.isfinite(self.center_rewards) and self.center_rewards >= 0),
+             f"--center-rewards must be a coefficient >= 0, got {self.center_rewards}"),
+            (self.center_rewards is None or self.objective != "binary",
+             "--center-rewards applies to the pairwise and ranked losses, not to --objective binary"),
+            (self.eval_every >= 0, f"--eval-every must be 0 (off) or a number of steps, got {self.eval_every}"),
+            (self.eval_every == 0 or self.eval_split > 0,
+             "--eval-every needs an eval split to measure on (--eval-split > 0)"),
+            (self.early_stopping >= 0, f"--early-stopping must be 0 (off) or a patience, got {self.early_stopping}"),
+            (self.early_stopping == 0 or self.eval_every > 0,
+             "--early-stopping counts evaluations: give --eval-every too"),
         ]
         for ok, message in checks:
             if not ok:
                 raise ConfigError(message)
+        self._check_members()
+
+    def _check_members(self) -> None:
+        if self.seeds is not None:
+            seeds = [int(x) for x in (self.seeds.split(",") if isinstance(self.seeds, str) else self.seeds)]
+            if len(seeds) < 2 or len(set(seeds)) != len(seeds):
+                raise ConfigError(f"--seeds needs two or more different seeds to average, got {self.seeds!r}")
+            self.seeds = seeds
+            self.average = self.average or "linear"
+        if self.average is not None:
+            if self.average not in AVERAGE_METHODS:
+                raise ConfigError(f"--average {self.average!r} is not one of {', '.join(AVERAGE_METHODS)}")
+            if self.seeds is None:
+                raise ConfigError("--average averages the members that --seeds trains: give --seeds too")
+        if self.keep_members and self.seeds is None:
+            raise ConfigError("--keep-members keeps the members that --seeds trains: give --seeds too")
+
+    def member(self, seed: int) -> RMTrainConfig:
+        """One WARM member: this run with its own seed, on the run's eval split."""
+        from dataclasses import replace
+
+        return replace(self, seed=seed, seeds=None, average=None, keep_members=False,
+                       init_seed=self.shared_seed)
+
+    @property
+    def shared_seed(self) -> int:
+        """The seed of the eval split and of the head initialisation."""
+        return self.seed if self.init_seed is None else self.init_seed
 
     @property
     def num_labels(self) -> int:
@@ -106,13 +159,15 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
     """Train, merge, save (model + tokenizer + bonsynth_rm.json) and return a summary with eval metrics."""
     from bonsynth.outdir import build_dir_atomic, check_output_dir
 
+    if cfg.seeds is not None:  # the merge layer sits above this one: it trains the members, then averages them
+        raise ConfigError("seeds: a WARM run (members averaged by bonsynth merge) is bonsynth.merge.warm.train_warm")
     start = time.perf_counter()
     out = check_output_dir(cfg.out, overwrite=cfg.overwrite, what="--out")  # before any long work
     report_to = _report_to(cfg.report_to)
     records, hashes, skips = _load_data(cfg)  # user errors in the data surface before any model is loaded
     if cfg.objective == "ranked":
         _report_tied_groups([g for g in records if len(set(g.scores)) < 2], len(records))
-    train_recs, eval_recs = split_records(records, cfg.eval_split, cfg.seed)
+    train_recs, eval_recs = split_records(records, cfg.eval_split, cfg.shared_seed)
     if not train_recs:
         raise InputError(
             f"only {len(records)} example(s): nothing left to train on after the eval split "
@@ -122,7 +177,7 @@ def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
 
     import transformers
 
-    transformers.set_seed(cfg.seed)
+    transformers.set_seed(cfg.shared_seed)  # the head's draw; the Trainer reseeds with `seed` for the data order
     model, tokenizer, max_length = load_base_model(cfg)
     from bonsynth.rm.model import RewardModel
 
@@ -156,10 +211,20 @@ def _train_and_save(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any
     from bonsynth.rm.model import RewardModel
 
     # Trainer chatter (log dicts) goes to stderr: stdout carries the JSON summary the CLI prints.
+    best = None
     with contextlib.redirect_stdout(sys.stderr):
         trainer = _make_trainer(cfg, model, tokenizer, dataset, work, report_to, run_name=out.name)
+        if cfg.eval_every:
+            best = BestCheckpoint.callback(
+                lambda m: evaluate_split(RewardModel.from_model(m, tokenizer, meta, max_length=max_length,
+                                                                prefix_sharing="off"),
+                                         cfg.objective, eval_recs, cfg.eval_batch_size)[0],
+                every=cfg.eval_every, patience=cfg.early_stopping)
+            trainer.add_callback(best)
         train_output = trainer.train()
     model = trainer.model
+    if best is not None:
+        best.restore(model)
     if lora:
         model = model.merge_and_unload()
     model.eval()
@@ -190,6 +255,8 @@ def _train_and_save(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any
         **prefixed,
         "seconds": round(seconds, 2),
     }
+    if best is not None:
+        summary.update(best.summary())
     meta.extra = {
         **cfg.extra,
         "training": {
@@ -555,7 +622,7 @@ def _training_kwargs(cfg: RMTrainConfig, out: Path, report_to: list[str], run_na
         "gradient_accumulation_steps": cfg.grad_accum,
         "weight_decay": cfg.weight_decay,
         "warmup_steps": cfg.warmup_ratio,  # transformers 5: a float < 1 is a ratio of the total steps
-        "lr_scheduler_type": cfg.lr_scheduler_type,
+        "lr_scheduler_type": cfg.lr_scheduler,
         "seed": cfg.seed,
         "data_seed": cfg.seed,
         "report_to": report_to or "none",
@@ -592,9 +659,101 @@ def _make_trainer(cfg: RMTrainConfig, model: Any, tokenizer: Any, dataset: Any, 
         **kwargs,
         max_length=None,  # already encoded to fit: TRL would otherwise drop long pairs
         disable_dropout=True,
-        center_rewards_coefficient=cfg.center_rewards_coefficient,
+        center_rewards_coefficient=cfg.center_rewards,
     )
     return RewardTrainer(model=model, args=args, train_dataset=dataset, processing_class=tokenizer)
+
+
+# ---------------------------------------------------------------------------------------------------- checkpoints
+
+
+_LOSS_TIE_BREAK = 1e-6  # a loss change smaller than this is rounding, not progress
+
+
+def _better(a: dict, b: dict | None) -> bool:
+    """Higher eval accuracy wins; equal accuracy is broken by a lower eval loss (accuracy on a few hundred pairs
+    moves in coarse steps), by more than rounding."""
+    if b is None:
+        return True
+    if a["accuracy"] != b["accuracy"]:
+        return a["accuracy"] > b["accuracy"]
+    return a["loss"] < b["loss"] - _LOSS_TIE_BREAK
+
+
+class BestCheckpoint:
+    """`--eval-every` / `--early-stopping`: measure the eval split every N optimiser steps (and at the end),
+    keep a copy of the best weights in memory, and stop after `patience` evaluations without a better one.
+
+    The measure is bonsynth's own (`evaluate_split`, the numbers `rm eval` prints), not the Trainer's eval
+    loop, so the checkpoint kept is the one with the best accuracy as users will measure it. Only trainable
+    tensors are copied: the whole model for a full fine-tune, the adapters and head for LoRA.
+    """
+
+    def __init__(self, evaluate: Any, every: int, patience: int = 0) -> None:
+        self.evaluate, self.every, self.patience = evaluate, every, patience
+        self.history: list[dict[str, Any]] = []
+        self.best: dict[str, Any] | None = None
+        self.best_state: dict[str, Any] | None = None
+        self.stale = 0
+        self.stopped_early = False
+
+    def _measure(self, state: Any, model: Any) -> None:
+        import torch
+
+        if self.history and self.history[-1]["step"] == state.global_step:
+            return
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            metrics = self.evaluate(model)
+        if was_training:
+            model.train()
+        point = {"step": int(state.global_step), "epoch": round(float(state.epoch or 0.0), 4),
+                 "accuracy": float(metrics["accuracy"]), "loss": float(metrics["loss"])}
+        self.history.append(point)
+        log.info("eval at step %d: accuracy %.4f, loss %.4f", point["step"], point["accuracy"], point["loss"])
+        if _better(point, self.best):
+            self.best, self.stale = point, 0
+            self.best_state = {k: v.detach().to("cpu", copy=True) for k, v in model.named_parameters()
+                               if v.requires_grad}
+        else:
+            self.stale += 1
+
+    def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
+        if state.global_step % self.every == 0:
+            self._measure(state, model)
+            if self.patience and self.stale >= self.patience:
+                self.stopped_early = True
+                control.should_training_stop = True
+        return control
+
+    def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
+        self._measure(state, model)  # the last step counts too, if it fell between two evaluations
+        return control
+
+    def restore(self, model: Any) -> None:
+        """Put the best weights back (a no-op when the last evaluation was the best)."""
+        if self.best_state is None or (self.history and self.best is self.history[-1]):
+            return
+        params = dict(model.named_parameters())
+        import torch
+
+        with torch.no_grad():
+            for name, value in self.best_state.items():
+                params[name].copy_(value.to(params[name].device))
+
+    @classmethod
+    def callback(cls, *args: Any, **kwargs: Any) -> BestCheckpoint:
+        """A `BestCheckpoint` that is also a transformers `TrainerCallback` (transformers is imported only here,
+        so importing this module stays cheap for the CLI)."""
+        from transformers import TrainerCallback
+
+        return type("BestCheckpointCallback", (cls, TrainerCallback), {})(*args, **kwargs)
+
+    def summary(self) -> dict[str, Any]:
+        assert self.best is not None  # on_train_end always measures
+        return {"best_step": self.best["step"], "best_epoch": self.best["epoch"], "stopped_early": self.stopped_early,
+                "evaluations": self.history}
 
 
 # ---------------------------------------------------------------------------------------------------- eval + save
