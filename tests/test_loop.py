@@ -687,3 +687,60 @@ def test_dpo_with_lora_and_rm_update(tmp_path, learnable, tiny_rm_dir):
     ev1 = json.loads((out / "round_001" / "eval" / "manifest.json").read_text())
     assert ev1["config"]["rewards"] == [str(learnable.rm)]
     assert json.loads((out / "round_001" / "metrics.json").read_text())["eval"]["win_rate_vs_previous"] is not None
+
+
+def test_synthetic_prompts_each_round_by_the_current_policy(tmp_path, learnable):
+    """`prompts: - synth:`: every round makes fresh prompts with the round's policy (round 1: round 0's
+    checkpoint), they are what the round generates on, the eval prompts stay the fixed file, and a resumed loop
+    does not synthesise again."""
+    rng = random.Random(3)
+    seeds = write_jsonl(tmp_path / "seeds.jsonl", [
+        {"id": f"s{i}", "prompt": " ".join(rng.choice(WORDS) for _ in range(5))} for i in range(12)])
+    evalp = write_jsonl(tmp_path / "eval.jsonl", [
+        {"id": f"e{i}", "prompt": " ".join(rng.choice(WORDS) for _ in range(3))} for i in range(6)])
+    out = tmp_path / "synth-loop"
+    synth = {"seeds": str(seeds), "per_round": 4, "max_new_tokens": 12, "min_words": 1, "language_check": False,
+             "max_similarity": 1.0, "max_requests": 40, "batch_size": 8}
+    recipe = write_recipe(tmp_path / "synth.yaml", learnable, out, rounds=2, prompts=[{"synth": synth}],
+                          generation={"n": 2, "max_new_tokens": 8}, update={"epochs": 1},
+                          eval={"prompts": [str(evalp)], "num_prompts": None, "n": 2})
+    from bonsynth.loop import run_loop
+
+    assert run_loop(recipe, show_progress=False)["rounds_complete"] == 2
+    eval_ids = [r["id"] for r in _rows(out / "eval_prompts.jsonl")]
+    assert eval_ids == [f"e{i}" for i in range(6)]
+    made = []
+    for r, policy in ((0, str(learnable.policy)), (1, "round_000/policy")):
+        rd = out / f"round_{r:03d}"
+        summary = json.loads((rd / "synth" / "summary.json").read_text())
+        assert summary["model"] == policy and summary["kept"] == 4 and summary["made"] == 4
+        synth_rows = _rows(rd / "synth" / "prompts.jsonl")
+        assert all(row["seed_ids"] and set(row["seed_ids"]) <= {f"s{i}" for i in range(12)} for row in synth_rows)
+        round_rows = _rows(rd / "prompts.jsonl")
+        assert [x["id"] for x in round_rows] == [x["id"] for x in synth_rows]
+        assert [x["prompt"] for x in round_rows] == [x["prompt"] for x in synth_rows]
+        gen_ids = [x["id"] for x in _rows(rd / "generate" / "candidates.jsonl")]
+        assert gen_ids == [x["id"] for x in round_rows]
+        made.append({x["id"] for x in round_rows})
+    assert not made[0] & made[1]  # fresh ids (and prompts) every round
+
+    before = (out / "round_001" / "synth" / "prompts.jsonl").read_bytes()
+    assert run_loop(recipe, resume=True, show_progress=False)["rounds_complete"] == 2
+    assert (out / "round_001" / "synth" / "prompts.jsonl").read_bytes() == before
+
+
+def test_synthetic_prompts_need_a_fixed_eval_set(tmp_path, learnable):
+    from bonsynth.loop.recipe import parse_recipe
+
+    base = yaml.safe_load(write_recipe(tmp_path / "r.yaml", learnable, tmp_path / "o").read_text())
+    base["prompts"] = [{"synth": {"seeds": str(learnable.prompts), "per_round": 4}}]
+    with pytest.raises(Exception, match="eval.prompts"):
+        parse_recipe(base)
+    base["prompts"].append({"synth": {"seeds": str(learnable.prompts), "per_round": 2}})
+    base["eval"] = {"prompts": [str(learnable.prompts)]}
+    with pytest.raises(Exception, match="more than one 'synth'"):
+        parse_recipe(base)
+    base["prompts"] = [str(learnable.prompts), {"synth": {"seeds": str(learnable.prompts), "per_round": 2,
+                                                          "bogus": 1}}]
+    with pytest.raises(Exception, match="bogus"):
+        parse_recipe(base)

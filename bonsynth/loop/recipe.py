@@ -5,7 +5,8 @@
     policy: PATH | HUB_ID | demo:policy
     rewards: [PATH, ...]              # the RM(s) that score and select (demo:rm for the demo RM)
     reward_weights: [0.7, 0.3]        # optional, one per RM
-    prompts: [PATH, ...]              # one or more prompt sources (jsonl/json/parquet/datasets folder)
+    prompts: [PATH, ...]              # one or more prompt sources (jsonl/json/parquet/datasets folder),
+                                      # and/or `- synth: {seeds: FILE, per_round: K, ...}` (below)
     rounds: 3
     prompts_per_round: 64 | all       # a number: fresh prompts each round; all: every prompt every round
     device: auto                      # generation, scoring and training
@@ -21,6 +22,17 @@
     eval: {prompts, num_prompts, n, temperature, top_p, max_new_tokens, rewards, reward_weights,
            judge, judge_weights}
     control: random                   # optional: a control arm trained on random candidates (see below)
+
+Synthetic prompts (optional): a `prompts` item `synth:` makes `per_round` fresh prompts every round with
+`bonsynth prompts synth` (few-shot from `seeds`, filtered and deduplicated), by the round's current policy
+(`model: policy`, the default) or by a fixed model (`model: PATH`). They join the round's file prompts (if
+any). The eval prompts are never synthesised: they are held out from the file prompts, or given by
+`eval.prompts` (required when every prompt is synthetic), and a synthetic prompt that copies one is dropped.
+
+    prompts:
+      - synth: {seeds: data/seeds.jsonl, per_round: 64, model: policy, shots: 3, max_similarity: 0.7,
+                template: FILE, temperature: 1.0, top_p: 1.0, max_new_tokens: 128, min_words: 3,
+                max_words: 256, language_check: true, max_requests: null}
 
 The gold judge and the control arm (both optional; a recipe without them keeps its fingerprint):
 
@@ -79,6 +91,31 @@ VLLM_ONLY = ("max_model_len", "enforce_eager")  # generation keys that only the 
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+class SynthSection(_Section):
+    """`prompts: - synth: {...}`: fresh synthetic prompts every round (`bonsynth prompts synth`)."""
+
+    seeds: str
+    per_round: int = Field(ge=1)
+    model: str = "policy"  # `policy`: the round's current policy; else a fixed model (path, hub id, demo: name)
+    template: str | None = None
+    shots: int = Field(3, ge=1)
+    per_request: int = Field(1, ge=1)
+    temperature: float = Field(1.0, ge=0)
+    top_p: float = Field(1.0, gt=0, le=1)
+    max_new_tokens: int = Field(128, ge=1)
+    max_similarity: float = Field(0.7, gt=0, le=1)
+    ngram: int = Field(2, ge=1)
+    min_words: int = Field(3, ge=0)
+    max_words: int = Field(256, ge=1)
+    language_check: bool = True
+    max_requests: int | None = Field(None, ge=1)
+    batch_size: int = Field(32, ge=1)
+
+
+class PromptSynthItem(_Section):
+    synth: SynthSection
 
 
 class GenerationSection(_Section):
@@ -242,7 +279,7 @@ class LoopRecipe(_Section):
     policy: str
     rewards: list[str]
     reward_weights: list[float] | None = None
-    prompts: list[str]
+    prompts: list[str | PromptSynthItem]
     prompt_format: Literal["auto", "prompts"] = "auto"
     rounds: int = Field(ge=1)
     prompts_per_round: int | Literal["all"] = "all"
@@ -259,10 +296,27 @@ class LoopRecipe(_Section):
     name: str | None = None
     description: str | None = None
 
-    @field_validator("rewards", "prompts", mode="before")
+    @field_validator("rewards", mode="before")
     @classmethod
     def _listify(cls, v: Any) -> Any:
         return [v] if isinstance(v, str) else v
+
+    @field_validator("prompts", mode="before")
+    @classmethod
+    def _prompt_items(cls, v: Any) -> Any:
+        """Paths, and at most one `synth:` mapping, checked here so a mistake names its key in the item."""
+        v = [v] if isinstance(v, (str, dict)) else v
+        if not isinstance(v, list):
+            return v
+        items = []
+        for i, item in enumerate(v):
+            if isinstance(item, dict):
+                try:
+                    item = PromptSynthItem.model_validate(item)
+                except ValidationError as e:
+                    raise ValueError(f"item {i}: {describe_validation_error(e, PromptSynthItem)}") from None
+            items.append(item)
+        return items
 
     @field_validator("prompts_per_round", mode="before")
     @classmethod
@@ -279,6 +333,11 @@ class LoopRecipe(_Section):
             raise ValueError("'rewards' is empty; name at least one reward model")
         if not self.prompts:
             raise ValueError("'prompts' is empty; name at least one prompt source")
+        if sum(isinstance(p, PromptSynthItem) for p in self.prompts) > 1:
+            raise ValueError("'prompts' has more than one 'synth' item; one synthesiser per recipe")
+        if not self.prompt_files and not self.eval.prompts:
+            raise ValueError("'eval.prompts' is needed when every prompt is synthetic: the eval prompts are a "
+                             "fixed held-out set, never synthesised")
         if self.reward_weights is not None and len(self.rewards) == 1:
             raise ValueError("'reward_weights' needs two or more 'rewards' (one RM's reward is used as it is)")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
@@ -300,6 +359,15 @@ class LoopRecipe(_Section):
         if self.rm_update is not None and len(self.rewards) != 1:
             raise ValueError("'rm_update' fine-tunes one reward model; 'rewards' must name exactly one")
         return self
+
+    @property
+    def prompt_files(self) -> list[str]:
+        """The prompt sources that are files (the `synth` item, if any, left out)."""
+        return [p for p in self.prompts if isinstance(p, str)]
+
+    @property
+    def prompt_synth(self) -> SynthSection | None:
+        return next((p.synth for p in self.prompts if isinstance(p, PromptSynthItem)), None)
 
     def fingerprint(self) -> str:
         return hashlib.sha256(json.dumps(fingerprint_view(self), sort_keys=True).encode()).hexdigest()[:16]

@@ -81,6 +81,14 @@ def _say(msg: str) -> None:
     click.echo(msg, err=True)
 
 
+def _text_of(prompt) -> str:
+    """A prompt's text for copy checks: the last user turn of a chat prompt."""
+    if isinstance(prompt, str):
+        return prompt
+    users = [m.get("content", "") for m in prompt if m.get("role") == "user"]
+    return users[-1] if users else ""
+
+
 def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
@@ -336,8 +344,8 @@ class LoopRunner:
     def stage_generate(self, r: int) -> None:
         rd = self.rdir(r)
         rd.mkdir(parents=True, exist_ok=True)
-        prompts = round_prompts(self.src.pool, self.recipe.prompts_per_round, self.recipe.seed, r)
-        write_prompts(rd / "prompts.jsonl", prompts)
+        if not (rd / "prompts.jsonl").exists():
+            write_prompts(rd / "prompts.jsonl", self._round_prompts(r))
         s, g = self.recipe.selection, self.recipe.generation
         cfg = self._gen_config(
             policy=self.policy_for(r), rewards=self.rewards_for(r),
@@ -348,6 +356,44 @@ class LoopRunner:
             write_pairs=self._needs_pairs(),
         )
         self._generate(cfg)
+
+    def _round_prompts(self, r: int) -> list:
+        """Round r's prompts: its slice of the file prompts, then (with a `synth` item) its synthetic ones."""
+        pool = self.src.pool
+        prompts = round_prompts(pool, self.recipe.prompts_per_round, self.recipe.seed, r) if pool else []
+        if self.recipe.prompt_synth is not None:
+            prompts += self._synthesise(r)
+        return prompts
+
+    def _synthesise(self, r: int) -> list:
+        """`per_round` fresh prompts by the round's policy (or the fixed model), resumable inside the round;
+        a synthetic prompt that copies an eval prompt is dropped (the eval set stays held out)."""
+        from bonsynth.data.readers import load_prompts
+        from bonsynth.data.synth import FilterSettings, copy_key
+        from bonsynth.generate.synth import SynthConfig, output_paths, run_synth
+
+        syn, g = self.recipe.prompt_synth, self.recipe.generation
+        out = self.rdir(r) / "synth" / "prompts.jsonl"
+        _, manifest_path, partial = output_paths(out)
+        cfg = SynthConfig(
+            seeds=self.src.synth_seeds, policy=self.src.synth_model or self.policy_for(r), num=syn.per_round,
+            out=str(out), backend=g.backend, template=syn.template, shots=syn.shots, per_request=syn.per_request,
+            seed=derive_seed(self.recipe.seed, "round", r, "synth"), temperature=syn.temperature, top_p=syn.top_p,
+            max_new_tokens=syn.max_new_tokens, batch_size=syn.batch_size, max_requests=syn.max_requests,
+            filters=FilterSettings(min_words=syn.min_words, max_words=syn.max_words,
+                                   max_similarity=syn.max_similarity, ngram=syn.ngram,
+                                   language_check=syn.language_check),
+            resume=partial.exists() or out.exists(), device=self.recipe.device, dtype=self.recipe.dtype,
+            show_progress=self.show_progress, **self._load_options(),
+        )
+        run_synth(cfg)
+        held = {copy_key(_text_of(p.prompt)) for p in self.src.eval_prompts}
+        made = load_prompts(str(out))
+        kept = [p for p in made if copy_key(_text_of(p.prompt)) not in held]
+        write_json_atomic(self.rdir(r) / "synth" / "summary.json", {
+            "model": self.rel(cfg.policy), "made": len(made), "kept": len(kept),
+            "dropped_eval_copies": len(made) - len(kept), "manifest": self.rel(manifest_path)})
+        return kept
 
     def _needs_pairs(self) -> bool:
         """best / top-k rounds write DPO pairs too when something reads them: a DPO update, rm_update, or a

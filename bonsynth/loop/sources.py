@@ -49,8 +49,10 @@ class ResolvedSources:
     rewards: list[str]
     eval_rewards: list[str]
     labeler: str | None
-    pool: list[PromptRecord]  # prompts the rounds train on
+    pool: list[PromptRecord]  # prompts the rounds train on (from files; empty when every prompt is synthetic)
     eval_prompts: list[PromptRecord]
+    synth_seeds: str | None = None  # the `synth` item's seeds file, resolved
+    synth_model: str | None = None  # its fixed model, resolved (None: the round's policy)
 
 
 def _load_many(paths: list[str], key: str, fmt: str) -> list[PromptRecord]:
@@ -89,14 +91,16 @@ def resolve_sources(recipe: LoopRecipe, source: str) -> ResolvedSources:
         )
         labeler = check_model(recipe.rm_update.labeler, "rm_update.labeler", "labelling reward model",
                               allow_unsafe_weights=unsafe) if recipe.rm_update else None
-        pool = _load_many(recipe.prompts, "prompts", recipe.prompt_format)
+        files = recipe.prompt_files
+        pool = _load_many(files, "prompts", recipe.prompt_format) if files else []
+        synth_seeds, synth_model = _synth_sources(recipe, unsafe)
         if ev.prompts:
             eval_prompts = _load_many(ev.prompts, "eval.prompts", recipe.prompt_format)
             if ev.num_prompts is not None:
                 eval_prompts = eval_prompts[: ev.num_prompts]
             held = {r.id for r in eval_prompts}
             pool = [r for r in pool if r.id not in held]  # never train on an eval prompt
-            if not pool:
+            if files and not pool:
                 raise ConfigError("prompts: every prompt is also an eval prompt; nothing is left to train on")
         else:
             k = ev.num_prompts or 32
@@ -109,12 +113,28 @@ def resolve_sources(recipe: LoopRecipe, source: str) -> ResolvedSources:
             eval_prompts = [pool[i] for i in sorted(held_idx)]
             pool = [r for i, r in enumerate(pool) if i not in held_idx]
         ppr = recipe.prompts_per_round
-        if isinstance(ppr, int) and ppr > len(pool):
+        if files and isinstance(ppr, int) and ppr > len(pool):
             raise ConfigError(f"prompts_per_round: {ppr} is more than the {len(pool)} training prompts "
                               f"(after holding out {len(eval_prompts)} eval prompts)")
     except ConfigError as e:
         raise ConfigError(f"{source}: {e}") from None
-    return ResolvedSources(policy, rewards, eval_rewards, labeler, pool, eval_prompts)
+    return ResolvedSources(policy, rewards, eval_rewards, labeler, pool, eval_prompts, synth_seeds, synth_model)
+
+
+def _synth_sources(recipe: LoopRecipe, unsafe: bool) -> tuple[str | None, str | None]:
+    """The `synth` item's seeds file and fixed model, checked before anything runs."""
+    syn = recipe.prompt_synth
+    if syn is None:
+        return None, None
+    key = f"prompts[{next(i for i, p in enumerate(recipe.prompts) if not isinstance(p, str))}].synth"
+    seeds = resolve_path(syn.seeds)
+    if not Path(seeds).is_file():
+        raise ConfigError(f"{key}.seeds: no such file: {syn.seeds}")
+    if syn.template is not None and not Path(syn.template).is_file():
+        raise ConfigError(f"{key}.template: no such file: {syn.template}")
+    model = None if syn.model == "policy" else check_model(syn.model, f"{key}.model", "prompt synthesis model",
+                                                           allow_unsafe_weights=unsafe)
+    return seeds, model
 
 
 def round_prompts(pool: list[PromptRecord], per_round: int | str, seed: int, round_index: int) -> list[PromptRecord]:
