@@ -6,6 +6,13 @@ must not leave a directory that looks like a model (config.json only) or half re
 files fsynced and the directory renamed into place (the old one, with `overwrite`, is moved aside first and
 deleted after). On any error the temp directory is removed and the target is left as it was.
 
+Every builder of a directory uses it (`rm train`, `merge`, `rm slice`, GGUF import, `gather`, the loop's policy
+and RM updates, the demo and quickstart models), so none writes its own "temp directory, then rename". A build
+killed outright (SIGKILL, power loss) cannot clean up; it leaves only its hidden temp directory, never a partial
+OUT, and the next build of the same OUT removes it. The builder holds an advisory lock on its temp directory
+while it works, which the kernel drops when the process dies, so a temp directory that can be locked is debris
+and one that cannot belongs to a build still running.
+
 File-system errors the user must act on (disk full, read-only file system, no permission, a file where a
 directory should be) become one-line `BonsynthError`s naming the path.
 """
@@ -83,10 +90,12 @@ def build_dir_atomic(out: str | Path, *, overwrite: bool = False, what: str = "o
     out = check_output_dir(out, overwrite=overwrite, what=what, flag=flag)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
+        _remove_abandoned(out)
         tmp = out.parent / f".{out.name}.tmp-{os.getpid()}-{uuid.uuid4().hex[:8]}"
         tmp.mkdir()
     except OSError as e:
         raise (os_error(e, out.parent, action="create") or e) from e
+    hold = _hold(tmp)
     try:
         try:
             yield tmp
@@ -101,7 +110,40 @@ def build_dir_atomic(out: str | Path, *, overwrite: bool = False, what: str = "o
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    finally:
+        if hold is not None:
+            os.close(hold)
     fsync_dir(out.parent)
+
+
+def _hold(directory: Path) -> int | None:
+    """An exclusive advisory lock on `directory` for as long as the returned descriptor is open (POSIX)."""
+    try:
+        import fcntl
+    except ImportError:
+        return None
+    fd = os.open(directory, os.O_RDONLY)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        os.close(fd)
+        return None
+    return fd
+
+
+def _remove_abandoned(out: Path) -> None:
+    """Delete the temp directories that killed builds of `out` left (unlocked: no live process owns them)."""
+    pattern = re.compile(rf"\.{re.escape(out.name)}\.tmp-\d+-[0-9a-f]{{8}}")
+    for p in out.parent.iterdir():
+        if not pattern.fullmatch(p.name) or not p.is_dir() or p.is_symlink():
+            continue
+        fd = _hold(p)
+        if fd is None:
+            continue  # a build still running (or no locks on this system): not ours to touch
+        try:
+            shutil.rmtree(p, ignore_errors=True)
+        finally:
+            os.close(fd)
 
 
 def _replace_dir(tmp: Path, out: Path) -> None:

@@ -595,7 +595,7 @@ def test_killed_mid_round_then_resumed_reproduces_the_uninterrupted_loop(tmp_pat
     # Kill points: while round 0's update is training; then inside round 1's generation (a child process) after
     # some of its batches are durable.
     kill_when = [
-        (recipe, lambda: (out / "round_000" / ".policy.partial").exists()),
+        (recipe, lambda: any((out / "round_000").glob(".policy.tmp-*"))),
         (child_gen, lambda: 0 < _json(gen1 / "state.json").get("prompts_done", 0) < 16),
     ]
     kills = 0
@@ -624,7 +624,7 @@ def test_killed_mid_round_then_resumed_reproduces_the_uninterrupted_loop(tmp_pat
         assert a[name] == b[name], name
     for rd in ("baseline", "round_000", "round_001"):
         assert json.loads((ref / rd / "metrics.json").read_text()) == json.loads((out / rd / "metrics.json").read_text())
-    assert not list(out.glob("round_*/.*.partial"))
+    assert not list(out.glob("round_*/.*.tmp-*"))  # the killed build's temp directory was cleared
 
     # A finished loop: without --resume, or with another recipe, it is refused.
     code, err = _loop_cli(monkeypatch, capsys, str(recipe))

@@ -599,3 +599,54 @@ def test_allow_unsafe_weights_is_merges_opt_in_too(zoo, tmp_path, monkeypatch, c
     with pytest.warns(DeprecationWarning, match="allow_unsafe_weights"):
         run_merge(cfg, tmp_path / "o4", allow_pickle=True)
     assert (tmp_path / "o4" / "model.safetensors").is_file()
+
+
+# ------------------------------------------------------------------------------------------- one options object
+
+
+def test_merge_options_object_equals_the_keywords_and_unknown_ones_are_refused(zoo, tmp_path):
+    """One `MergeOptions` behind `run_merge`, `merge_config` and the CLI: the object and its fields as keywords
+    give the same output; a misspelt or removed option (the dead `trust_remote_code`) is a TypeError, not ignored."""
+    from bonsynth.merge import MergeOptions, run_merge
+
+    cfg = _write(tmp_path, {"merge_method": "dare_linear", "models": [
+        {"model": zoo["lm1"], "parameters": {"weight": 0.5, "density": 0.5}},
+        {"model": zoo["lm2"], "parameters": {"weight": 0.5, "density": 0.5}}], "base_model": zoo["base"]})
+    a = run_merge(cfg, tmp_path / "a", MergeOptions(random_seed=3, out_shard_size="20K"))
+    b = run_merge(cfg, tmp_path / "b", random_seed=3, out_shard_size="20K")
+    assert a["num_shards"] > 1 and a["random_seed"] == 3
+    assert {k: v for k, v in a.items() if k != "out"} == {k: v for k, v in b.items() if k != "out"}
+    for f in sorted(p.name for p in (tmp_path / "a").iterdir()):
+        assert (tmp_path / "a" / f).read_bytes() == (tmp_path / "b" / f).read_bytes(), f
+    # keywords override the object's fields
+    c = run_merge(cfg, tmp_path / "c", MergeOptions(random_seed=3), random_seed=4)
+    assert c["random_seed"] == 4
+    for bad in ("trust_remote_code", "shard_size"):
+        with pytest.raises(TypeError, match=bad):
+            run_merge(cfg, tmp_path / "d", **{bad: True})
+    assert not (tmp_path / "d").exists()
+
+
+def test_merge_cli_still_takes_the_hidden_no_op_trust_remote_code_flag(zoo, tmp_path, monkeypatch, capsys):
+    from click.testing import CliRunner
+
+    from bonsynth.cli.merge import merge
+
+    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": zoo["lm1"]}]})
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o"), "--trust-remote-code"], monkeypatch, capsys)
+    assert code == 0, err
+    assert "--trust-remote-code" not in CliRunner().invoke(merge, ["--help"]).output
+
+
+def test_a_named_tokenizer_source_without_files_is_refused_before_any_output(zoo, tmp_path, monkeypatch, capsys):
+    empty = tmp_path / "notok"
+    empty.mkdir()
+    (empty / "config.json").write_text(Path(zoo["lm1"], "config.json").read_text())
+    (empty / "model.safetensors").write_bytes(Path(zoo["lm1"], "model.safetensors").read_bytes())
+    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": zoo["lm1"]}],
+                            "tokenizer_source": str(empty)})
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o")], monkeypatch, capsys)
+    assert code == 2 and f"no tokenizer files in {empty}" in err and not (tmp_path / "o").exists()
+    cfg = _write(tmp_path, {"merge_method": "passthrough", "models": [{"model": str(empty)}]}, "m2.yml")
+    code, err = run_cli(["merge", str(cfg), str(tmp_path / "o2")], monkeypatch, capsys)
+    assert code == 0 and "the output has no tokenizer" in err, err

@@ -14,7 +14,8 @@ import click
 @click.option("--random-seed", type=int, default=None, help="Seed for DARE's random drop (default: drawn and reported).")
 @click.option("--out-shard-size", default="5B", show_default=True, help="Max output shard size (e.g. 5B, 500M).")
 @click.option("--dtype", default=None, help="Override the config's dtype for the merge arithmetic.")
-@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, hidden=True,
+              help="No effect: merging runs no model code (kept so that old scripts still run).")
 @click.option("--allow-unsafe-weights", is_flag=True,
               help="Also read pickle pytorch_model.bin weights (torch.load, weights_only), as in every other command.")
 @click.option("--allow-pickle", is_flag=True, hidden=True, help="Deprecated name of --allow-unsafe-weights.")
@@ -32,16 +33,14 @@ def merge(config: Path, out: Path, device: str, random_seed, out_shard_size: str
     Example:
       bonsynth merge recipes/rewardblend-ties.yaml merged-rm/
     """
-    from bonsynth.merge import run_merge
+    from bonsynth.merge import MergeOptions, run_merge
 
     if allow_pickle:
         click.echo("note: --allow-pickle is deprecated; use --allow-unsafe-weights", err=True)
-    summary = run_merge(
-        config, out, device=device, random_seed=random_seed, out_shard_size=out_shard_size, dtype=dtype,
-        trust_remote_code=trust_remote_code, allow_unsafe_weights=allow_unsafe_weights or allow_pickle,
-        overwrite=overwrite,
-        calibrate_data=calibrate_data,
-    )
+    options = MergeOptions(device=device, random_seed=random_seed, out_shard_size=out_shard_size, dtype=dtype,
+                           allow_unsafe_weights=allow_unsafe_weights or allow_pickle, overwrite=overwrite,
+                           calibrate_data=calibrate_data)
+    summary = run_merge(config, out, options)
     for note in summary.get("notes", []):
         click.echo(f"note: {note}", err=True)
     if summary.get("left_out"):

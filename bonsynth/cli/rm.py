@@ -35,7 +35,8 @@ def rm() -> None:
 @click.option("--layers", required=True, help="Layer range to keep, START:END (END exclusive), e.g. 0:8.")
 @click.option("--out", required=True, type=click.Path(path_type=Path), help="Output directory.")
 @click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (once the new model is complete).")
-@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
+@click.option("--trust-remote-code/--no-trust-remote-code", default=False, hidden=True,
+              help="No effect: slicing runs no model code (kept so that old scripts still run).")
 def slice_cmd(base: str, layers: str, out: Path, overwrite: bool, trust_remote_code: bool) -> None:
     """Keep a range of layers of a model and save it (same code as a mergekit passthrough merge).
 
@@ -45,7 +46,7 @@ def slice_cmd(base: str, layers: str, out: Path, overwrite: bool, trust_remote_c
     """
     from bonsynth.rm.slice import slice_model
 
-    info = slice_model(base, layers, out, overwrite=overwrite, trust_remote_code=trust_remote_code)
+    info = slice_model(base, layers, out, overwrite=overwrite)
     click.echo(f"wrote {out} ({info['num_layers']} layers, {info['num_parameters'] / 1e6:.1f}M parameters)")
 
 

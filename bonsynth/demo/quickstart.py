@@ -28,6 +28,7 @@ from pathlib import Path
 import click
 
 from bonsynth.errors import BonsynthError
+from bonsynth.outdir import build_dir_atomic
 
 DEMO_VERSION = "1"
 DATA_FILES = ("prompts.jsonl", "pairs.jsonl")
@@ -132,9 +133,7 @@ def build_demo_models(data_dir: Path, target: Path, seed: int = 0) -> None:
         texts.extend("".join(render_pair(p.prompt, r)) for r in (p.chosen, p.rejected))
     tokenizer = train_tokenizer(texts, vocab_size=2048)
 
-    target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-", dir=target.parent))
-    try:
+    with build_dir_atomic(target, overwrite=True, what="demo models directory") as tmp:
         _train_policy(pairs, tokenizer, tmp / "policy", seed)
         train_reward_model(
             RMTrainConfig(
@@ -142,11 +141,6 @@ def build_demo_models(data_dir: Path, target: Path, seed: int = 0) -> None:
                 out=tmp / "rm", epochs=1, lr=1e-3, batch_size=16, max_length=256, eval_split=0.1, seed=seed,
             )
         )
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp, target)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def quickstart_rm_dir(data_dir: Path) -> Path:
@@ -169,21 +163,17 @@ def build_quickstart_rm(data_dir: Path, target: Path) -> dict:
 
     r = QUICKSTART_RM_RECIPE
     target.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".building-rm-", dir=target.parent))
-    try:
-        slice_model(resolve_model_ref(QUICKSTART_RM_BASE), r["layers"], tmp / "base")
-        summary = train_reward_model(RMTrainConfig(
-            base=str(tmp / "base"), data=[str(data_dir / "pairs.jsonl")], objective="pairwise", out=tmp / "rm",
+    # The sliced base is scratch, deleted either way; only the RM is published.
+    with tempfile.TemporaryDirectory(prefix=f".{target.name}.base-", dir=target.parent) as scratch, \
+            build_dir_atomic(target, overwrite=True, what="quickstart RM directory") as tmp:
+        base = Path(scratch) / "base"
+        slice_model(resolve_model_ref(QUICKSTART_RM_BASE), r["layers"], base)
+        return train_reward_model(RMTrainConfig(
+            base=str(base), data=[str(data_dir / "pairs.jsonl")], objective="pairwise", out=tmp,
             epochs=r["epochs"], lr=r["lr"], batch_size=r["batch_size"], max_length=r["max_length"],
             eval_split=r["eval_split"], seed=r["seed"], disable_tqdm=False,
             extra={"built_by": "bonsynth quickstart", "base_ref": QUICKSTART_RM_BASE, "layers": r["layers"]},
         ))
-        if target.exists():
-            shutil.rmtree(target)
-        os.replace(tmp / "rm", target)
-        return summary
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
 
 
 def run_quickstart(out: Path, *, n: int | None = None, limit: int | None = None, seed: int = 0,

@@ -16,14 +16,8 @@ from pathlib import Path
 
 from bonsynth.data.records import Location, PromptRecord
 from bonsynth.generate import outputs
-from bonsynth.generate.pipeline import (
-    GenerateConfig,
-    NonFiniteGuard,
-    backend_for,
-    build_manifest,
-    finish_run,
-    open_run_dir,
-)
+from bonsynth.generate.pipeline import GenerateConfig, NonFiniteGuard, backend_for, build_manifest
+from bonsynth.generate.rundir import RunDir
 from bonsynth.generate.step import best_of_n_step
 
 
@@ -100,20 +94,21 @@ class BestOfN:
             yield from rows[outputs.CANDIDATES]
 
     def write(self, out_dir: str | Path, prompts: Iterable | None = None) -> dict:
-        """Write the last `run` (or run `prompts` first) to `out_dir`; returns the manifest."""
+        """Write the last `run` (or run `prompts` first) to `out_dir`; returns the manifest.
+
+        The directory appears complete or not at all: a write that fails (a NaN reward over the budget, a full
+        disk, an engine that cannot describe itself) removes what it wrote, since in-memory prompts cannot be
+        resumed.
+        """
         if prompts is not None:
             for _ in self.run(prompts):
                 pass
         cfg = dataclasses.replace(self.config, out=str(out_dir), resume=False)
-        with open_run_dir(cfg) as (out, state):
-            NonFiniteGuard(cfg, state, len(self._rows[outputs.CANDIDATES])).check(self._rows)
-            writer = outputs.DurableWriter(out, state)
-            try:
-                writer.append_batch(self._rows, len(self._rows[outputs.CANDIDATES]))
-            finally:
-                writer.close()
-            manifest = build_manifest(cfg, out, self.backend, self.scorer)
-            finish_run(out, state, manifest)
+        with RunDir.open(cfg, resumable=False) as run:
+            NonFiniteGuard(cfg, run.state, len(self._rows[outputs.CANDIDATES])).check(self._rows)
+            run.writer().append_batch(self._rows, len(self._rows[outputs.CANDIDATES]))
+            manifest = build_manifest(cfg, run.out, self.backend, self.scorer)
+            run.finish(manifest)
         return manifest
 
     def close(self) -> None:

@@ -9,15 +9,14 @@ summary are recomputed from the merged files.
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import tempfile
 from collections import Counter
 from pathlib import Path
 
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate import outputs
 from bonsynth.generate.pipeline import NOT_IN_FINGERPRINT, compose_manifest
+from bonsynth.outdir import build_dir_atomic
 
 # What may differ between shards: where each ran and settings that do not change what a run writes.
 _PER_SHARD = {"shard"} | NOT_IN_FINGERPRINT
@@ -44,7 +43,7 @@ def _name(ids, limit: int = 10) -> str:
 
 
 def gather(shard_dirs: list[str | Path], out: str | Path, prompts: str | None = None) -> dict:
-    """Merge shard outputs into `out` (written to a temp dir, renamed at the end); returns the manifest."""
+    """Merge shard outputs into `out` (`build_dir_atomic`: it appears complete or not at all); returns the manifest."""
     out = Path(out)
     if out.exists() and any(out.iterdir()):
         raise ConfigError(f"{out} exists and is not empty; choose another --out")
@@ -84,27 +83,18 @@ def gather(shard_dirs: list[str | Path], out: str | Path, prompts: str | None = 
     else:
         _check_ranges_tile(manifests)
 
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.gather-", dir=out.parent))
-    try:
+    with build_dir_atomic(out, what="--out") as tmp:
         for name in outputs.DATA_FILES:
             with open(tmp / name, "wb") as dst:
                 for d in dirs:
                     with open(d / name, "rb") as src:
                         shutil.copyfileobj(src, dst)
-                dst.flush()
-                os.fsync(dst.fileno())
         config = dict(manifests[0]["config"], shard=None, out=str(out),
                       batch_size=manifests[0]["shard"]["batch_size"])
         manifest = compose_manifest(config, tmp, manifests[0]["backend"], manifests[0]["models"], manifests[0]["versions"])
         manifest["config"]["out"] = str(out)
         manifest["gathered_from"] = [str(d) for d in dirs]
         outputs.write_json_atomic(tmp / outputs.MANIFEST, manifest)
-        if out.exists():
-            out.rmdir()
-        os.replace(tmp, out)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
     return manifest
 
 

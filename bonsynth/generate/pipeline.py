@@ -7,25 +7,23 @@ where the last batch ended and produces the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import math
-import shutil
 import time
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
-from bonsynth.errors import ConfigError, InputError
+from bonsynth.errors import ConfigError
 from bonsynth.generate import outputs
 from bonsynth.generate.backends.base import GenerationBackend, SamplingConfig
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.prompts import FilePrompts, PromptSource, as_prompt_source
+from bonsynth.generate.rundir import RunDir
 from bonsynth.generate.step import Scorer, best_of_n_step
 from bonsynth.generate.summary import summarize
-from bonsynth.locks import LOCK_FILE, dir_lock
 from bonsynth.redact import redact
 from bonsynth.select.selection import SelectionConfig, parse_select
 
@@ -286,111 +284,6 @@ class NonFiniteGuard:
         self.state["nonfinite_rewards"] = total
 
 
-def _is_debris(name: str) -> bool:
-    """What a run killed before its first state.json can leave: a half-written state file and the lock."""
-    return name in (LOCK_FILE, outputs.STATE + ".tmp") or (name.startswith(f".{outputs.STATE}.") and name.endswith(".tmp"))
-
-
-def _read_state(state_path: Path) -> dict:
-    """state.json, or one clear line when it is damaged (it is written atomically, so only an outside edit or a
-    failing disk can damage it)."""
-    hint = (f"it records how far the run in {state_path.parent} got. Restore it, or start again with another "
-            "--out (or delete the directory)")
-    try:
-        state = json.loads(state_path.read_text(encoding="utf-8"))
-    except json.JSONDecodeError as e:
-        raise InputError(f"not valid JSON ({e.msg}); {hint}", path=state_path, line=e.lineno) from None
-    except UnicodeDecodeError:
-        raise InputError(f"not UTF-8 text; {hint}", path=state_path) from None
-    if not isinstance(state, dict) or not isinstance(state.get("offsets", {}), dict):
-        raise InputError(f"not a bonsynth run state; {hint}", path=state_path)
-    for key in ("prompts_done", "config_fingerprint"):
-        if key not in state:
-            raise InputError(f"not a bonsynth run state; {hint}", path=state_path, field=key)
-    return state
-
-
-def _make_out_dir(out: Path) -> None:
-    if out.exists() and not out.is_dir():
-        raise ConfigError(f"--out {out} exists and is not a directory; choose a directory path")
-    try:
-        out.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise ConfigError(f"cannot create --out {out}: {e.strerror or e}") from None
-
-
-def prepare_out_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> tuple[Path, dict, bool]:
-    """The output directory and its state: new, or the run to `--resume` (same config, same prompts).
-
-    The caller holds the directory's lock. Returns (out, state, fresh); `fresh` is True for a new run.
-    """
-    out = Path(cfg.out)
-    state_path = out / outputs.STATE
-    fp = cfg.fingerprint()
-    if state_path.exists():
-        state = _read_state(state_path)
-        if not cfg.resume:
-            raise ConfigError(f"{out} already holds a run; pass --resume to continue it, or choose another --out")
-        if state.get("config_fingerprint") != fp:
-            old = state.get("config", {})
-            new = cfg.fingerprinted()
-            diff = sorted(k for k in set(old) | set(new) if old.get(k) != new.get(k))
-            raise ConfigError(f"--resume with a different config than the run in {out} (differs in: {', '.join(diff) or '?'})")
-        known = state.get("prompts_digest")
-        if known is not None and prompts_digest is not None and known != prompts_digest:
-            raise ConfigError(
-                f"--resume: the prompts in {cfg.prompts} are not the ones the run in {out} started with (the file "
-                "was edited since); restore it, or start a new run with another --out"
-            )
-        if known is None and prompts_digest is not None:
-            state["prompts_digest"] = prompts_digest  # a run from before digests: recorded from now on
-        return out, state, False
-    others = [p.name for p in out.iterdir() if not _is_debris(p.name)]
-    if others:
-        raise ConfigError(f"{out} exists and is not empty (it holds {others[0]!r}, and no bonsynth run); "
-                          "choose another --out")
-    for p in out.iterdir():  # a run killed before its first state: nothing was done, so nothing to keep
-        if p.name != LOCK_FILE:
-            p.unlink(missing_ok=True)
-    state = {
-        "config_fingerprint": fp,
-        "config": cfg.fingerprinted(),
-        "prompts_done": 0,
-        "offsets": {name: 0 for name in outputs.DATA_FILES},
-        "complete": False,
-    }
-    if prompts_digest is not None:
-        state["prompts_digest"] = prompts_digest
-    outputs.write_json_atomic(out / outputs.STATE, state)
-    return out, state, True
-
-
-@contextlib.contextmanager
-def open_run_dir(cfg: GenerateConfig, prompts_digest: str | None = None) -> Iterator[tuple[Path, dict]]:
-    """Lock OUT for this run, open its state (new or resumed), and clean up after an early failure.
-
-    One process writes a directory at a time: a second `generate` on it exits 2 naming the holder's pid (two
-    resumes at once would append the same batches twice). A new run that fails before its first batch is
-    durable leaves nothing behind.
-    """
-    out = Path(cfg.out)
-    created = not out.exists()
-    _make_out_dir(out)
-    with dir_lock(out, what="bonsynth generate"):
-        out, state, fresh = prepare_out_dir(cfg, prompts_digest)
-        try:
-            yield out, state
-        except BaseException:
-            if fresh and int(state.get("prompts_done", 0)) == 0:
-                if created:
-                    shutil.rmtree(out, ignore_errors=True)
-                else:  # the user's own (empty) directory: take back only what this run put there
-                    for p in out.iterdir():
-                        if p.name != LOCK_FILE:
-                            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
-            raise
-
-
 def load_generation_prompts(cfg: GenerateConfig) -> PromptSource:
     """Validate the whole prompts file now (bad input fails before anything is written), without keeping it:
     the run reads it again batch by batch (`FilePrompts`), so memory does not grow with the number of prompts."""
@@ -422,18 +315,18 @@ def run_generate(
     own_scorer, own_backend = scorer is None, backend is None
     try:
         # The lock comes first: a second run on this directory is refused before it loads any model.
-        with open_run_dir(cfg, prompts.digest()) as (out, state):
+        with RunDir.open(cfg, prompts.digest()) as run:
             if scorer is None:
                 from bonsynth.rm.ensemble import RewardEnsemble
 
                 scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, **cfg.reward_load_kwargs())
             if backend is None:
                 backend = backend_for(cfg)
-            if not state.get("complete"):
-                _generate_batches(cfg, out, state, prompts, backend, scorer, on_batch)
-            manifest = build_manifest(cfg, out, backend, scorer)
+            if not run.complete:
+                _generate_batches(cfg, run, prompts, backend, scorer, on_batch)
+            manifest = build_manifest(cfg, run.out, backend, scorer)
             manifest.update(run_extras(cfg, shard_info, skipped))
-            finish_run(out, state, manifest)
+            run.finish(manifest)
             return manifest
     finally:
         if own_backend and backend is not None:
@@ -442,15 +335,15 @@ def run_generate(
             scorer.close()
 
 
-def _generate_batches(cfg: GenerateConfig, out: Path, state: dict, prompts: PromptSource,
+def _generate_batches(cfg: GenerateConfig, run: RunDir, prompts: PromptSource,
                       backend: GenerationBackend, scorer: Scorer, on_batch: Callable[[int, int], None] | None) -> None:
     """The remaining batches, each generated, scored, selected and appended durably."""
     from tqdm.auto import tqdm
 
     selection, sampling = cfg.selection(), cfg.sampling()
-    guard = NonFiniteGuard(cfg, state, len(prompts))
-    start = int(state.get("prompts_done", 0))
-    writer = outputs.DurableWriter(out, state)
+    guard = NonFiniteGuard(cfg, run.state, len(prompts))
+    start = run.prompts_done
+    writer = run.writer()
     try:
         n_cands, t_start = 0, time.perf_counter()
         bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
@@ -478,13 +371,6 @@ def run_extras(cfg: GenerateConfig, shard_info: dict | None, skipped) -> dict:
     if cfg.skip_invalid and skipped is not None:
         extras["input"] = {"prompts": cfg.prompts, **skipped.to_json()}
     return extras
-
-
-def finish_run(out: Path, state: dict, manifest: dict) -> None:
-    """The manifest, then `complete` in state.json: a run killed in between finishes on --resume."""
-    outputs.write_json_atomic(out / outputs.MANIFEST, manifest)
-    state["complete"] = True
-    outputs.write_json_atomic(out / outputs.STATE, state)
 
 
 def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, scorer: Scorer) -> dict:

@@ -51,12 +51,11 @@ from bonsynth.generate.pipeline import (
     backend_kwargs,
     check_model_sources,
     compose_manifest,
-    finish_run,
     load_generation_prompts,
-    open_run_dir,
     run_extras,
 )
 from bonsynth.generate.prompts import PromptSource, as_prompt_source
+from bonsynth.generate.rundir import RunDir
 from bonsynth.generate.step import build_rows, score_results
 from bonsynth.select.selection import SelectionConfig
 
@@ -293,14 +292,14 @@ def run_generate_ray(
     started = connect(ray, address)
     try:
         plan = plan_resources(ray.cluster_resources(), workers, gpus_per_worker, rm_workers, rm_gpus)
-        with open_run_dir(cfg, prompts.digest()) as (out, state):
+        with RunDir.open(cfg, prompts.digest()) as run:
             try:
-                if state.get("complete") and (out / outputs.MANIFEST).exists():
-                    return json.loads((out / outputs.MANIFEST).read_text(encoding="utf-8"))
-                describe = _run_blocks(ray, cfg, plan, selection, prompts, probe, out, state, tqdm, on_batch)
-                manifest = _manifest(cfg, out, describe, plan, ray.__version__)
+                if run.complete and (run.out / outputs.MANIFEST).exists():
+                    return json.loads((run.out / outputs.MANIFEST).read_text(encoding="utf-8"))
+                describe = _run_blocks(ray, cfg, plan, selection, prompts, probe, run, tqdm, on_batch)
+                manifest = _manifest(cfg, run.out, describe, plan, ray.__version__)
                 manifest.update(run_extras(cfg, shard_info, skipped))
-                finish_run(out, state, manifest)
+                run.finish(manifest)
                 return manifest
             except BaseException as e:
                 err = _user_error(e)
@@ -313,14 +312,13 @@ def run_generate_ray(
 
 
 def _run_blocks(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig, prompts: PromptSource,
-                probe: PromptSource, out: Path, state: dict, tqdm, on_batch) -> dict:
+                probe: PromptSource, run: RunDir, tqdm, on_batch) -> dict:
     """Stream the remaining blocks through the actor pools and append them in order; returns the describes."""
-    start = int(state.get("prompts_done", 0))
-    blocks = make_blocks(prompts, start, cfg.batch_size)
+    blocks = make_blocks(prompts, run.prompts_done, cfg.batch_size)
     describe_only = False
     if not blocks:
-        if _STATE_KEY in state:
-            return state[_STATE_KEY]
+        if _STATE_KEY in run.state:
+            return run.state[_STATE_KEY]
         # Nothing left to generate (an empty shard, or a crash right before the manifest in a run that kept
         # no descriptions): put one prompt through the replicas only to learn what they describe.
         blocks = make_blocks(probe.head(1), 0, 1)
@@ -329,7 +327,7 @@ def _run_blocks(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionCon
             raise ConfigError(f"no prompts to generate for in {cfg.prompts}")
 
     with _data_options(ray):
-        return _stream(ray, cfg, plan, selection, prompts, blocks, describe_only, out, state, tqdm, on_batch)
+        return _stream(ray, cfg, plan, selection, prompts, blocks, describe_only, run, tqdm, on_batch)
 
 
 @contextmanager
@@ -346,9 +344,9 @@ def _data_options(ray):
 
 
 def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig, prompts: PromptSource,
-            blocks: list[dict], describe_only: bool, out: Path, state: dict, tqdm, on_batch) -> dict:
+            blocks: list[dict], describe_only: bool, run: RunDir, tqdm, on_batch) -> dict:
     """The Ray Data pipeline itself, and the driver loop that writes its blocks in prompt order."""
-    start = int(state.get("prompts_done", 0))
+    start, state = run.prompts_done, run.state
     ds = ray.data.from_items(blocks, override_num_blocks=len(blocks))
     threads = max(1, math.floor(plan.cpus_per_actor))
     ds = ds.map(GenerateActor, fn_constructor_kwargs={"cfg": cfg, "gpus": plan.gpus_per_worker, "threads": threads},
@@ -360,7 +358,7 @@ def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig,
     ds = ds.map(select_block, fn_kwargs={"selection": selection}, num_cpus=SELECT_CPUS)
 
     describe: dict | None = None  # from this run's replicas, as the local run describes its own backend
-    writer = outputs.DurableWriter(out, state)  # also cuts the files back to state.json, as the local run does
+    writer = run.writer()  # also cuts the files back to state.json, as the local run does
     guard = NonFiniteGuard(cfg, state, len(prompts))
     pending: dict[int, dict] = {}
     next_lo = blocks[0]["lo"]

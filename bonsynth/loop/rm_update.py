@@ -13,10 +13,10 @@ The new RM scores (and selects) the next round's candidates. The eval yardstick 
 from __future__ import annotations
 
 import json
-import shutil
 from pathlib import Path
 
 from bonsynth.loop.recipe import RMUpdateSection
+from bonsynth.outdir import build_dir_atomic
 
 RM_UPDATE_SUMMARY = "bonsynth_rm_update.json"
 
@@ -93,18 +93,18 @@ def update_reward_model(
     if summary["num_pairs"] < 2:
         summary["skipped"] = f"only {summary['num_pairs']} labelled pair(s); the RM is kept as it was"
         return summary
-    partial = out_dir.with_name("." + out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)
-    trained = train_reward_model(RMTrainConfig(
-        base=rm_in, data=[str(pairs_path)], objective="pairwise", out=partial, epochs=cfg.epochs, lr=cfg.lr,
-        batch_size=cfg.batch_size, max_length=cfg.max_length, eval_split=cfg.eval_split, seed=seed,
-        lora_r=cfg.lora_r, disable_tqdm=not show_progress, trust_remote_code=trust_remote_code,
-        allow_unsafe_weights=allow_unsafe_weights,
-    ))
-    for key in ("train_loss", "num_train", "num_eval", "reward_mean", "reward_std", "eval_accuracy"):
-        if key in trained:
-            summary[key] = trained[key]
-    summary["runtime_s"] = trained.get("seconds")
-    (partial / RM_UPDATE_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(out_dir)
+    # The record goes in with the model, so the runner can tell a finished update from a killed one.
+    with build_dir_atomic(out_dir, overwrite=True, what="updated reward model") as partial:
+        trained = train_reward_model(RMTrainConfig(
+            base=rm_in, data=[str(pairs_path)], objective="pairwise", out=partial, epochs=cfg.epochs, lr=cfg.lr,
+            batch_size=cfg.batch_size, max_length=cfg.max_length, eval_split=cfg.eval_split, seed=seed,
+            lora_r=cfg.lora_r, disable_tqdm=not show_progress, trust_remote_code=trust_remote_code,
+            allow_unsafe_weights=allow_unsafe_weights,
+        ))
+        for key in ("train_loss", "num_train", "num_eval", "reward_mean", "reward_std", "eval_accuracy"):
+            if key in trained:
+                summary[key] = trained[key]
+        summary["runtime_s"] = trained.get("seconds")
+        (partial / RM_UPDATE_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n",
+                                                 encoding="utf-8")
     return summary

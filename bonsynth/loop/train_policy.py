@@ -26,6 +26,7 @@ from bonsynth.data.chat import has_chat_template, render_prompt, render_response
 from bonsynth.errors import ConfigError
 from bonsynth.loop.recipe import LoraSection, UpdateSection
 from bonsynth.models import checkpointing_args
+from bonsynth.outdir import build_dir_atomic
 
 TRAIN_SUMMARY = "bonsynth_train.json"
 
@@ -167,56 +168,55 @@ def train_policy(
         summary["skipped"] = "no SFT rows were selected" if method == "sft" else "no DPO pairs were formed"
         return summary
 
-    partial = out_dir.with_name("." + out_dir.name + ".partial")
-    shutil.rmtree(partial, ignore_errors=True)  # left by a killed run: training restarts from scratch
-    partial.mkdir(parents=True)
-    transformers.set_seed(seed)
-    load_dtype, precision = _precision(dtype, device)
-    model = AutoModelForCausalLM.from_pretrained(policy_in, dtype=load_dtype, trust_remote_code=trust_remote_code,
-                                                 use_safetensors=None if allow_unsafe_weights else True)
-    dataset = Dataset.from_list(rows)
-    args = _common_args(update, partial / "_trainer", seed, device, precision, show_progress)
-    peft_config = _peft_config(update.lora)
+    # Built aside and renamed into place: a killed round leaves no half-written checkpoint under its name (a
+    # checkpoint there without its record is replaced; the runner reuses one only with its record).
+    with build_dir_atomic(out_dir, overwrite=True, what="policy checkpoint") as partial:
+        transformers.set_seed(seed)
+        load_dtype, precision = _precision(dtype, device)
+        model = AutoModelForCausalLM.from_pretrained(policy_in, dtype=load_dtype, trust_remote_code=trust_remote_code,
+                                                     use_safetensors=None if allow_unsafe_weights else True)
+        dataset = Dataset.from_list(rows)
+        args = _common_args(update, partial / "_trainer", seed, device, precision, show_progress)
+        peft_config = _peft_config(update.lora)
 
-    with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), _datasets_bars(show_progress):
-        warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # GPT-2 Conv1D under peft
-        if method == "sft":
-            from trl import SFTConfig, SFTTrainer
+        with contextlib.redirect_stdout(sys.stderr), warnings.catch_warnings(), _datasets_bars(show_progress):
+            warnings.filterwarnings("ignore", message=".*fan_in_fan_out.*")  # GPT-2 Conv1D under peft
+            if method == "sft":
+                from trl import SFTConfig, SFTTrainer
 
-            trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=dataset,
-                                 processing_class=tokenizer, peft_config=peft_config)
-        else:
-            from trl import DPOConfig, DPOTrainer
+                trainer = SFTTrainer(model=model, args=SFTConfig(**args), train_dataset=dataset,
+                                     processing_class=tokenizer, peft_config=peft_config)
+            else:
+                from trl import DPOConfig, DPOTrainer
 
-            cfg = DPOConfig(**args, beta=update.beta, loss_type=[update.loss_type])
-            trainer = DPOTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
-                                 peft_config=peft_config)
-        if not show_progress:
-            from transformers.trainer_callback import PrinterCallback
+                cfg = DPOConfig(**args, beta=update.beta, loss_type=[update.loss_type])
+                trainer = DPOTrainer(model=model, args=cfg, train_dataset=dataset, processing_class=tokenizer,
+                                     peft_config=peft_config)
+            if not show_progress:
+                from transformers.trainer_callback import PrinterCallback
 
-            trainer.remove_callback(PrinterCallback)  # the per-step log dicts
-        result = trainer.train()
+                trainer.remove_callback(PrinterCallback)  # the per-step log dicts
+            result = trainer.train()
 
-    losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
-    summary.update({
-        "train_loss": float(result.training_loss),
-        "steps": int(trainer.state.global_step),
-        "epochs": update.epochs,
-        "learning_rate": update.learning_rate,
-        "loss_first": losses[0][1] if losses else None,
-        "loss_last": losses[-1][1] if losses else None,
-        "runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
-    })
-    trained = trainer.model
-    if update.lora is not None:
-        trained = trained.merge_and_unload()
-    trained.config.use_cache = True
-    shutil.rmtree(partial / "_trainer", ignore_errors=True)
-    trained.save_pretrained(partial, safe_serialization=True)
-    tokenizer.save_pretrained(partial)
-    # The summary travels inside the checkpoint: once the directory is in place, so is its record.
-    (partial / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-    partial.replace(out_dir)
+        losses = [(h["step"], h["loss"]) for h in trainer.state.log_history if "loss" in h]
+        summary.update({
+            "train_loss": float(result.training_loss),
+            "steps": int(trainer.state.global_step),
+            "epochs": update.epochs,
+            "learning_rate": update.learning_rate,
+            "loss_first": losses[0][1] if losses else None,
+            "loss_last": losses[-1][1] if losses else None,
+            "runtime_s": round(float(result.metrics.get("train_runtime", 0.0)), 2),
+        })
+        trained = trainer.model
+        if update.lora is not None:
+            trained = trained.merge_and_unload()
+        trained.config.use_cache = True
+        shutil.rmtree(partial / "_trainer", ignore_errors=True)
+        trained.save_pretrained(partial, safe_serialization=True)
+        tokenizer.save_pretrained(partial)
+        # The summary travels inside the checkpoint: once the directory is in place, so is its record.
+        (partial / TRAIN_SUMMARY).write_text(json.dumps(summary, indent=2, sort_keys=True) + "\n", encoding="utf-8")
     del trainer, trained, model
     free_memory()
     return summary

@@ -13,6 +13,6 @@ sharded writer), `heads` (names across architectures, reward heads), `engine` (p
 
 from __future__ import annotations
 
-from bonsynth.merge.engine import merge_config, run_merge
+from bonsynth.merge.engine import MergeOptions, merge_config, run_merge
 
-__all__ = ["merge_config", "run_merge"]
+__all__ = ["MergeOptions", "merge_config", "run_merge"]

@@ -13,6 +13,7 @@ names it (the only exceptions, documented in `bonsynth.merge.heads`, are listed 
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import random
@@ -31,6 +32,7 @@ from bonsynth.merge import heads as H
 from bonsynth.merge.config import _NO_VALUE, MergeConfig, load_config, normalize_dtype, resolve
 from bonsynth.merge.io import ModelSource, ShardWriter, copy_tokenizer, parse_size, resolve_model_dir
 from bonsynth.merge.methods import REQUIRED, Entry, MergeMethod, TensorGroup, get_method, weighted_average
+from bonsynth.models import has_tokenizer_files
 from bonsynth.outdir import build_dir_atomic, check_output_dir
 from bonsynth.rm.calibrate import calibrate_reward_model, check_calibration_data
 
@@ -416,90 +418,169 @@ def _unsafe_weights_opt_in(allow_unsafe_weights: bool, allow_pickle: bool | None
     deprecated name merge had, still accepted."""
     if allow_pickle is None:
         return bool(allow_unsafe_weights)
-    warnings.warn("allow_pickle is deprecated; use allow_unsafe_weights", DeprecationWarning, stacklevel=3)
+    warnings.warn("allow_pickle is deprecated; use allow_unsafe_weights", DeprecationWarning, stacklevel=4)
     return bool(allow_unsafe_weights or allow_pickle)
 
 
-def merge_config(
-    cfg: MergeConfig,
-    out_dir: str | Path,
-    *,
-    device: str = "cpu",
-    random_seed: int | None = None,
-    out_shard_size: str | int = "5B",
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    allow_unsafe_weights: bool = False,
-    overwrite: bool = False,
-    config_text: str | None = None,
-    require_tokenizer: bool = False,
-    calibrate_data: str | Path | None = None,
-    allow_pickle: bool | None = None,
-) -> dict[str, Any]:
-    """Run a validated config; see `run_merge`.
+@dataclass(frozen=True)
+class MergeOptions:
+    """How a merge runs (the config says what is merged). One object for `run_merge`, `merge_config` and
+    `rm slice`, so an option is declared, defaulted and checked in one place.
 
-    Merging executes no model code (configs are read as JSON, tokenizers copied as files); `trust_remote_code`
-    only reaches the calibration, which loads the merged RM to score `calibrate_data`.
+    Merging executes no model code: configs are read as JSON and tokenizers copied as files, so there is no
+    `trust_remote_code`.
     """
-    unsafe = _unsafe_weights_opt_in(allow_unsafe_weights, allow_pickle)
-    out = check_output_dir(out_dir, overwrite=overwrite)
-    if device.startswith("cuda") and not torch.cuda.is_available():
+
+    device: str = "cpu"
+    random_seed: int | None = None  # DARE's random drop; None: drawn and reported in the summary
+    out_shard_size: str | int = "5B"
+    dtype: str | None = None  # the arithmetic's dtype; None: the config's
+    allow_unsafe_weights: bool = False  # also read pickle weights (torch.load, weights_only)
+    overwrite: bool = False  # replace a non-empty OUT once the new one is complete
+    calibrate_data: str | Path | None = None  # responses the merged RM scores for its reward mean/std
+    require_tokenizer: bool = False  # refuse an output without tokenizer files (`rm slice`)
+
+    @classmethod
+    def of(cls, options: MergeOptions | None = None, *, allow_pickle: bool | None = None, **fields: Any) -> MergeOptions:
+        """`options` with `fields` replaced (a TypeError names an unknown one); `allow_pickle` is the deprecated
+        name of `allow_unsafe_weights`."""
+        opts = dataclasses.replace(options or cls(), **fields)
+        if allow_pickle is not None:
+            opts = dataclasses.replace(
+                opts, allow_unsafe_weights=_unsafe_weights_opt_in(opts.allow_unsafe_weights, allow_pickle))
+        return opts
+
+
+@dataclass(frozen=True)
+class _RunSettings:
+    """The options turned into what the engine uses, all checked before any tensor is read."""
+
+    max_bytes: int
+    work_dtype: str | None
+    seed: int
+
+
+def _check_options(opts: MergeOptions, cfg: MergeConfig) -> _RunSettings:
+    if opts.device.startswith("cuda") and not torch.cuda.is_available():
         raise ConfigError("--device cuda was requested but CUDA is not available")
-    if device != "cpu" and not device.startswith("cuda"):
-        raise ConfigError(f"unknown device '{device}' (cpu or cuda)")
-    max_bytes = parse_size(out_shard_size)
-    work_dtype = normalize_dtype(dtype) if dtype else cfg.dtype
-    method = get_method(cfg.merge_method)
-    seed = random_seed if random_seed is not None else random.SystemRandom().randrange(2**31)
+    if opts.device != "cpu" and not opts.device.startswith("cuda"):
+        raise ConfigError(f"unknown device '{opts.device}' (cpu or cuda)")
+    max_bytes = parse_size(opts.out_shard_size)
+    work_dtype = normalize_dtype(opts.dtype) if opts.dtype else cfg.dtype
+    seed = opts.random_seed if opts.random_seed is not None else random.SystemRandom().randrange(2**31)
+    return _RunSettings(max_bytes=max_bytes, work_dtype=work_dtype, seed=seed)
 
-    sources = {ref: ModelSource(ref, resolve_model_dir(ref, allow_pickle=unsafe), allow_pickle=unsafe)
-               for ref in cfg.referenced_models()}
-    pl = _Planner(cfg, method, sources)
-    pl.build()
-    calibration: dict[str, Any] | None = None
-    if calibrate_data is not None:
-        if not pl.is_rm:
-            raise ConfigError("--calibrate-data measures reward statistics, but this merge does not produce a "
-                              "reward model")
-        check_calibration_data(calibrate_data)
-    notes = _unused_parameter_notes(cfg, method)
 
+def _tokenizer_dir(cfg: MergeConfig, pl: _Planner, sources: dict[str, ModelSource], opts: MergeOptions,
+                   notes: list[str]) -> Path:
+    """Where the output's tokenizer comes from: `tokenizer_source` (a model of the merge or any other), else the
+    base (or the template). A named source without tokenizer files is an error; the default one is a note."""
     tok_ref = cfg.tokenizer_source
-    tok_dir = None
     if tok_ref in (None, "base"):
         tok_dir = sources[cfg.base_model or pl.template].path
+    elif tok_ref in sources:
+        tok_dir = sources[tok_ref].path
     else:
-        tok_dir = sources[tok_ref].path if tok_ref in sources else resolve_model_dir(tok_ref, allow_pickle=unsafe)
-    if not any((tok_dir / f).is_file() for f in ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json", "vocab.txt")):
+        tok_dir = resolve_model_dir(tok_ref, allow_pickle=opts.allow_unsafe_weights)
+    if not has_tokenizer_files(tok_dir):
         msg = f"no tokenizer files in {tok_dir}"
-        if tok_ref not in (None, "base") or require_tokenizer:
+        if tok_ref not in (None, "base") or opts.require_tokenizer:
             raise ConfigError(msg)
         notes.append(msg + ": the output has no tokenizer")
+    return tok_dir
 
+
+@dataclass
+class _Written:
+    """What the write step produced, for the summary."""
+
+    num_parameters: int
+    num_shards: int
+    config: dict[str, Any]
+    tokenizer_files: list[str]
+    calibration: dict[str, Any] | None = None
+
+
+def _write_output(tmp: Path, out: Path, cfg: MergeConfig, pl: _Planner, sources: dict[str, ModelSource],
+                  run: _RunSettings, opts: MergeOptions, tok_dir: Path, config_text: str | None) -> _Written:
+    """Stream the planned tensors into `tmp` and add config, tokenizer, the config copy and (for an RM) its meta."""
+    writer = ShardWriter(tmp, run.max_bytes)
+    ex = _Executor(sources, pl.method, device=opts.device, dtype=run.work_dtype, out_dtype=cfg.out_dtype, seed=run.seed)
+    with torch.no_grad():
+        for p in pl.plan:
+            writer.add(p.out_name, ex.run(p))
+    num_shards = writer.finish()
+    out_cfg = _out_config(pl, cfg, cfg.out_dtype or run.work_dtype)
+    (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
+    tok_files = copy_tokenizer(tok_dir, tmp)
+    gen = sources[pl.template].path / "generation_config.json"
+    if not pl.is_rm and gen.is_file():
+        shutil.copy2(gen, tmp / gen.name)
+    (tmp / CONFIG_COPY).write_text(
+        config_text or yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False), encoding="utf-8")
+    written = _Written(writer.num_parameters, num_shards, out_cfg, tok_files)
+    if pl.is_rm:
+        _rm_meta(pl, cfg, config_text).save(tmp)
+        if opts.calibrate_data is not None:
+            for s in sources.values():
+                s.close()  # the inputs are done with: free their maps before loading the output
+            written.calibration = calibrate_reward_model(tmp, opts.calibrate_data, device=opts.device, label=out)
+    return written
+
+
+def _summary(out: Path, cfg: MergeConfig, pl: _Planner, run: _RunSettings, written: _Written,
+             notes: list[str]) -> dict[str, Any]:
+    """What `run_merge` returns (and the CLI prints): see its docstring for the keys."""
+    summary: dict[str, Any] = {
+        "out": str(out),
+        "merge_method": cfg.merge_method,
+        "num_tensors": len(pl.plan),
+        "num_parameters": written.num_parameters,
+        "num_layers": len(pl.layer_map),
+        "num_shards": written.num_shards,
+        "architecture": written.config.get("architectures", [None])[0],
+        "reward_model": pl.is_rm,
+        "dtype": written.config.get("dtype"),
+        "converted_heads": pl.converted,
+        "averaged_without_base": pl.averaged,
+        "left_out": pl.left_out,
+        "legacy_buffers_left_out": [f"{r}: {n}" for r, lay in pl.layout.items() for n in lay.buffers],
+        "tokenizer_files": written.tokenizer_files,
+        "notes": notes,
+    }
+    if pl.method.random:
+        summary["random_seed"] = run.seed
+    if written.calibration is not None:
+        summary["calibration"] = written.calibration
+    return summary
+
+
+def merge_config(cfg: MergeConfig, out_dir: str | Path, options: MergeOptions | None = None, *,
+                 config_text: str | None = None, **fields: Any) -> dict[str, Any]:
+    """Run a validated config; see `run_merge`. `fields` override `options` (`MergeOptions` fields).
+
+    Every check (options, inputs, plan, tokenizer, calibration data) runs before the output directory is
+    built; the directory appears complete or not at all (`build_dir_atomic`).
+    """
+    opts = MergeOptions.of(options, **fields)
+    out = check_output_dir(out_dir, overwrite=opts.overwrite)
+    run = _check_options(opts, cfg)
+    method = get_method(cfg.merge_method)
+    unsafe = opts.allow_unsafe_weights
+    sources = {ref: ModelSource(ref, resolve_model_dir(ref, allow_pickle=unsafe), allow_pickle=unsafe)
+               for ref in cfg.referenced_models()}
     try:
-        with build_dir_atomic(out, overwrite=overwrite) as tmp:
-            writer = ShardWriter(tmp, max_bytes)
-            ex = _Executor(sources, method, device=device, dtype=work_dtype, out_dtype=cfg.out_dtype, seed=seed)
-            with torch.no_grad():
-                for p in pl.plan:
-                    writer.add(p.out_name, ex.run(p))
-            num_shards = writer.finish()
-            out_cfg = _out_config(pl, cfg, cfg.out_dtype or work_dtype)
-            (tmp / "config.json").write_text(json.dumps(out_cfg, indent=2, sort_keys=True) + "\n", encoding="utf-8")
-            tok_files = copy_tokenizer(tok_dir, tmp)
-            gen = sources[pl.template].path / "generation_config.json"
-            if not pl.is_rm and gen.is_file():
-                shutil.copy2(gen, tmp / gen.name)
-            (tmp / CONFIG_COPY).write_text(
-                config_text or yaml.safe_dump(cfg.model_dump(exclude_none=True), sort_keys=False), encoding="utf-8")
-            if pl.is_rm:
-                meta = _rm_meta(pl, cfg, config_text)
-                meta.save(tmp)
-                if calibrate_data is not None:
-                    for s in sources.values():
-                        s.close()  # the inputs are done with: free their maps before loading the output
-                    calibration = calibrate_reward_model(tmp, calibrate_data, device=device,
-                                                         trust_remote_code=trust_remote_code, label=out)
+        pl = _Planner(cfg, method, sources)
+        pl.build()
+        if opts.calibrate_data is not None:
+            if not pl.is_rm:
+                raise ConfigError("--calibrate-data measures reward statistics, but this merge does not produce a "
+                                  "reward model")
+            check_calibration_data(opts.calibrate_data)
+        notes = _unused_parameter_notes(cfg, method)
+        tok_dir = _tokenizer_dir(cfg, pl, sources, opts, notes)
+        with build_dir_atomic(out, overwrite=opts.overwrite) as tmp:
+            written = _write_output(tmp, out, cfg, pl, sources, run, opts, tok_dir, config_text)
     finally:
         for s in sources.values():
             s.close()
@@ -507,28 +588,7 @@ def merge_config(
         LOG.info(n)
     if pl.left_out:
         LOG.info("left out (LM heads, not part of a reward model): %s", ", ".join(pl.left_out))
-    summary: dict[str, Any] = {
-        "out": str(out),
-        "merge_method": cfg.merge_method,
-        "num_tensors": len(pl.plan),
-        "num_parameters": writer.num_parameters,
-        "num_layers": len(pl.layer_map),
-        "num_shards": num_shards,
-        "architecture": out_cfg.get("architectures", [None])[0],
-        "reward_model": pl.is_rm,
-        "dtype": out_cfg.get("dtype"),
-        "converted_heads": pl.converted,
-        "averaged_without_base": pl.averaged,
-        "left_out": pl.left_out,
-        "legacy_buffers_left_out": [f"{r}: {n}" for r, lay in pl.layout.items() for n in lay.buffers],
-        "tokenizer_files": tok_files,
-        "notes": notes,
-    }
-    if method.random:
-        summary["random_seed"] = seed
-    if calibration is not None:
-        summary["calibration"] = calibration
-    return summary
+    return _summary(out, cfg, pl, run, written, notes)
 
 
 def _unused_parameter_notes(cfg: MergeConfig, method: MergeMethod) -> list[str]:
@@ -542,21 +602,13 @@ def _unused_parameter_notes(cfg: MergeConfig, method: MergeMethod) -> list[str]:
             for n in sorted(seen - used)]
 
 
-def run_merge(
-    config_path: str | Path,
-    out_dir: str | Path,
-    *,
-    device: str = "cpu",
-    random_seed: int | None = None,
-    out_shard_size: str | int = "5B",
-    dtype: str | None = None,
-    trust_remote_code: bool = False,
-    allow_unsafe_weights: bool = False,
-    overwrite: bool = False,
-    calibrate_data: str | Path | None = None,
-    allow_pickle: bool | None = None,
-) -> dict[str, Any]:
+def run_merge(config_path: str | Path, out_dir: str | Path, options: MergeOptions | None = None, *,
+              allow_pickle: bool | None = None, **fields: Any) -> dict[str, Any]:
     """Merge the models of a mergekit-style YAML config into `out_dir`; returns a summary.
+
+    Options: a `MergeOptions`, or its fields as keywords (`device`, `random_seed`, `out_shard_size`, `dtype`,
+    `allow_unsafe_weights`, `overwrite`, `calibrate_data`); `allow_pickle` is the deprecated name of
+    `allow_unsafe_weights`.
 
     Summary keys: out, merge_method, num_tensors, num_parameters, num_layers, num_shards, architecture,
     reward_model, dtype, converted_heads, averaged_without_base, left_out, tokenizer_files, notes, and
@@ -564,8 +616,6 @@ def run_merge(
     file of responses the merged RM scores before OUT appears. User errors raise `ConfigError` /
     `BonsynthError` and leave no output.
     """
+    opts = MergeOptions.of(options, allow_pickle=allow_pickle, **fields)
     cfg, text = load_config(config_path)
-    return merge_config(cfg, out_dir, device=device, random_seed=random_seed, out_shard_size=out_shard_size,
-                        dtype=dtype, trust_remote_code=trust_remote_code,
-                        allow_unsafe_weights=_unsafe_weights_opt_in(allow_unsafe_weights, allow_pickle),
-                        overwrite=overwrite, config_text=text, calibrate_data=calibrate_data)
+    return merge_config(cfg, out_dir, opts, config_text=text)

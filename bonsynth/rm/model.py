@@ -1,22 +1,12 @@
 """`RewardModel`: the one scoring engine that eval, generate, select, merge and the CLI all use.
 
+Three modules make it: `bonsynth.rm.loading` (a saved RM's checks and parts), `bonsynth.rm.encode` (text to
+token ids, shared with the vLLM scorer) and `bonsynth.rm.reward` (logits to rewards, normalisation, also
+shared); this one runs the model: batching under a token budget, pooling, prefix sharing.
+
 Reward convention (see `bonsynth.rm.meta`): a scalar, higher is better. A 1-label head gives its logit; a
 2-label head gives `logit[1] - logit[0]`, the log-odds of "good", so `sigmoid(reward)` is the classifier's
 softmax probability of label 1.
-
-How a (prompt, response) pair becomes model input:
-
-* `render_pair` gives `(prompt_text, response_text)`; each is tokenized on its own, without special tokens,
-  and the ids are concatenated. Keeping them apart lets truncation protect the response and leaves room for
-  prefix-shared scoring (many responses to one prompt) later.
-* The special tokens the tokenizer adds to a single sequence (BOS for Llama-style tokenizers, CLS/SEP for
-  encoders, nothing for GPT-2) are put around the ids, exactly as `tokenizer(text)` and the HF
-  `text-classification` pipeline would. A BOS that a chat template already wrote into the prompt is not
-  doubled.
-* Truncation never cuts the response while the prompt still has tokens: tokens are dropped from the LEFT of
-  the prompt first. Only a response that alone is longer than `max_length` loses its start (the head reads
-  the last token, so the end of the text is what must survive). Whole texts are left-truncated the same way.
-  The special prefix/suffix are always kept.
 
 Prefix sharing (`prefix_sharing`, see `bonsynth.rm.prefix`): for a causal RM, (prompt, response) pairs with the
 same prompt run the prompt once and every response on its KV cache, `P + N*R` tokens instead of `N*(P + R)`.
@@ -43,41 +33,15 @@ from pathlib import Path
 from typing import Any
 
 from bonsynth.batching import default_token_budget, padded_tokens, token_budget_batches
-from bonsynth.data.chat import render_pair
 from bonsynth.errors import BonsynthError
-from bonsynth.modelref import is_hub_id
-from bonsynth.models import (
-    TOKENIZER_FILES,
-    check_remote_code,
-    check_tokenizer,
-    check_weight_files,
-    has_tokenizer_files,
-    resolve_device,
-    resolve_dtype,
-)
-from bonsynth.rm.meta import META_FILE, RMMeta
+from bonsynth.models import resolve_device, resolve_dtype
+from bonsynth.rm.encode import Encoded, RMEncoder, pad_id_for
+from bonsynth.rm.loading import load_reward_model_parts
+from bonsynth.rm.meta import RMMeta
+from bonsynth.rm.reward import check_num_labels, normalize_rewards, rewards_from_logits, sigmoid
 
 log = logging.getLogger(__name__)
-_MAX_DEFAULT_LENGTH = 4096
 PrefixMode = bool | str  # True, False or "auto"
-
-
-@dataclass
-class Encoded:
-    """One sequence as the model sees it, kept in parts so truncation and prefix sharing can reason about it."""
-
-    prefix: list[int]  # special tokens the tokenizer puts first (BOS / CLS); never truncated
-    prompt_ids: list[int]
-    response_ids: list[int]
-    suffix: list[int]  # special tokens the tokenizer puts last (SEP / EOS for some); never truncated
-    truncated: bool = False
-
-    @property
-    def input_ids(self) -> list[int]:
-        return self.prefix + self.prompt_ids + self.response_ids + self.suffix
-
-    def __len__(self) -> int:
-        return len(self.prefix) + len(self.prompt_ids) + len(self.response_ids) + len(self.suffix)
 
 
 @dataclass
@@ -88,26 +52,6 @@ class _Pooler:
     verified: bool = False
 
 
-def _model_positions(config: Any) -> int | None:
-    for key in ("max_position_embeddings", "n_positions", "max_seq_len", "seq_length"):
-        value = getattr(config, key, None)
-        if isinstance(value, int) and value > 0:
-            return value
-    return None
-
-
-def _special_affixes(tokenizer: Any) -> tuple[list[int], list[int]]:
-    """The ids `tokenizer(text)` puts before and after a single sequence (e.g. [BOS], [], or [CLS], [SEP])."""
-    probe = "reward"
-    with_special = list(tokenizer(probe, add_special_tokens=True)["input_ids"])
-    plain = list(tokenizer(probe, add_special_tokens=False)["input_ids"])
-    n = len(plain)
-    for start in range(len(with_special) - n + 1):
-        if with_special[start : start + n] == plain:
-            return with_special[:start], with_special[start + n :]
-    return [], []
-
-
 def _find_token_head(model: Any) -> Any:
     """The `score` module of an HF decoder classifier (applied to every position), or None."""
     best_name, best = None, None
@@ -115,70 +59,6 @@ def _find_token_head(model: Any) -> Any:
         if name.split(".")[-1] == "score" and (best_name is None or len(name) < len(best_name)):
             best_name, best = name, module
     return best
-
-
-def _load_meta(path: Path) -> RMMeta | None:
-    try:
-        return RMMeta.load(path)
-    except (ValueError, TypeError) as e:  # bad JSON, or fields of the wrong shape
-        raise BonsynthError(f"{path / META_FILE} is not valid: {e}") from e
-
-
-def _tokenizer_source(path: Path, meta: RMMeta | None) -> str:
-    """Where the tokenizer of a local RM comes from: its own directory, else its recorded base model.
-
-    Without tokenizer files transformers builds an empty stand-in (every text encodes to nothing, so every
-    text gets the same reward): that is refused unless `bonsynth_rm.json` names a base model whose tokenizer
-    is available locally, which is then used and said so.
-    """
-    if has_tokenizer_files(path):
-        return str(path)
-    base = meta.base_model if meta is not None else None
-    if base:
-        bp = Path(base).expanduser()
-        if not bp.is_absolute() and not bp.exists() and (path / bp).exists():
-            bp = path / bp  # a path relative to the RM directory
-        if (bp.is_dir() and has_tokenizer_files(bp)) or (not bp.exists() and _cached_tokenizer(base)):
-            source = str(bp) if bp.exists() else base
-            log.warning("warning: reward model %s has no tokenizer files; using the tokenizer of its base model %s "
-                        "(base_model in %s)", path, source, META_FILE)
-            return source
-        hint = f"; its base model {base} (base_model in {META_FILE}) has no tokenizer available locally either"
-    else:
-        hint = ""
-    raise BonsynthError(
-        f"reward model directory {path} has no tokenizer (none of {', '.join(TOKENIZER_FILES[:5])}){hint}; copy "
-        "the tokenizer files of the model it was trained from into it"
-    )
-
-
-def _cached_tokenizer(name: str) -> bool:
-    """Whether a hub id's tokenizer is in the local cache (never a download)."""
-    if not is_hub_id(name):
-        return False
-    try:
-        from transformers import AutoTokenizer
-
-        AutoTokenizer.from_pretrained(name, local_files_only=True)
-    except (OSError, ValueError):
-        return False
-    return True
-
-
-def _check_num_labels(model: Any) -> int:
-    num_labels = int(getattr(model.config, "num_labels", 1))
-    if num_labels not in (1, 2):
-        raise BonsynthError(
-            f"reward model has {num_labels} labels; bonsynth scores 1-label (reward) or 2-label (bad/good) heads"
-        )
-    return num_labels
-
-
-def _check_weights(path: Path, allow_unsafe_weights: bool) -> None:
-    """A local RM directory needs config.json, then passes the weights check every loader shares."""
-    if not (path / "config.json").exists():
-        raise BonsynthError(f"model not found: {path} (no config.json in the directory)")
-    check_weight_files(path, what="model", allow_unsafe_weights=allow_unsafe_weights)
 
 
 class RewardModel:
@@ -207,17 +87,15 @@ class RewardModel:
         self.device = device
         self.dtype = dtype if dtype is not None else next(model.parameters()).dtype
         self.path = path
-        self.num_labels = _check_num_labels(model)
+        self.num_labels = check_num_labels(getattr(model.config, "num_labels", 1))
         self.token_budget = _check_budget(token_budget) or default_token_budget(device)
         if getattr(model.config, "pad_token_id", None) is None:
             # HF decoder classifiers refuse batches > 1 without it; the value only marks padding.
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-            model.config.pad_token_id = pad if pad is not None else 0
-        self.pad_id = int(model.config.pad_token_id)
-        self.max_length = self._resolve_max_length(max_length)
-        self._prefix, self._suffix = _special_affixes(tokenizer)
-        if self.max_length < len(self._prefix) + len(self._suffix) + 1:
-            raise BonsynthError(f"max_length {self.max_length} is too small for this tokenizer")
+            model.config.pad_token_id = pad_id_for(model.config, tokenizer)
+        self._encoder = RMEncoder(tokenizer, model.config, self.meta, max_length=max_length,
+                                  pad_id=model.config.pad_token_id)
+        self.pad_id = self._encoder.pad_id
+        self.max_length = self._encoder.max_length
         self._pooler = _Pooler(head=_find_token_head(model))
         self._forward_kwargs = self._detect_forward_kwargs()
         self.prefix_sharing = _check_prefix_mode(prefix_sharing)
@@ -245,69 +123,17 @@ class RewardModel:
         prefix_sharing: PrefixMode = "auto",
     ) -> RewardModel:
         """Load a saved RM (safetensors only unless `allow_unsafe_weights`) onto `device`, in eval mode."""
-        from transformers import AutoModelForSequenceClassification, AutoTokenizer
-
-        from bonsynth.modelref import resolve_model_ref
-
-        path = resolve_model_ref(str(path))
-        p = Path(path)
-        local = p.exists()
-        if local and not p.is_dir():
-            raise BonsynthError(f"model not found: {path} (not a directory)")
-        if not local and not is_hub_id(str(path)):
-            raise BonsynthError(f"model not found: {path}")
-        meta = None
-        if local:
-            _check_weights(p, allow_unsafe_weights)
-            check_remote_code(p, trust_remote_code=trust_remote_code, what="reward model")
-            meta = _load_meta(p)
-        tok_source = _tokenizer_source(p, meta) if local else str(path)
-        dev = resolve_device(device)
-        torch_dtype = resolve_dtype(dtype, dev)
-        kwargs: dict[str, Any] = {
-            "dtype": torch_dtype,
-            "trust_remote_code": trust_remote_code,
-            "use_safetensors": None if allow_unsafe_weights else True,
-            "output_loading_info": True,
-        }
-        try:
-            tokenizer = AutoTokenizer.from_pretrained(tok_source, trust_remote_code=trust_remote_code)
-            try:
-                model, info = AutoModelForSequenceClassification.from_pretrained(
-                    str(path), attn_implementation="sdpa", **kwargs
-                )
-            except (ValueError, ImportError, NotImplementedError):
-                model, info = AutoModelForSequenceClassification.from_pretrained(str(path), **kwargs)
-        except (OSError, ValueError) as e:
-            reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
-            if local or isinstance(e, ValueError):
-                raise BonsynthError(f"cannot load reward model {path}: {reason}") from e
-            raise BonsynthError(f"model not found: {path} (no such directory, and not on the Hub: {reason})") from e
-        check_tokenizer(tokenizer, tok_source, what="reward model")
-        missing = [k for k in info.get("missing_keys", []) if k.split(".")[0] in ("score", "classifier")]
-        if missing:
-            raise BonsynthError(
-                f"{path} has no trained reward head (missing {', '.join(sorted(missing))}); "
-                "train one with `bonsynth rm train`"
-            )
-        if tokenizer.pad_token is None and tokenizer.eos_token is not None:
-            tokenizer.pad_token = tokenizer.eos_token
-        model.eval()
-        model.to(dev)
-        if meta is not None and meta.num_labels != int(getattr(model.config, "num_labels", 1)):
-            raise BonsynthError(
-                f"{p / META_FILE} says num_labels={meta.num_labels} but the model has "
-                f"{model.config.num_labels}; the metadata does not belong to these weights"
-            )
+        parts = load_reward_model_parts(path, device=device, dtype=dtype, trust_remote_code=trust_remote_code,
+                                        allow_unsafe_weights=allow_unsafe_weights)
         return cls(
-            model,
-            tokenizer,
-            meta,
-            device=dev,
-            dtype=torch_dtype,
+            parts.model,
+            parts.tokenizer,
+            parts.meta,
+            device=parts.device,
+            dtype=parts.dtype,
             max_length=max_length,
             token_budget=token_budget,
-            path=str(path),
+            path=parts.path,
             prefix_sharing=prefix_sharing,
         )
 
@@ -342,24 +168,6 @@ class RewardModel:
             token_budget=token_budget,
             prefix_sharing=prefix_sharing,
         )
-
-    def _resolve_max_length(self, max_length: int | None) -> int:
-        positions = _model_positions(self.model.config)
-        if max_length is not None:
-            if max_length < 1:
-                raise BonsynthError(f"max_length must be positive, got {max_length}")
-            if positions is not None and max_length > positions:
-                raise BonsynthError(f"max_length {max_length} exceeds the model's {positions} positions")
-            return int(max_length)
-        if self.meta.max_length:
-            return int(min(self.meta.max_length, positions or self.meta.max_length))
-        limits = [_MAX_DEFAULT_LENGTH]
-        tok_max = getattr(self.tokenizer, "model_max_length", None)
-        if isinstance(tok_max, int) and 0 < tok_max < 1_000_000:
-            limits.append(tok_max)
-        if positions is not None:
-            limits.append(positions)
-        return min(limits)
 
     def _detect_forward_kwargs(self) -> dict:
         """`use_cache=False` where the forward takes it: a KV cache is wasted memory when scoring."""
@@ -397,52 +205,7 @@ class RewardModel:
 
     def encode(self, items: Sequence[Any]) -> list[Encoded]:
         """Token ids for `items` (whole texts, or (prompt, response) pairs), truncated to `max_length`."""
-        kind, rows = _normalize_items(items)
-        if not rows:
-            return []
-        if kind == "text":
-            prompt_texts: list[str | None] = [None] * len(rows)
-            response_texts = list(rows)
-        else:
-            prompt_texts, response_texts = [], []
-            for prompt, response in rows:
-                p_text, r_text = render_pair(prompt, response, self.tokenizer)
-                prompt_texts.append(p_text)
-                response_texts.append(r_text)
-        # Best-of-N scores N responses per prompt: each distinct prompt is tokenized once.
-        unique_prompts = sorted({t for t in prompt_texts if t})
-        prompt_ids = dict(zip(unique_prompts, self._tokenize(unique_prompts), strict=True))
-        response_ids = self._tokenize(response_texts)
-        return [
-            self._assemble(list(prompt_ids[p]) if p else [], list(r))
-            for p, r in zip(prompt_texts, response_ids, strict=True)
-        ]
-
-    def _tokenize(self, texts: list[str]) -> list[list[int]]:
-        if not texts:
-            return []
-        return self.tokenizer(texts, add_special_tokens=False, verbose=False)["input_ids"]  # we truncate
-
-    def _assemble(self, prompt: list[int], response: list[int]) -> Encoded:
-        prefix, suffix = self._prefix, self._suffix
-        head = prompt if prompt else response
-        if prefix and head[: len(prefix)] == prefix:  # a chat template already wrote the BOS
-            del head[: len(prefix)]
-        if suffix and response[-len(suffix) :] == suffix:
-            del response[-len(suffix) :]
-        if not prompt and not response and not prefix and not suffix:
-            # An empty text with a tokenizer that adds nothing: give the head one token to read.
-            fallback = self.tokenizer.eos_token_id
-            response = [fallback if fallback is not None else self.pad_id]
-        room = self.max_length - len(prefix) - len(suffix)
-        truncated = False
-        if len(prompt) + len(response) > room:
-            truncated = True
-            if len(response) >= room:
-                prompt, response = [], response[len(response) - room :]
-            else:
-                prompt = prompt[len(prompt) - (room - len(response)) :]
-        return Encoded(list(prefix), prompt, response, list(suffix), truncated)
+        return self._encoder.encode(items)
 
     # ------------------------------------------------------------------ scoring
 
@@ -472,13 +235,7 @@ class RewardModel:
             rewards = self._score_encoded(encoded, budget, show_progress)
             self.last_stats.update(num_shared_items=0, prefix_sharing=blocker)
         self.last_stats["seconds"] = time.perf_counter() - start
-        if normalize:
-            std = float(self.meta.reward_std)
-            if not std > 0:
-                raise BonsynthError(f"cannot normalize: bonsynth_rm.json has reward_std={std}")
-            mean = float(self.meta.reward_mean)
-            rewards = [(r - mean) / std for r in rewards]
-        return rewards
+        return normalize_rewards(rewards, self.meta) if normalize else rewards
 
     def score_pairs(self, prompts: Sequence[Any], responses: Sequence[str], **kw: Any) -> list[float]:
         """Rewards for `responses[i]` as a reply to `prompts[i]`."""
@@ -491,7 +248,7 @@ class RewardModel:
     ) -> list[float]:
         """P(good) = sigmoid(raw reward): the 2-label classifier's softmax p(label 1), a 1-label RM's squashed logit."""
         rewards = self.score(items, show_progress=show_progress, token_budget=token_budget)
-        return [_sigmoid(r) for r in rewards]
+        return [sigmoid(r) for r in rewards]
 
     def _score_encoded(self, encoded: list[Encoded], budget: int, show_progress: bool) -> list[float]:
         import torch
@@ -577,11 +334,7 @@ class RewardModel:
                 handle.remove()
         pooled = outputs.logits.float()
         logits = self._own_pooling(captured, ids, last.to(pooled.device), pooled)
-        if self.num_labels == 1:
-            rewards = logits[:, 0]
-        else:
-            rewards = logits[:, 1] - logits[:, 0]
-        return rewards.cpu().tolist()
+        return self._rewards_of(logits)
 
     def _own_pooling(self, captured: list[Any], ids: Any, last: Any, pooled: Any) -> Any:
         """Per-token head logits gathered at the mask's last position; falls back to the model's pooling."""
@@ -626,8 +379,7 @@ class RewardModel:
             log.warning("prefix sharing %s for reward model %s; scoring every pair in full", blocker, self._name)
 
     def _rewards_of(self, logits: Any) -> list[float]:
-        rewards = logits[:, 0] if self.num_labels == 1 else logits[:, 1] - logits[:, 0]
-        return rewards.cpu().tolist()
+        return rewards_from_logits(logits, self.num_labels)
 
     def _score_prefix_shared(
         self, encoded: list[Encoded], budget: int, show_progress: bool, min_members: int
@@ -738,44 +490,3 @@ def _check_budget(token_budget: int | None) -> int | None:
 def _halves(batch: list[int]) -> list[list[int]]:
     mid = len(batch) // 2
     return [batch[:mid], batch[mid:]]
-
-
-def _sigmoid(x: float) -> float:
-    if x >= 0:
-        return 1.0 / (1.0 + math.exp(-x))
-    z = math.exp(x)
-    return z / (1.0 + z)
-
-
-def _is_prompt(value: Any) -> bool:
-    if isinstance(value, str):
-        return True
-    return isinstance(value, list) and all(isinstance(m, dict) and "role" in m and "content" in m for m in value)
-
-
-def _normalize_items(items: Sequence[Any]) -> tuple[str, list]:
-    """('text', [str]) or ('pair', [(prompt, response)]); anything else is a user error."""
-    if isinstance(items, (str, bytes, dict)):
-        raise BonsynthError("score() takes a list of texts or of (prompt, response) pairs, not a single value")
-    rows = list(items)
-    kinds = set()
-    for i, item in enumerate(rows):
-        if isinstance(item, str):
-            kinds.add("text")
-        elif (
-            isinstance(item, (tuple, list))
-            and len(item) == 2
-            and _is_prompt(item[0])
-            and isinstance(item[1], str)
-        ):
-            kinds.add("pair")
-        else:
-            raise BonsynthError(
-                f"item {i}: expected a text or a (prompt, response) pair, got {type(item).__name__}"
-            )
-    if len(kinds) > 1:
-        raise BonsynthError("items mix whole texts and (prompt, response) pairs; score them separately")
-    kind = kinds.pop() if kinds else "text"
-    if kind == "pair":
-        rows = [(p, r) for p, r in rows]
-    return kind, rows

