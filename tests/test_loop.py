@@ -298,6 +298,9 @@ def test_shipped_recipes_validate():
         recipe = load_recipe(repo / "recipes" / f"{name}.yaml")
         assert recipe.update.method == method and recipe.rounds >= 2
     assert load_recipe(repo / "recipes" / "iterative-dpo.yaml").update.lora is not None
+    unnatural = load_recipe(repo / "recipes" / "unnatural-bon.yaml")
+    assert unnatural.rounds == 3 and unnatural.prompt_synth.per_round >= 1 and unnatural.eval.judge
+    assert not unnatural.prompt_files and unnatural.eval.prompts  # every training prompt is synthetic
 
 
 # ---------------------------------------------------------------------------------------------------- loading options
