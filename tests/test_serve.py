@@ -461,3 +461,25 @@ def test_sigterm_drains_the_request_in_flight_then_exits_0(upstream, tiny_rm_dir
     assert result["status"] == 200 and result["body"]["choices"][0]["text"] is not None
     text = log.read_text()
     assert "POST /v1/completions" in text and KEY not in text
+
+
+# ---------------------------------------------------------------------- library use
+
+
+def test_create_app_mounts_in_another_asgi_app(cfg, engines):
+    from starlette.applications import Starlette
+    from starlette.routing import Mount
+
+    backend, scorer = engines
+    app = create_app(cfg, backend=backend, scorer=scorer)
+    outer = Starlette(routes=[Mount("/bon", app=app)])
+
+    async def main() -> httpx.Response:
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=outer), base_url="http://local") as ac:
+            r = await ac.post("/bon/v1/completions", json={"prompt": "the island", "max_tokens": 4, "seed": 1})
+        await app.state.service.aclose()  # a mounted app's lifespan does not run: the host closes it
+        return r
+
+    r = asyncio.run(main())
+    assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
+    assert backend.model is not None  # engines passed in stay the caller's (not closed)

@@ -2,7 +2,9 @@
 
 `submit(item, key)` queues an item and waits for its result. A dispatcher task takes the oldest item and
 waits up to `max_wait_s` *from that item's arrival* for more items with the same key (at most `max_items`),
-then runs `fn(items)` on the executor, one batch per free worker. While every worker is busy the queue
+then runs `fn(items)` on the executor, one batch per free worker. It waits only while `others()` says more
+work is in the server that could still join (requests admitted but not queued here): a lone request is
+never held back for company that does not exist. While every worker is busy the queue
 simply grows, so under load batches fill up without waiting at all; with `max_wait_s = 0` and
 `max_items = 1` every item runs alone (no cross-request batching).
 
@@ -31,13 +33,15 @@ class _Pending:
 
 class MicroBatcher:
     def __init__(self, fn: Callable[[list[Any]], Sequence[Any]], executor: Executor, *, max_wait_s: float,
-                 max_items: int, workers: int = 1, name: str = "batch") -> None:
+                 max_items: int, workers: int = 1, name: str = "batch",
+                 others: Callable[[], int] | None = None) -> None:
         self.fn = fn
         self.executor = executor
         self.max_wait_s = max(0.0, float(max_wait_s))
         self.max_items = max(1, int(max_items))
         self.workers = max(1, int(workers))
         self.name = name
+        self.others = others
         self._pending: deque[_Pending] = deque()
         self._wake: asyncio.Event | None = None
         self._slots: asyncio.Semaphore | None = None
@@ -64,6 +68,13 @@ class MicroBatcher:
 
     def _same_key(self, key: Hashable) -> int:
         return sum(1 for p in self._pending if p.key == key and not p.future.done())
+
+    def queued(self) -> int:
+        """Items waiting here, not yet in a running batch."""
+        return sum(1 for p in self._pending if not p.future.done())
+
+    def _more_may_come(self) -> bool:
+        return self.others is None or self.others() > 0
 
     def _take(self) -> list[_Pending]:
         """Up to `max_items` live items with the oldest item's key, oldest first; the rest stay queued."""
@@ -92,7 +103,7 @@ class MicroBatcher:
                 self._wake.clear()
                 await self._wake.wait()
             first = self._pending[0]
-            while self._same_key(first.key) < self.max_items:
+            while self._same_key(first.key) < self.max_items and self._more_may_come():
                 remaining = first.arrived + self.max_wait_s - time.monotonic()
                 if remaining <= 0:
                     break

@@ -94,9 +94,11 @@ class BestOfNService:
         self._rm_pool = ThreadPoolExecutor(1, thread_name_prefix="bonsynth-score")
         self.generation = MicroBatcher(self._generate, self._gen_pool, max_wait_s=config.batch_wait_s,
                                        max_items=1 if self.upstream else config.max_batch_requests,
-                                       workers=gen_workers, name="generate")
+                                       workers=gen_workers, name="generate",
+                                       others=lambda: self.pending - self.generation.queued())
         self.scoring = MicroBatcher(self._score, self._rm_pool, max_wait_s=config.batch_wait_s,
-                                    max_items=config.max_batch_requests, name="score")
+                                    max_items=config.max_batch_requests, name="score",
+                                    others=lambda: self.pending - self.scoring.queued())
         self.pending = 0
         self.closed = False
 
