@@ -414,6 +414,7 @@ def test_upstream_failures_give_502_and_the_server_stays_up(proxy, upstream):
 # ---------------------------------------------------------------------- SIGTERM drains
 
 
+@pytest.mark.slow
 def test_sigterm_drains_the_request_in_flight_then_exits_0(upstream, tiny_rm_dir, tmp_path):
     upstream.reset()
     upstream.latency = lambda body: 3.0  # the request is in flight upstream when SIGTERM arrives

@@ -61,3 +61,40 @@ def test_proxy_in_front_of_vllm_returns_the_rm_argmax(proxy, tiny_rm_dir):
     # vLLM's own context check comes back as a 400 naming its limit
     r = httpx.post(f"{proxy}/v1/completions", json={"prompt": "the sea", "max_tokens": 5000}, timeout=60)
     assert r.status_code == 400 and "max_model_len=256" in r.json()["error"]["message"]
+
+
+@pytest.fixture(scope="module")
+def in_process(tmp_path_factory, tiny_tokenizer, tiny_rm_dir):
+    from bonsynth.demo.models import save_model, tiny_causal_lm
+
+    path = save_model(tiny_causal_lm(tiny_tokenizer, n_positions=256), tiny_tokenizer,
+                      tmp_path_factory.mktemp("serve_vllm_engine") / "lm")
+    cfg = ServeConfig(policy=str(path), rewards=[str(tiny_rm_dir)], backend="vllm", n=4, max_tokens=8,
+                      max_model_len=256, enforce_eager=True, dtype="float32", model_name="tiny")
+    app = create_app(cfg)  # the engine starts here (context_limit reads its max_model_len), not on a request
+    with live_server(app) as url:
+        yield url
+
+
+def test_in_process_vllm_engine(in_process, tiny_rm_dir):
+    import asyncio
+
+    from bonsynth.rm.model import RewardModel
+
+    body = {"model": "tiny", "prompt": "the captain", "seed": 3, "return_candidates": True}
+    out = httpx.post(f"{in_process}/v1/completions", json=body, timeout=120).json()
+    cands = out["bonsynth"]["candidates"]
+    rescored = RewardModel.load(str(tiny_rm_dir), device="cpu").score([("the captain", c["text"]) for c in cands])
+    assert out["choices"][0]["text"] == cands[max(range(4), key=lambda i: (rescored[i], -i))]["text"]
+
+    async def together() -> list[dict]:  # one engine call for requests that arrive together, same answers
+        async with httpx.AsyncClient(timeout=120) as ac:
+            rs = await asyncio.gather(*[ac.post(f"{in_process}/v1/completions", json=body if i == 0 else
+                                                {**body, "prompt": f"the ship {i}"}) for i in range(4)])
+            return [r.json() for r in rs]
+
+    assert asyncio.run(together())[0]["choices"][0]["text"] == out["choices"][0]["text"]
+    r = httpx.post(f"{in_process}/v1/completions", json={"prompt": "x", "max_tokens": 300}, timeout=60)
+    assert r.status_code == 400 and "context of 256 tokens" in r.json()["error"]["message"]
+    r = httpx.post(f"{in_process}/v1/completions", json={"prompt": "the " * 300}, timeout=60)
+    assert r.status_code == 400 and r.json()["error"]["code"] == "context_length_exceeded"
