@@ -299,6 +299,35 @@ def test_overloaded_queue_gives_503_and_recovers(cfg, engines):
                           timeout=60).status_code == 200
 
 
+class FlakyBackend(SlowBackend):
+    """Fails any generate call that holds a prompt saying BOOM (a backend bug, not the user's)."""
+
+    def generate(self, prompts, sampling):
+        if any("BOOM" in str(p.prompt) for p in prompts):
+            raise RuntimeError("kaboom")
+        return self.inner.generate(prompts, sampling)
+
+
+def test_a_failing_request_fails_alone_and_the_server_stays_up(cfg, engines):
+    import dataclasses
+
+    backend, scorer = engines
+    wide = dataclasses.replace(cfg, batch_wait_ms=300)
+    with live_server(create_app(wide, backend=FlakyBackend(backend, 0.0), scorer=scorer)) as url:
+        async def together() -> list[httpx.Response]:
+            async with httpx.AsyncClient(timeout=120) as ac:
+                return list(await asyncio.gather(*[ac.post(f"{url}/v1/completions", json={
+                    "prompt": "BOOM" if i == 1 else f"calm sea {i}", "max_tokens": 4}) for i in range(3)]))
+
+        rs = asyncio.run(together())
+        assert [r.status_code for r in rs] == [200, 500, 200]
+        err = assert_openai_error(rs[1], 500, "internal_error", says="kaboom")
+        assert err["type"] == "server_error"
+        assert httpx.get(f"{url}/health").json()["status"] == "ok"
+        assert httpx.post(f"{url}/v1/completions", json={"prompt": "after", "max_tokens": 3},
+                          timeout=60).status_code == 200
+
+
 # ---------------------------------------------------------------------- batching across requests
 
 
