@@ -357,6 +357,24 @@ def test_requests_arriving_together_share_generate_and_rm_batches(cfg, engines, 
         assert alone["choices"][0]["text"] == o["choices"][0]["text"]
 
 
+def test_different_sampling_settings_still_share_rm_batches(cfg, engines):
+    """Generation groups by sampling settings; scoring takes every request that is ready, whatever its settings."""
+    import dataclasses
+
+    backend, scorer = engines
+    wide = dataclasses.replace(cfg, batch_wait_ms=1000)
+    with live_server(create_app(wide, backend=backend, scorer=scorer)) as url:
+        async def two() -> list[dict]:
+            async with httpx.AsyncClient(timeout=120) as ac:
+                rs = await asyncio.gather(*[ac.post(f"{url}/v1/completions", json={
+                    "prompt": "gold map", "max_tokens": 5, "temperature": t, "seed": 1}) for t in (0.7, 0.9)])
+                return [r.json()["bonsynth"]["timing"] for r in rs]
+
+        timing = asyncio.run(two())
+    assert [t["generate_batch_requests"] for t in timing] == [1, 1]  # two settings: two generate calls
+    assert [t["rm_batch_candidates"] for t in timing] == [8, 8]  # one RM call for both
+
+
 # ---------------------------------------------------------------------- auth
 
 
