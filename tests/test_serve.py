@@ -336,7 +336,8 @@ def test_requests_arriving_together_share_generate_and_rm_batches(cfg, engines, 
 
     backend, scorer = engines
     wide = dataclasses.replace(cfg, batch_wait_ms=300, max_batch_requests=8)
-    with live_server(create_app(wide, backend=backend, scorer=scorer)) as url:
+    # generation slowed down a little, so all four are in the server while the first one generates
+    with live_server(create_app(wide, backend=SlowBackend(backend, 0.2), scorer=scorer)) as url:
         async def together() -> list[dict]:
             async with httpx.AsyncClient(timeout=120) as ac:
                 rs = await asyncio.gather(*[ac.post(f"{url}/v1/completions", json={"prompt": f"star {i} orbit",
@@ -363,7 +364,8 @@ def test_different_sampling_settings_still_share_rm_batches(cfg, engines):
 
     backend, scorer = engines
     wide = dataclasses.replace(cfg, batch_wait_ms=1000)
-    with live_server(create_app(wide, backend=backend, scorer=scorer)) as url:
+    # slow generation: both requests are in the server before the first one is ready to score
+    with live_server(create_app(wide, backend=SlowBackend(backend, 0.3), scorer=scorer)) as url:
         async def two() -> list[dict]:
             async with httpx.AsyncClient(timeout=120) as ac:
                 rs = await asyncio.gather(*[ac.post(f"{url}/v1/completions", json={
