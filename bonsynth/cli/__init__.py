@@ -35,6 +35,7 @@ def _register() -> None:
     from bonsynth.cli import prompts as prompts_cmds
     from bonsynth.cli import quickstart as quickstart_cmds
     from bonsynth.cli import rm as rm_cmds
+    from bonsynth.cli import serve as serve_cmds
 
     cli.add_command(quickstart_cmds.quickstart)
     cli.add_command(rm_cmds.rm)
@@ -44,6 +45,7 @@ def _register() -> None:
     cli.add_command(loop_cmds.loop)
     cli.add_command(judge_cmds.judge)
     cli.add_command(models_cmds.models)
+    cli.add_command(serve_cmds.serve)
     for cmd in getattr(generate_cmds, "EXTRA_COMMANDS", ()):
         cli.add_command(cmd)
 

@@ -60,6 +60,15 @@ RETRY_STATUS = frozenset({408, 409, 425, 429})
 MAX_MESSAGE_CHARS = 500
 
 
+class UpstreamRejected(BonsynthError):
+    """The server refused the request itself (a 4xx that retrying cannot fix); `status` is its HTTP status,
+    so a proxy in front (`bonsynth serve`) can pass a client error on as one."""
+
+    def __init__(self, message: str, status: int) -> None:
+        super().__init__(message)
+        self.status = status
+
+
 def public_url(url: str) -> str:
     """The URL as it may be logged or recorded: no user:password, no secret-looking query parameters."""
     return redact_url(url)
@@ -302,7 +311,8 @@ class OpenAIBackend(GenerationBackend):
                     return data
                 msg = redact(server_message(resp))
                 if status not in RETRY_STATUS and status < 500:
-                    raise BonsynthError(f"{where}: the server rejected the request: HTTP {status}: {msg}")
+                    raise UpstreamRejected(f"{where}: the server rejected the request: HTTP {status}: {msg}",
+                                           status)
                 reason = f"HTTP {status}: {msg}"
                 retry_after = parse_retry_after(resp.headers)
             if attempt == self.max_retries:
