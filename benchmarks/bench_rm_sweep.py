@@ -102,7 +102,6 @@ class Sweep:
         self.train_file, self.test_file, self.n_trainval = write_split(args.data, self.work, args.test, args.split_seed)
         self.val_share = args.val / self.n_trainval
         self.n_train = self.n_trainval - round(self.n_trainval * self.val_share)
-        self.steps_per_epoch = math.ceil(self.n_train / BATCH)
         from bonsynth.data.readers import load_records
         from bonsynth.rm.train import split_records
 
@@ -125,15 +124,15 @@ class Sweep:
                 "--batch-size", str(BATCH), "--max-length", str(MAX_LEN), "--eval-split", f"{self.val_share:.6f}",
                 "--seed", str(self.args.split_seed), *(extra or [])]
         if not measure_only:
-            args += ["--eval-every", str(self.steps_per_epoch)]
+            args += ["--eval-every", "epoch"]
         load = [load_avg()]
         summary, seconds, rss = run_cli(args, threads, self.work / f"{name}.log")
         load.append(load_avg())
         r = {"name": name, "base": base, "lr": lr, "epochs": epochs, "extra": extra or [], "seconds": round(seconds),
              "peak_rss_mib": round(rss), "load": max(load), "threads": threads, "command": "bonsynth " + shlex.join(args)}
         if measure_only:
-            steps = math.ceil(epochs * self.steps_per_epoch)
-            r["seconds_per_epoch"] = round(summary["seconds"] / max(1, steps) * self.steps_per_epoch)
+            per_epoch = math.ceil((summary["num_train"] - summary["num_dropped"]) / BATCH)  # over-long pairs dropped
+            r["seconds_per_epoch"] = round(summary["seconds"] / max(1, math.ceil(epochs * per_epoch)) * per_epoch)
         else:
             r["val_accuracy"] = summary["eval_accuracy"]
             r["best_epoch"] = summary.get("best_epoch")

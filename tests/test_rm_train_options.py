@@ -166,6 +166,11 @@ def test_eval_every_keeps_the_best_checkpoint_and_early_stopping_stops(base, pai
     assert stopped["stopped_early"] is True
     assert [h["step"] for h in stopped["evaluations"]] == [1, 2, 3]
 
+    by_epoch = train_reward_model(cfg(base, pairs, work / "rm-by-epoch", epochs=3, eval_every="epoch"))
+    per_epoch = math.ceil(72 / 16)
+    assert [h["step"] for h in by_epoch["evaluations"]] == [per_epoch, 2 * per_epoch, 3 * per_epoch]
+    assert [h["epoch"] for h in by_epoch["evaluations"]] == [1.0, 2.0, 3.0]
+
 
 def test_lr_schedule_and_warmup_follow_the_formula(base, pairs, work):
     """The scheduler the trainer builds from --lr-scheduler/--warmup-ratio, against the closed form."""
@@ -220,6 +225,8 @@ def test_center_rewards_reaches_trl_and_pulls_rewards_to_zero(base, pairs, work)
     (["--warmup-ratio", "1.5"], "--warmup-ratio"),
     (["--early-stopping", "2"], "--eval-every"),
     (["--eval-every", "5", "--eval-split", "0"], "eval split"),
+    (["--eval-every", "often"], "--eval-every"),
+    (["--eval-every", "-2"], "--eval-every"),
     (["--seeds", "1"], "--seeds"),
     (["--seeds", "1,1"], "--seeds"),
     (["--average", "linear"], "--seeds"),

@@ -75,9 +75,9 @@ def slice_cmd(base: str, layers: str, out: Path, overwrite: bool, trust_remote_c
 @click.option("--center-rewards", type=float, default=None,
               help="TRL's center_rewards_coefficient: adds c * mean((r+ + r-)^2) to the loss, pulling rewards "
                    "towards 0 (pairwise and ranked; TRL suggests 0.01).")
-@click.option("--eval-every", type=int, default=0, show_default=True,
-              help="Measure the eval split every N optimiser steps (and at the end); keep the best checkpoint "
-                   "by eval accuracy (0 = off: keep the last).")
+@click.option("--eval-every", default="0", show_default=True, metavar="STEPS|epoch",
+              help="Measure the eval split every N optimiser steps or every epoch (and at the end); keep the "
+                   "best checkpoint by eval accuracy (0 = off: keep the last).")
 @click.option("--early-stopping", type=int, default=0, show_default=True,
               help="Stop after this many --eval-every evaluations without a better one (0 = off).")
 @click.option("--seeds", default=None, metavar="S1,S2,...",

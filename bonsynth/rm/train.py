@@ -69,7 +69,7 @@ class RMTrainConfig:
     warmup_ratio: float = 0.0  # share of the optimiser steps with a linear warm-up
     lr_scheduler: str = "linear"  # transformers' scheduler name (LR_SCHEDULERS)
     center_rewards: float | None = None  # TRL's center_rewards_coefficient: + c * mean((r+ + r-)^2) in the loss
-    eval_every: int = 0  # evaluate on the eval split every N optimiser steps and keep the best checkpoint (0: off)
+    eval_every: int | str = 0  # evaluate every N optimiser steps, or "epoch", and keep the best checkpoint (0: off)
     early_stopping: int = 0  # stop after this many evaluations without a better one (0: off; needs eval_every)
     seeds: list[int] | None = None  # WARM: train one member per seed (same split), then average their weights
     average: str | None = None  # how the members are averaged: linear (the default with --seeds)
@@ -93,6 +93,7 @@ class RMTrainConfig:
         if isinstance(self.data, (str, Path)):
             self.data = [str(self.data)]
         self.data = [str(d) for d in self.data]
+        self.eval_every = _eval_every(self.eval_every)
         checks = [
             (self.objective in TRAIN_OBJECTIVES, f"unknown objective {self.objective!r}; expected one of {', '.join(TRAIN_OBJECTIVES)}"),
             (bool(self.data), "no training data: give at least one --data file"),
@@ -111,11 +112,10 @@ class RMTrainConfig:
              f"--center-rewards must be a coefficient >= 0, got {self.center_rewards}"),
             (self.center_rewards is None or self.objective != "binary",
              "--center-rewards applies to the pairwise and ranked losses, not to --objective binary"),
-            (self.eval_every >= 0, f"--eval-every must be 0 (off) or a number of steps, got {self.eval_every}"),
             (self.eval_every == 0 or self.eval_split > 0,
              "--eval-every needs an eval split to measure on (--eval-split > 0)"),
             (self.early_stopping >= 0, f"--early-stopping must be 0 (off) or a patience, got {self.early_stopping}"),
-            (self.early_stopping == 0 or self.eval_every > 0,
+            (self.early_stopping == 0 or self.eval_every != 0,
              "--early-stopping counts evaluations: give --eval-every too"),
         ]
         for ok, message in checks:
@@ -153,6 +153,20 @@ class RMTrainConfig:
     @property
     def num_labels(self) -> int:
         return 2 if self.objective == "binary" else 1
+
+
+def _eval_every(value: int | str) -> int | str:
+    """`--eval-every`: a number of optimiser steps, or `epoch` (at each epoch's end, whatever its length after
+    over-long pairs are dropped)."""
+    if value == "epoch":
+        return value
+    try:
+        steps = int(value)
+    except (TypeError, ValueError):
+        steps = -1
+    if steps < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
+        raise ConfigError(f"--eval-every must be 0 (off), a number of steps or 'epoch', got {value!r}")
+    return steps
 
 
 def train_reward_model(cfg: RMTrainConfig) -> dict[str, Any]:
@@ -689,7 +703,7 @@ class BestCheckpoint:
     tensors are copied: the whole model for a full fine-tune, the adapters and head for LoRA.
     """
 
-    def __init__(self, evaluate: Any, every: int, patience: int = 0) -> None:
+    def __init__(self, evaluate: Any, every: int | str, patience: int = 0) -> None:
         self.evaluate, self.every, self.patience = evaluate, every, patience
         self.history: list[dict[str, Any]] = []
         self.best: dict[str, Any] | None = None
@@ -719,12 +733,21 @@ class BestCheckpoint:
         else:
             self.stale += 1
 
+    def _maybe_stop(self, control: Any) -> None:
+        if self.patience and self.stale >= self.patience:
+            self.stopped_early = True
+            control.should_training_stop = True
+
     def on_step_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
-        if state.global_step % self.every == 0:
+        if self.every != "epoch" and state.global_step % self.every == 0:
             self._measure(state, model)
-            if self.patience and self.stale >= self.patience:
-                self.stopped_early = True
-                control.should_training_stop = True
+            self._maybe_stop(control)
+        return control
+
+    def on_epoch_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
+        if self.every == "epoch":
+            self._measure(state, model)
+            self._maybe_stop(control)
         return control
 
     def on_train_end(self, args: Any, state: Any, control: Any, model: Any = None, **kw: Any) -> Any:
