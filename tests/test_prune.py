@@ -173,25 +173,35 @@ def test_same_outputs_whatever_the_batch_size(pruned_run, tmp_path, tiny_policy_
         assert ra["selected"] == rb["selected"]
 
 
-def test_pruning_off_writes_the_same_bytes_as_before(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
-    """No prune flags: the step takes the plain path, and the files and manifest are what this code wrote before
-    pruning existed (a golden digest of this config's outputs, taken on main before the change)."""
-    import hashlib
+# Fingerprint of `GenerateConfig(policy="p", rewards=["r"], prompts="x.jsonl", out="o")` on main before pruning
+# (commit a1507c4): a run made then still resumes.
+FINGERPRINT_BEFORE = "8e56d64df44cb061"
+CONFIG_KEYS_BEFORE = {
+    "policy", "rewards", "prompts", "out", "n", "reward_weights", "backend", "temperature", "top_p", "max_new_tokens",
+    "seed", "stop", "long_prompt", "select", "write_pairs", "min_reward", "min_margin", "dedup", "length_normalize",
+    "batch_size", "device", "dtype", "prompt_format", "limit", "reward_engine", "shard", "backend_options",
+    "reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len", "enforce_eager",
+    "max_nonfinite", "skip_invalid",
+}
+CANDIDATE_KEYS_BEFORE = {"index", "text", "reward", "rewards", "finish_reason", "num_tokens", "duplicate"}
 
+
+def test_pruning_off_writes_what_it_wrote_before(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    """No prune flags: the plain path, the same fingerprint, manifest config, summary and candidate rows as before
+    pruning existed. (The files were also checked byte for byte against main's code on one machine; the
+    existing tests of test_generate.py run unchanged.)"""
+    assert GenerateConfig(policy="p", rewards=["r"], prompts="x.jsonl", out="o").fingerprint() == FINGERPRINT_BEFORE
     out = tmp_path / "plain"
     manifest = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out))
-    assert "prune_at" not in manifest["config"] and "prune_keep" not in manifest["config"]
+    assert set(manifest["config"]) == CONFIG_KEYS_BEFORE
     assert not {"pruned", "generated_tokens", "generated_tokens_without_pruning"} & set(manifest["summary"])
-    assert all("pruned_at" not in c for r in _rows(out / "candidates.jsonl") for c in r["candidates"])
-    cfg_plain = _cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out)
-    assert "prune_at" not in cfg_plain.fingerprinted() and "prune_keep" not in cfg_plain.fingerprinted()
-    digests = {name: hashlib.sha256((out / name).read_bytes()).hexdigest()[:16] for name in FILES}
-    assert digests == PLAIN_DIGESTS
-
-
-# Taken by running the config of `test_pruning_off_writes_the_same_bytes_as_before` on main (commit a1507c4,
-# before pruning) with the same fixtures.
-PLAIN_DIGESTS: dict[str, str] = {}
+    assert "pruned" not in manifest["counts"]["finish_reasons"]
+    assert all(set(c) == CANDIDATE_KEYS_BEFORE for r in _rows(out / "candidates.jsonl") for c in r["candidates"])
+    # keep=1 prunes nothing: the same selection machinery, every candidate finished, each row says so
+    out1 = tmp_path / "keep1"
+    m1 = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out1, prune_keep=1.0))
+    assert m1["summary"]["pruned"] == 0
+    assert all(c["pruned_at"] is None for r in _rows(out1 / "candidates.jsonl") for c in r["candidates"])
 
 
 # ------------------------------------------------------------------------------------------------ continuation
@@ -312,10 +322,49 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, tiny_policy_dir, tiny_r
 # ------------------------------------------------------------------------------------------------ backends
 
 
-def test_openai_chat_endpoint_cannot_prune(tmp_path, tiny_rm_dir, prompts_file):
+@pytest.fixture(scope="module")
+def openai_server(tiny_policy_dir):
+    from openai_gpt2_server import GPT2OpenAIServer
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    srv = GPT2OpenAIServer(AutoModelForCausalLM.from_pretrained(str(tiny_policy_dir)).eval(),
+                           AutoTokenizer.from_pretrained(str(tiny_policy_dir))).start()
+    yield srv
+    srv.stop()
+
+
+def test_openai_prunes_on_the_completions_endpoint(openai_server, tmp_path, tiny_policy_dir, tiny_rm_dir,
+                                                   prompts_file):
+    """Each continuation is one /completions request: prompt + the partial reply as text, n=1, its segment seed."""
+    from bonsynth.generate.backends.openai_backend import OpenAIBackend
+    from bonsynth.generate.seeding import segment_seed
+
+    openai_server.reset()
+    backend = OpenAIBackend("tiny-gpt2", base_url=openai_server.base_url, api_key_env="", tokenizer=str(tiny_policy_dir))
+    out = tmp_path / "out"
+    manifest = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts_file, out, backend="openai", n=4,
+                                 max_new_tokens=10, prune_at=[3], prune_keep=0.5, limit=4), backend=backend)
+    rows = _rows(out / "candidates.jsonl")
+    bodies = [r["body"] for r in openai_server.requests]
+    assert all(r["path"] == "/v1/completions" and r["body"]["n"] == 1 for r in openai_server.requests)
+    for row in rows:
+        cands = row["candidates"]
+        alive = [c for c in cands if c["pruned_at"] == 3 or (c["pruned_at"] is None and c["num_tokens"] > 3)]
+        assert len(alive) - sum(c["pruned_at"] == 3 for c in cands) == kept_count(0.5, len(alive))
+        for c in cands:
+            first = next(b for b in bodies if b["seed"] == segment_seed(7, row["id"], c["index"], 0))
+            assert first["max_tokens"] == 3 and first["prompt"] == row["prompt"]
+            if c["pruned_at"] is None and c["num_tokens"] > 3:  # a survivor: continued from its partial text
+                second = next(b for b in bodies if b["seed"] == segment_seed(7, row["id"], c["index"], 1))
+                assert second["max_tokens"] == 7 and second["prompt"].startswith(row["prompt"])
+                assert c["text"].startswith(second["prompt"][len(row["prompt"]):])
+    assert manifest["summary"]["generated_tokens"] == sum(c["num_tokens"] for r in rows for c in r["candidates"])
+
+
+def test_openai_chat_endpoint_cannot_prune(tmp_path, tiny_rm_dir, chat_prompts_file):
     out = tmp_path / "out"
     code, _, err = run_bonsynth(["generate", "--policy", "m", "--reward", str(tiny_rm_dir), "--prompts",
-                                 str(prompts_file), "--out", str(out), "--backend", "openai", "--base-url",
+                                 str(chat_prompts_file), "--out", str(out), "--backend", "openai", "--base-url",
                                  "http://127.0.0.1:9/v1", "--prune-keep", "0.5", "--quiet", "--device", "cpu"])
-    assert code == 2 and err.count("\n") == 1 and "--prune" in err, err
+    assert code == 2 and err.count("\n") == 1 and "--prune-at/--prune-keep" in err and "/completions" in err, err
     assert not out.exists()
