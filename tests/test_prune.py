@@ -368,3 +368,52 @@ def test_openai_chat_endpoint_cannot_prune(tmp_path, tiny_rm_dir, chat_prompts_f
                                  "http://127.0.0.1:9/v1", "--prune-keep", "0.5", "--quiet", "--device", "cpu"])
     assert code == 2 and err.count("\n") == 1 and "--prune-at/--prune-keep" in err and "/completions" in err, err
     assert not out.exists()
+
+
+# ------------------------------------------------------------------------------------------------ loop recipe
+
+
+def test_recipe_generation_prune_keys_reach_the_rounds_not_the_eval(tmp_path, monkeypatch):
+    from types import SimpleNamespace
+
+    from bonsynth.errors import ConfigError
+    from bonsynth.loop.recipe import parse_recipe
+    from bonsynth.loop.runner import LoopRunner
+    from tests.conftest import config_from_generate_argv
+
+    base = {"out": "runs/x", "policy": "demo:policy", "rewards": ["demo:rm"], "prompts": ["demo:data/prompts.jsonl"],
+            "rounds": 2, "update": {"method": "sft"}}
+    plain = parse_recipe(base)
+    pruned = parse_recipe(dict(base, generation={"prune_at": [16, 48], "prune_keep": 0.25}))
+    assert pruned.fingerprint() != plain.fingerprint()
+    assert parse_recipe(dict(base, generation={"prune_keep": None})).fingerprint() == plain.fingerprint()
+
+    runner = LoopRunner(pruned, SimpleNamespace(), tmp_path / "loop", show_progress=False)
+    kw = dict(policy="/m/p", rewards=["/m/rm"], weights=None, prompts=tmp_path / "p.jsonl", out=tmp_path / "g", n=4,
+              temperature=1.0, top_p=1.0, max_new_tokens=128, seed=1, select="best")
+    round_cfg = runner._gen_config(**kw, prune=True)
+    assert (round_cfg.prune_at, round_cfg.prune_keep) == ([16, 48], 0.25)
+    eval_cfg = runner._gen_config(**kw)  # what the eval runs use: never pruned
+    assert (eval_cfg.prune_at, eval_cfg.prune_keep) == (None, None)
+    got = config_from_generate_argv(monkeypatch, round_cfg)  # the subprocess path rebuilds the same config
+    assert got.fingerprint() == round_cfg.fingerprint() and got.prune_at == [16, 48] and got.prune_keep == 0.25
+
+    for gen, needle in (({"prune_at": [8]}, "prune_at needs prune_keep"),
+                        ({"prune_at": [200], "prune_keep": 0.5}, "prune_at 200 is not below max_new_tokens 128"),
+                        ({"prune_keep": 2}, "prune_keep must be a share in (0, 1]")):
+        with pytest.raises(ConfigError) as info:
+            parse_recipe(dict(base, generation=gen), source="r.yaml")
+        msg = str(info.value)
+        assert msg.startswith("r.yaml: ") and "\n" not in msg and needle in msg, msg
+
+
+def test_control_arm_never_picks_a_pruned_candidate(tmp_path):
+    from bonsynth.loop.gold import write_control_data
+
+    rows = [{"id": f"p{i}", "prompt": "hi", "skipped": None,
+             "candidates": [{"index": j, "text": f"t{j}", "reward": float(j), "pruned_at": 4 if j % 2 else None}
+                            for j in range(6)]} for i in range(20)]
+    write_jsonl(tmp_path / "candidates.jsonl", rows)
+    write_control_data(tmp_path, tmp_path / "control", seed=0, r=0, method="sft")
+    picked = {row["completion"] for row in _rows(tmp_path / "control" / "sft.jsonl")}
+    assert picked and picked <= {"t0", "t2", "t4"}
