@@ -417,3 +417,39 @@ def test_control_arm_never_picks_a_pruned_candidate(tmp_path):
     write_control_data(tmp_path, tmp_path / "control", seed=0, r=0, method="sft")
     picked = {row["completion"] for row in _rows(tmp_path / "control" / "sft.jsonl")}
     assert picked and picked <= {"t0", "t2", "t4"}
+
+
+# ------------------------------------------------------------------------------------------------ ray
+
+
+@pytest.mark.ray
+@pytest.mark.slow
+def test_ray_pruned_run_equals_local_pruned_run(tmp_path, tiny_policy_dir, tiny_rm_dir):
+    """The Ray engine runs the same step: its policy replicas prune with their own RM copy, the score pool
+    scores the finished candidates; the files equal the local run's byte for byte (one torch thread each)."""
+    import torch
+
+    ray = pytest.importorskip("ray")
+    pytest.importorskip("ray.data")
+    from bonsynth.generate.ray_engine import run_generate_ray
+
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"y{i}", "prompt": t} for i, t in enumerate(corpus(8, seed=8))])
+    kw = dict(n=4, max_new_tokens=12, batch_size=4, prune_at=[3, 7], prune_keep=0.5, select="pairs",
+              write_pairs=False)
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        local = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, tmp_path / "local", **kw))
+    finally:
+        torch.set_num_threads(threads)
+    started = not ray.is_initialized()
+    if started:
+        ray.init(num_cpus=2, include_dashboard=False, logging_level="WARNING")
+    try:
+        remote = run_generate_ray(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, tmp_path / "ray", **kw), workers=1)
+    finally:
+        if started:
+            ray.shutdown()
+    for name in FILES:
+        assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
+    assert remote["summary"] == local["summary"] and local["summary"]["pruned"] > 0
