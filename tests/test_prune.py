@@ -453,3 +453,19 @@ def test_ray_pruned_run_equals_local_pruned_run(tmp_path, tiny_policy_dir, tiny_
     for name in FILES:
         assert (tmp_path / "ray" / name).read_bytes() == (tmp_path / "local" / name).read_bytes(), name
     assert remote["summary"] == local["summary"] and local["summary"]["pruned"] > 0
+
+
+def test_judge_never_judges_a_pruned_candidate(tmp_path):
+    from collections import Counter
+
+    from bonsynth.judge.run import usable_prompts
+
+    rows = [{"id": "a", "prompt": "hi", "candidates": [
+        {"index": 0, "text": "done", "reward": 1.0, "num_tokens": 5, "pruned_at": None},
+        {"index": 1, "text": "part", "reward": 9.0, "num_tokens": 4, "pruned_at": 4},
+        {"index": 2, "text": "nan", "reward": None, "num_tokens": 6, "pruned_at": None}]}]
+    path = write_jsonl(tmp_path / "candidates.jsonl", rows)
+    counts: Counter = Counter()
+    got = [kept for _, kept in usable_prompts(path, False, counts)]
+    assert got == [[(0, 1.0)]]
+    assert counts["pruned"] == 1 and counts["null_proxy_reward"] == 1
