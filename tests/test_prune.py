@@ -469,3 +469,17 @@ def test_judge_never_judges_a_pruned_candidate(tmp_path):
     got = [kept for _, kept in usable_prompts(path, False, counts)]
     assert got == [[(0, 1.0)]]
     assert counts["pruned"] == 1 and counts["null_proxy_reward"] == 1
+
+
+def test_cli_pruned_run_summary_table(tmp_path, tiny_policy_dir, tiny_rm_dir, prompts_file):
+    out = tmp_path / "out"
+    code, stdout, err = run_bonsynth(["generate", "--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir),
+                                      "--prompts", str(prompts_file), "--out", str(out), "--backend", "hf",
+                                      "--device", "cpu", "--n", "4", "--max-new-tokens", "12", "--prune-keep", "0.5",
+                                      "--quiet"])
+    assert code == 0, err
+    s = _manifest(out)["summary"]
+    assert _manifest(out)["config"]["prune_keep"] == 0.5 and "prune_at" not in _manifest(out)["config"]
+    assert "candidates pruned" in stdout and f"{s['generated_tokens']} (" in stdout
+    # prune_keep alone: one point at 12 // 8 = 1 token
+    assert {c["pruned_at"] for r in _rows(out / "candidates.jsonl") for c in r["candidates"]} <= {None, 1}
