@@ -167,8 +167,6 @@ def build_rows(
     return rows
 
 
-
-
 def _select_finished(comps: Sequence, texts: list[str], rewards: list[float], selection: SelectionConfig):
     """`select_candidates` over the finished candidates only (a pruned partial reply is never training data),
     with indices mapped back to the prompt's candidate list."""
