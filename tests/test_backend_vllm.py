@@ -446,3 +446,60 @@ def test_pooling_scorer_gets_the_backends_cpu_prefill_workaround(tiny_models, mo
     assert scorer.engine_args["max_num_batched_tokens"] == backend._engine_args()["max_num_batched_tokens"] == 65536
     assert scorer.engine_args["kv_cache_memory_bytes"] == 64 << 20
     assert "started=False" in repr(scorer) and "started=False" in repr(backend)
+
+
+# ---------------------------------------------------------------------------------------- pruning (speculative rejection)
+
+
+@_mark
+def test_vllm_survivor_continuation_equals_a_fresh_generation_from_prompt_plus_partial(backend):
+    """`extend` continues prompt + kept token ids with the segment's seed: the same tokens as a fresh engine call
+    on those ids with that seed, whichever other candidates share the call."""
+    from vllm import SamplingParams
+
+    from bonsynth.generate.backends.base import Continuation
+    from bonsynth.generate.seeding import segment_seed
+
+    sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=16, seed=4)
+    recs = PROMPTS[:3]
+    prepared = backend.prepare(recs, sampling)
+    first = backend.extend(prepared, [Continuation(prompt=i, seed=segment_seed(4, r.id, j, 0))
+                                      for i, r in enumerate(recs) for j in range(3)], sampling, 5)
+    items = [Continuation(prompt=k // 3, seed=segment_seed(4, recs[k // 3].id, k % 3, 1), tokens=e.tokens,
+                          num_tokens=e.num_tokens) for k, e in enumerate(first) if e.finish_reason == "length"]
+    assert items
+    cont = backend.extend(prepared, items, sampling, 6)
+    for it, e in zip(items, cont, strict=True):
+        assert e.tokens[: len(it.tokens)] == it.tokens and e.num_tokens == len(e.tokens)
+        fresh = backend.llm.generate([{"prompt_token_ids": list(prepared[it.prompt].ids) + list(it.tokens)}],
+                                     [SamplingParams(n=1, seed=it.seed, temperature=1.0, max_tokens=6)],
+                                     use_tqdm=False)[0].outputs[0]
+        assert list(e.tokens[len(it.tokens):]) == list(fresh.token_ids)
+    # the prompt ids are the ones `generate` feeds the engine
+    plain = backend.generate(recs, SamplingConfig(n=1, max_new_tokens=1, seed=4))
+    assert [p.result.prompt_tokens for p in prepared] == [r.prompt_tokens for r in plain]
+
+
+@_mark
+def test_vllm_pruned_run_end_to_end(backend, tiny_models, tmp_path):
+    import json
+
+    from bonsynth.generate.pipeline import GenerateConfig, run_generate
+    from bonsynth.generate.prune import kept_count
+    from bonsynth.rm.ensemble import RewardEnsemble
+
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text("".join(json.dumps({"id": f"v{i}", "prompt": CORPUS[i]}) + "\n" for i in range(4)))
+    scorer = RewardEnsemble.load([tiny_models["rm1"]], device="cpu")
+    out = tmp_path / "pruned"
+    cfg = GenerateConfig(policy=tiny_models["lm"], rewards=[tiny_models["rm1"]], prompts=str(prompts), out=str(out),
+                         n=4, backend="vllm", max_new_tokens=12, seed=5, prune_at=[3], prune_keep=0.5,
+                         show_progress=False)
+    manifest = run_generate(cfg, backend=backend, scorer=scorer)
+    rows = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]
+    for r in rows:
+        alive = [c for c in r["candidates"] if c["pruned_at"] == 3 or (c["pruned_at"] is None and c["num_tokens"] > 3)]
+        pruned = [c for c in r["candidates"] if c["pruned_at"] == 3]
+        assert len(alive) - len(pruned) == kept_count(0.5, len(alive))
+        assert all(r["candidates"][i]["pruned_at"] is None for i in r["selected"])
+    assert manifest["summary"]["generated_tokens"] == sum(c["num_tokens"] for r in rows for c in r["candidates"])

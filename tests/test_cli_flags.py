@@ -16,7 +16,7 @@ from bonsynth.generate.pipeline import GenerateConfig, backend_kwargs
 from tests.conftest import config_from_generate_argv, corpus, pickle_copy, write_jsonl
 
 NEW_FIELDS = ("reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len",
-              "enforce_eager", "max_nonfinite", "skip_invalid")
+              "enforce_eager", "max_nonfinite", "skip_invalid", "prune_at", "prune_keep")
 
 
 def _rows(path: Path) -> list[dict]:

@@ -19,6 +19,16 @@ def _weights(value: str | None, flag: str = "--reward-weights") -> list[float] |
         raise ConfigError(f"{flag} must be comma-separated numbers, got {value!r}") from None
 
 
+def _share(value: str | None, flag: str) -> float | None:
+    """A number given as text, so a typo is one `error:` line naming the flag (not click's usage block)."""
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        raise ConfigError(f"{flag} must be a number, e.g. 0.25 (got {value!r})") from None
+
+
 @click.command()
 @click.option("--policy", required=True, help="Policy model: local path or hub id (or the served model name for openai).")
 @click.option("--reward", "rewards", required=True, multiple=True, help="Reward model directory; repeat for several.")
@@ -44,6 +54,12 @@ def _weights(value: str | None, flag: str = "--reward-weights") -> list[float] |
 @click.option("--max-nonfinite", type=click.FloatRange(0, 1), default=0.0, show_default=True,
               help="Share of the run's candidates that may get a NaN/inf reward (never selected, written as null) "
                    "before the run stops with an error.")
+@click.option("--prune-at", default=None,
+              help="Speculative rejection: comma-separated token counts (e.g. 16,48) at which the partial replies "
+                   "are scored and the weakest stopped; needs --prune-keep.")
+@click.option("--prune-keep", default=None,
+              help="Share of the running candidates kept at each --prune-at point (ceil, at least 1), e.g. 0.25; "
+                   "alone it prunes once, at max-new-tokens // 8.")
 @click.option("--dedup", is_flag=True, help="Drop exact and near-duplicate candidates before selecting.")
 @click.option("--length-normalize", is_flag=True, help="Rank candidates by reward per token.")
 @click.option("--long-prompts", "long_prompt", type=click.Choice(["truncate", "skip"]), default="truncate",
@@ -98,6 +114,7 @@ def generate(**kw) -> None:
           --n 8 --select pairs --min-margin 0.5 --out out/
     """
     from bonsynth.generate.pipeline import GenerateConfig, run_generate
+    from bonsynth.generate.prune import parse_points
     from bonsynth.generate.report import summary_table
 
     if kw["quiet"]:  # transformers' own "Loading weights" bars too
@@ -130,7 +147,8 @@ def generate(**kw) -> None:
         limit=kw["limit"], reward_engine=kw["reward_engine"], shard=kw["shard"], backend_options=backend_options, show_progress=not kw["quiet"],
         reward_dtype=kw["reward_dtype"], prefix_sharing=kw["prefix_sharing"], trust_remote_code=kw["trust_remote_code"],
         allow_unsafe_weights=kw["allow_unsafe_weights"], max_model_len=kw["max_model_len"],
-        enforce_eager=kw["enforce_eager"],
+        enforce_eager=kw["enforce_eager"], prune_at=parse_points(kw["prune_at"]),
+        prune_keep=_share(kw["prune_keep"], "--prune-keep"),
     )
     if engine == "ray":
         from bonsynth.generate.ray_engine import run_generate_ray

@@ -85,10 +85,10 @@ class BestOfN:
         """Yield one record per prompt (the rows of candidates.jsonl), batch by batch."""
         records = to_prompt_records(prompts)
         self._rows = {name: [] for name in outputs.DATA_FILES}
-        sampling, selection = self.config.sampling(), self.config.selection()
+        sampling, selection, prune = self.config.sampling(), self.config.selection(), self.config.prune()
         for lo in range(0, len(records), self.config.batch_size):
             batch = records[lo : lo + self.config.batch_size]
-            rows = best_of_n_step(batch, self.backend, self.scorer, sampling, selection)
+            rows = best_of_n_step(batch, self.backend, self.scorer, sampling, selection, prune)
             for name in outputs.DATA_FILES:
                 self._rows[name].extend(rows[name])
             yield from rows[outputs.CANDIDATES]

@@ -21,6 +21,7 @@ from bonsynth.generate import outputs
 from bonsynth.generate.backends.base import GenerationBackend, SamplingConfig
 from bonsynth.generate.fingerprint import model_fingerprint, package_versions
 from bonsynth.generate.prompts import FilePrompts, PromptSource, as_prompt_source
+from bonsynth.generate.prune import PruneConfig
 from bonsynth.generate.rundir import RunDir
 from bonsynth.generate.step import Scorer, best_of_n_step
 from bonsynth.generate.summary import summarize
@@ -36,7 +37,9 @@ NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options"
 # Fields that do change outputs but are left out while unset (None or False), so runs made before they existed
 # still resume. `write_pairs` is always in: the select modes changed meaning with it, so older runs must not
 # continue under the new meaning.
-_FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len", "skip_invalid")
+_FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len", "skip_invalid", "prune_at", "prune_keep")
+# Fields left out of the manifest's config while unset, so a run without them writes the manifest it always did.
+_MANIFEST_IF_SET = ("prune_at", "prune_keep")
 _DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
 _PREFIX_MODES = ("auto", "on", "off")
 
@@ -80,6 +83,10 @@ class GenerateConfig:
     enforce_eager: bool = False  # vllm backend: no CUDA graphs (faster start, less memory)
     max_nonfinite: float = 0.0  # share of candidates allowed a NaN/inf reward before the run stops (never selected)
     skip_invalid: bool = False  # drop prompt rows that fail validation (reported, listed in the manifest)
+    # Speculative rejection (bonsynth.generate.prune): token counts at which partial replies are scored, and the
+    # share of the running candidates kept at each; `prune_keep` alone prunes once, at max_new_tokens // 8.
+    prune_at: list[int] | None = None
+    prune_keep: float | None = None
 
     def __repr__(self) -> str:  # backend_options may hold a base URL with credentials
         fields = redact(asdict(self))
@@ -132,6 +139,11 @@ class GenerateConfig:
             raise ConfigError(f"--max-model-len must be a positive number of tokens (got {self.max_model_len!r})")
         if self.backend in ("hf", "openai"):
             check_vllm_only(self, self.backend)
+        self.prune()
+
+    def prune(self) -> PruneConfig | None:
+        """The prune schedule (None: plain best-of-N); a bad value is a one-line error naming the flag."""
+        return PruneConfig.resolve(self.prune_at, self.prune_keep, self.max_new_tokens)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
@@ -340,7 +352,7 @@ def _generate_batches(cfg: GenerateConfig, run: RunDir, prompts: PromptSource,
     """The remaining batches, each generated, scored, selected and appended durably."""
     from tqdm.auto import tqdm
 
-    selection, sampling = cfg.selection(), cfg.sampling()
+    selection, sampling, prune = cfg.selection(), cfg.sampling(), cfg.prune()
     guard = NonFiniteGuard(cfg, run.state, len(prompts))
     start = run.prompts_done
     writer = run.writer()
@@ -349,7 +361,7 @@ def _generate_batches(cfg: GenerateConfig, run: RunDir, prompts: PromptSource,
         bar = tqdm(total=len(prompts), initial=start, desc="best-of-N", unit="prompt",
                    disable=not cfg.show_progress, dynamic_ncols=True)
         for lo, batch in prompts.batches(cfg.batch_size, start):
-            rows = best_of_n_step(batch, backend, scorer, sampling, selection)
+            rows = best_of_n_step(batch, backend, scorer, sampling, selection, prune)
             guard.check(rows)
             writer.append_batch(rows, lo + len(batch))
             n_cands += sum(len(row["candidates"]) for row in rows[outputs.CANDIDATES])
@@ -383,8 +395,10 @@ def build_manifest(cfg: GenerateConfig, out: Path, backend: GenerationBackend, s
 
 def compose_manifest(config: dict, out: Path, backend: dict, models: dict, versions: dict) -> dict:
     """The manifest, with counts and summary recomputed from OUT/candidates.jsonl (also used by gather)."""
-    counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), config["n"])
-    config = redact({k: v for k, v in config.items() if k not in ("resume", "show_progress")})
+    pruning = config.get("prune_at") is not None or config.get("prune_keep") is not None
+    counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), config["n"], pruning=pruning)
+    config = redact({k: v for k, v in config.items() if k not in ("resume", "show_progress")
+                     and not (k in _MANIFEST_IF_SET and v is None)})
     config["out"] = str(Path(config["out"]))
     return {
         "bonsynth_manifest": 1,

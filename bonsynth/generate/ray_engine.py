@@ -56,7 +56,7 @@ from bonsynth.generate.pipeline import (
 )
 from bonsynth.generate.prompts import PromptSource, as_prompt_source
 from bonsynth.generate.rundir import RunDir
-from bonsynth.generate.step import build_rows, score_results
+from bonsynth.generate.step import build_rows, generate_candidates, score_results
 from bonsynth.select.selection import SelectionConfig
 
 INSTALL_HINT = 'the ray engine needs Ray Data: pip install "bonsynth[ray]"'
@@ -183,16 +183,27 @@ def make_backend_for(cfg: GenerateConfig, gpus: float) -> GenerationBackend:
 
 
 class GenerateActor:
-    """One policy replica: loads the backend once, then generates N candidates for block after block."""
+    """One policy replica: loads the backend once, then generates N candidates for block after block.
+
+    With pruning (--prune-at/--prune-keep) the replica also loads the RMs, on its own device, to score the
+    partial replies between segments; the score pool then scores only the finished candidates.
+    """
 
     def __init__(self, cfg: GenerateConfig, gpus: float, threads: int = 1) -> None:
         _set_threads(threads)
         self.backend = make_backend_for(cfg, gpus)
         self.sampling = cfg.sampling()
+        self.prune = cfg.prune()
+        self.scorer = None
+        if self.prune is not None:
+            from bonsynth.rm.ensemble import RewardEnsemble
+
+            load_kw = dict(cfg.reward_load_kwargs(), device=_worker_device(cfg.device, gpus))
+            self.scorer = RewardEnsemble.load(cfg.rewards, cfg.reward_weights, **load_kw)
         self.description = json.dumps(self.backend.describe(), sort_keys=True, default=str)
 
     def __call__(self, row: dict[str, Any]) -> dict[str, Any]:
-        results = self.backend.generate(_records(row), self.sampling)
+        results = generate_candidates(_records(row), self.backend, self.sampling, self.prune, self.scorer)
         return dict(row, results=_results_to_json(results), backend=self.description)
 
 
@@ -213,11 +224,11 @@ class ScoreActor:
                     rewards=self.description)
 
 
-def select_block(row: dict[str, Any], selection: SelectionConfig) -> dict[str, Any]:
+def select_block(row: dict[str, Any], selection: SelectionConfig, pruning: bool = False) -> dict[str, Any]:
     """Selection is cheap and stateless: a plain task turns a scored block into the rows of the three files."""
     scores = json.loads(row["scores"])
     rows = build_rows(_records(row), _results_from_json(row["results"]), scores["combined"], scores["per_model"],
-                      selection)
+                      selection, pruning=pruning)
     return {"lo": row["lo"], "hi": row["hi"], "rows": json.dumps(rows, ensure_ascii=False),
             "backend": row["backend"], "rewards": row["rewards"]}
 
@@ -355,7 +366,7 @@ def _stream(ray, cfg: GenerateConfig, plan: RayPlan, selection: SelectionConfig,
     ds = ds.map(ScoreActor, fn_constructor_kwargs={"cfg": cfg, "gpus": plan.rm_gpus, "threads": threads},
                 compute=ray.data.ActorPoolStrategy(size=plan.rm_workers), num_cpus=plan.cpus_per_actor,
                 num_gpus=plan.rm_gpus or None)
-    ds = ds.map(select_block, fn_kwargs={"selection": selection}, num_cpus=SELECT_CPUS)
+    ds = ds.map(select_block, fn_kwargs={"selection": selection, "pruning": cfg.prune() is not None}, num_cpus=SELECT_CPUS)
 
     describe: dict | None = None  # from this run's replicas, as the local run describes its own backend
     writer = run.writer()  # also cuts the files back to state.json, as the local run does

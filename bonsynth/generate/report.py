@@ -35,6 +35,10 @@ def summary_table(manifest: dict, out: str | Path) -> str:
         rows.append(("prompts left-truncated (too long)", c["prompts_truncated"]))
     if c.get("prompts_skipped"):
         rows.append(("prompts skipped (too long)", c["prompts_skipped"]))
+    if "generated_tokens" in s:  # a pruned run (--prune-at/--prune-keep)
+        rows.append(("candidates pruned", s["pruned"]))
+        rows.append(("generated tokens (without pruning, est.)",
+                     f"{s['generated_tokens']} ({s['generated_tokens_without_pruning']:.0f})"))
     width = max(len(k) for k, _ in rows)
     lines = [f"  {k:<{width}}  {v}" for k, v in rows]
     lines.append("")

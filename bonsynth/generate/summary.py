@@ -201,11 +201,19 @@ def _median(values: array) -> float | None:
     return (float(part[k - 1]) + float(part[k])) / 2
 
 
-def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP) -> tuple[dict, dict]:
+def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP,
+              pruning: bool = False) -> tuple[dict, dict]:
     """(counts, summary) over candidates rows, read once as a stream (a generator is fine).
 
     Memory: O(1) per row except the rewards array (8 bytes per candidate, for the exact median) and the
     distinct-bigram hashes (8 bytes each, at most `distinct_cap` per counter before the estimate).
+
+    With `pruning` (a run with --prune-at/--prune-keep) the reward, length and diversity statistics are over
+    the finished candidates (a pruned one's partial reply is not a sample of the policy's replies), and the
+    summary adds `pruned` (candidates stopped early), `generated_tokens` (every token generated, pruned
+    candidates' included: each candidate's `num_tokens`, as a survivor's kept tokens are never generated
+    twice) and `generated_tokens_without_pruning`: what plain best-of-N would have generated, estimated per
+    prompt as N x the mean length of its finished candidates.
     """
     counts: Counter = Counter()
     finish: Counter = Counter()
@@ -214,14 +222,23 @@ def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP)
     mean_all, mean_sel, mean_len = ExactSum(), ExactSum(), ExactSum()
     chosen, rejected, margin = ExactSum(), ExactSum(), ExactSum()
     d2_all, d2_sel = DistinctNgrams(2, distinct_cap), DistinctNgrams(2, distinct_cap)
+    generated, without_pruning, pruned = 0, ExactSum(), 0
     for row in rows:
         counts["prompts"] += 1
         counts["prompts_truncated"] += int(bool(row.get("prompt_truncated")))
         counts["prompts_skipped"] += int(bool(row.get("skipped")))
         cands = row["candidates"]
         counts["candidates"] += len(cands)
-        grams = []
+        grams: list = []
+        finished = ExactSum()
         for c in cands:
+            generated += int(c["num_tokens"])
+            if pruning and c.get("pruned_at") is not None:
+                pruned += 1
+                finish[c["finish_reason"]] += 1
+                grams.append(None)
+                continue
+            finished.add(c["num_tokens"])
             if c["reward"] is None:  # a NaN/inf reward, written as null: never selected, left out of the means
                 counts["nonfinite_rewards"] += 1
             else:
@@ -233,6 +250,8 @@ def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP)
             grams.append(g)
             d2_all.add_hashes(*g)
             counts["duplicates"] += int(c.get("duplicate", False))
+        if finished.count:
+            without_pruning.add(n * finished.mean())
         for i in row["selected"]:
             mean_sel.add(cands[i]["reward"])
             d2_sel.add_hashes(*grams[i])
@@ -266,6 +285,9 @@ def summarize(rows: Iterable[dict], n: int, *, distinct_cap: int = DISTINCT_CAP)
         "distinct_2_exact": d2_all.exact and d2_sel.exact,
         "mean_candidate_tokens": mean_len.mean(),
     }
+    if pruning:
+        summary.update(pruned=pruned, generated_tokens=generated,
+                       generated_tokens_without_pruning=without_pruning.total())
     out_counts = dict(counts)
     out_counts["finish_reasons"] = dict(sorted(finish.items()))
     out_counts["pairs_skipped"] = dict(sorted(skipped.items()))

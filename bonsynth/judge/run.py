@@ -169,8 +169,12 @@ def usable_prompts(path: Path, length_normalize: bool, counts: dict) -> Iterator
             counts["prompts_skipped"] += 1
             continue
         keys = proxy_keys(cands, length_normalize)
-        kept = [(i, k) for i, k in enumerate(keys) if k is not None and math.isfinite(k)]
-        counts["null_proxy_reward"] += len(cands) - len(kept)
+        # a pruned candidate (generate --prune-at/--prune-keep) is a partial reply, not a sample: never judged
+        unpruned = [i for i, c in enumerate(cands) if c.get("pruned_at") is None]
+        if len(unpruned) < len(cands):
+            counts["pruned"] = counts.get("pruned", 0) + len(cands) - len(unpruned)
+        kept = [(i, keys[i]) for i in unpruned if keys[i] is not None and math.isfinite(keys[i])]
+        counts["null_proxy_reward"] += len(unpruned) - len(kept)
         if not kept:
             counts["prompts_without_scored_candidates"] += 1
             continue

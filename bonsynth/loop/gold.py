@@ -231,7 +231,8 @@ def write_control_data(gen_dir: Path, out_dir: Path, *, seed: int, r: int, metho
     out_dir.mkdir(parents=True, exist_ok=True)
     sft, dpo = [], []
     for row in read_jsonl(gen_dir / "candidates.jsonl"):
-        cands = [c for c in row["candidates"] if c.get("reward") is not None]
+        # finished candidates only: a pruned one (`generation.prune_*`) is a partial reply, never training data
+        cands = [c for c in row["candidates"] if c.get("reward") is not None and c.get("pruned_at") is None]
         if row.get("skipped") or not cands:
             continue
         pid = str(row.get("id"))

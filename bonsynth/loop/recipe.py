@@ -15,7 +15,7 @@
     allow_unsafe_weights: false       # also load pickle .bin/.pt weights (they can run code); default safetensors only
     generation: {n, temperature, top_p, max_new_tokens, stop, backend, long_prompts, reward_engine, batch_size,
                  gen_batch_size, tensor_parallel_size, gpu_memory_utilization, subprocess,
-                 prefix_sharing, reward_dtype, max_model_len, enforce_eager}
+                 prefix_sharing, reward_dtype, max_model_len, enforce_eager, prune_at, prune_keep}
     selection: {select: best | top-k:K | pairs, min_reward, min_margin, dedup, length_normalize}
     update: {method: sft | dpo, epochs, lr, batch_size, grad_accum, max_length, beta, loss_type, lora: {...}}
     rm_update: {labeler: PATH, epochs, lr, ...}   # optional: fine-tune the RM on each round's relabelled pairs
@@ -84,7 +84,8 @@ NOT_IN_FINGERPRINT = {"out", "rounds", "trust_remote_code", "allow_unsafe_weight
 _NOT_IN_FINGERPRINT_NESTED = {"generation": {"subprocess", "batch_size", "gen_batch_size",
                                              "gpu_memory_utilization", "prefix_sharing", "enforce_eager"}}
 # Keys that do change outputs but are left out while unset, so loops started before they existed still resume.
-_FINGERPRINT_IF_SET_NESTED = {"generation": ("reward_dtype", "max_model_len"), "eval": ("judge", "judge_weights")}
+_FINGERPRINT_IF_SET_NESTED = {"generation": ("reward_dtype", "max_model_len", "prune_at", "prune_keep"),
+                              "eval": ("judge", "judge_weights")}
 _FINGERPRINT_IF_SET = ("control",)
 VLLM_ONLY = ("max_model_len", "enforce_eager")  # generation keys that only the vllm backend reads
 
@@ -138,6 +139,9 @@ class GenerationSection(_Section):
     reward_dtype: str | None = None  # the RMs' dtype; None: the recipe's `dtype`
     max_model_len: int | None = Field(None, ge=1)  # vllm: context length (prompt + new tokens)
     enforce_eager: bool = False  # vllm: no CUDA graphs (faster start, less GPU memory)
+    # Speculative rejection for each round's best-of-N (as `generate --prune-at/--prune-keep`; never for eval).
+    prune_at: list[int] | None = None
+    prune_keep: float | None = None
 
     @field_validator("backend")
     @classmethod
@@ -164,6 +168,18 @@ class GenerationSection(_Section):
             except BonsynthError:
                 raise ValueError(f"unknown dtype {short_repr(v)}; expected auto, float32, bfloat16 or float16") from None
         return v
+
+    @model_validator(mode="after")
+    def _prune(self) -> GenerationSection:
+        """The schedule is checked as `generate` checks it (the messages name the CLI flags' recipe keys)."""
+        from bonsynth.generate.prune import PruneConfig
+
+        try:
+            PruneConfig.resolve(self.prune_at, self.prune_keep, self.max_new_tokens)
+        except ConfigError as e:
+            raise ValueError(str(e).replace("--prune-at", "prune_at").replace("--prune-keep", "prune_keep")
+                             .replace("--max-new-tokens", "max_new_tokens")) from None
+        return self
 
     @model_validator(mode="after")
     def _vllm_only(self) -> GenerationSection:

@@ -138,6 +138,10 @@ def generate_argv(cfg: GenerateConfig) -> list[str]:
         argv += ["--prefix-sharing", mode if isinstance(mode, str) else ("on" if mode else "off")]
     if cfg.max_model_len is not None:
         argv += ["--max-model-len", str(cfg.max_model_len)]
+    if cfg.prune_at is not None:
+        argv += ["--prune-at", ",".join(str(t) for t in cfg.prune_at)]
+    if cfg.prune_keep is not None:
+        argv += ["--prune-keep", repr(float(cfg.prune_keep))]
     for key in ("trust_remote_code", "allow_unsafe_weights", "enforce_eager"):
         if getattr(cfg, key):
             argv.append("--" + key.replace("_", "-"))
@@ -281,7 +285,9 @@ class LoopRunner:
     def _gen_config(self, *, policy: str, rewards: list[str], weights, prompts: Path, out: Path, n: int,
                     temperature: float, top_p: float, max_new_tokens: int, seed: int, select: str,
                     min_reward=None, min_margin=None, dedup=False, length_normalize=False,
-                    write_pairs: bool = False) -> GenerateConfig:
+                    write_pairs: bool = False, prune: bool = False) -> GenerateConfig:
+        """One generation's config; `prune`: the round's best-of-N uses the recipe's prune schedule (the eval
+        samples never do: they measure the policy's own replies)."""
         g = self.recipe.generation
         opts = {k: v for k, v in (("batch_size", g.gen_batch_size), ("tensor_parallel_size", g.tensor_parallel_size),
                                   ("gpu_memory_utilization", g.gpu_memory_utilization)) if v is not None}
@@ -293,7 +299,8 @@ class LoopRunner:
             long_prompt=g.long_prompts, reward_engine=g.reward_engine, resume=True, device=self.recipe.device,
             dtype=self.recipe.dtype, backend_options=opts, show_progress=self.show_progress,
             reward_dtype=g.reward_dtype, prefix_sharing=g.prefix_sharing, max_model_len=g.max_model_len,
-            enforce_eager=g.enforce_eager, **self._load_options(),
+            enforce_eager=g.enforce_eager, prune_at=list(g.prune_at) if prune and g.prune_at else None,
+            prune_keep=g.prune_keep if prune else None, **self._load_options(),
         )
 
     def _load_options(self) -> dict[str, bool]:
@@ -353,7 +360,7 @@ class LoopRunner:
             out=rd / "generate", n=g.n, temperature=g.temperature, top_p=g.top_p, max_new_tokens=g.max_new_tokens,
             seed=derive_seed(self.recipe.seed, "round", r, "generate"), select=s.select, min_reward=s.min_reward,
             min_margin=s.min_margin, dedup=s.dedup, length_normalize=s.length_normalize,
-            write_pairs=self._needs_pairs(),
+            write_pairs=self._needs_pairs(), prune=True,
         )
         self._generate(cfg)
 

@@ -33,8 +33,13 @@ class SamplingConfig:
 @dataclass(frozen=True)
 class Completion:
     text: str
-    finish_reason: str  # "stop" (EOS or a stop string) or "length"
+    finish_reason: str  # "stop" (EOS or a stop string) or "length"; "pruned" for a candidate stopped early
     num_tokens: int
+    # Speculative rejection (`bonsynth.generate.prune`): the token count at which this candidate was stopped,
+    # and the rewards its partial text got there (its final rewards: it is not scored again). None otherwise.
+    pruned_at: int | None = None
+    pruned_reward: float | None = None
+    pruned_rewards: dict[str, float] | None = None
 
 
 def normalize_finish_reason(reason: str | None) -> str:
@@ -52,6 +57,41 @@ class GenerationResult:
     skipped: str | None = None  # why no completions were generated (e.g. "prompt-too-long")
 
 
+@dataclass(frozen=True)
+class PreparedPrompt:
+    """A prompt as a backend will continue it, for segment-by-segment generation (pruning).
+
+    `result` holds what `generate` reports about the prompt (text, token count, truncated, skipped) with no
+    completions; `ids` are its token ids where the backend works on tokens (hf, vllm), else None (openai).
+    """
+
+    result: GenerationResult
+    ids: tuple[int, ...] | None = None
+
+
+@dataclass(frozen=True)
+class Continuation:
+    """One candidate's next segment: continue prompt `prompt` (an index into the prepared prompts) after the
+    candidate's kept `tokens` (token backends) or `text` (text backends), sampling with `seed`."""
+
+    prompt: int
+    seed: int
+    tokens: tuple[int, ...] = ()
+    text: str = ""
+    num_tokens: int = 0
+
+
+@dataclass(frozen=True)
+class Extension:
+    """A candidate after one more segment: all its tokens (kept + new; empty for text backends), its whole
+    text so far, its token count so far, and "stop" (EOS / stop string) or "length" (the segment's end)."""
+
+    tokens: tuple[int, ...]
+    text: str
+    num_tokens: int
+    finish_reason: str
+
+
 class GenerationBackend(ABC):
     """Generate N completions per prompt. Subclasses: hf, vllm, openai."""
 
@@ -60,6 +100,22 @@ class GenerationBackend(ABC):
     @abstractmethod
     def generate(self, prompts: list[PromptRecord], sampling: SamplingConfig) -> list[GenerationResult]:
         """One result per prompt, in input order, each with `sampling.n` completions."""
+
+    def prepare(self, prompts: list[PromptRecord], sampling: SamplingConfig) -> list[PreparedPrompt]:
+        """Render and encode prompts once for `extend` (pruned generation); backends that can continue a
+        partial reply override this and `extend`."""
+        from bonsynth.errors import ConfigError
+
+        raise ConfigError(f"--prune-at/--prune-keep are not supported by the {self.name} backend "
+                          "(it cannot continue a partial reply); use the hf or vllm backend")
+
+    def extend(self, prepared: list[PreparedPrompt], items: list[Continuation], sampling: SamplingConfig,
+               max_new_tokens: int) -> list[Extension]:
+        """Generate up to `max_new_tokens` more tokens for each item, each from its own seed, so an item's
+        segment does not depend on the others in the call; one `Extension` per item, in order."""
+        from bonsynth.errors import ConfigError
+
+        raise ConfigError(f"--prune-at/--prune-keep are not supported by the {self.name} backend")
 
     def describe(self) -> dict:
         """What goes into the manifest about this backend (model path, engine version, ...)."""

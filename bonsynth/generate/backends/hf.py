@@ -11,13 +11,22 @@ from that row's own generator (seeded from the run seed, the prompt id and the s
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 from bonsynth.batching import token_budget_batches
 from bonsynth.data.chat import has_chat_template, render_prompt
 from bonsynth.data.records import PromptRecord
-from bonsynth.generate.backends.base import Completion, GenerationBackend, GenerationResult, SamplingConfig
+from bonsynth.generate.backends.base import (
+    Completion,
+    Continuation,
+    Extension,
+    GenerationBackend,
+    GenerationResult,
+    PreparedPrompt,
+    SamplingConfig,
+)
 from bonsynth.generate.seeding import prompt_seed
 from bonsynth.models import (
     check_model_source,
@@ -299,6 +308,11 @@ class HFBackend(GenerationBackend):
         return name, cache
 
     def _decode(self, ids: list[int], sampling: SamplingConfig, eos: int | None, pad: int | None) -> Completion:
+        return self._decode_ids(ids, sampling, eos, pad)[1]
+
+    def _decode_ids(self, ids: list[int], sampling: SamplingConfig, eos: int | None,
+                    pad: int | None) -> tuple[list[int], Completion]:
+        """The reply's token ids (cut after EOS, trailing pads dropped) and its completion."""
         finish = "length"
         if eos is not None and eos in ids:
             ids = ids[: ids.index(eos) + 1]
@@ -316,7 +330,62 @@ class HFBackend(GenerationBackend):
                 finish = "stop"
         if finish == "length" and len(ids) < sampling.max_new_tokens:
             finish = "stop"
-        return Completion(text=text, finish_reason=finish, num_tokens=len(ids))
+        return ids, Completion(text=text, finish_reason=finish, num_tokens=len(ids))
+
+    # ------------------------------------------------------------------ pruned generation (segments)
+
+    def prepare(self, prompts: list[PromptRecord], sampling: SamplingConfig) -> list[PreparedPrompt]:
+        """Each prompt encoded once (as `generate` encodes it), its token ids kept for the segments."""
+        out = []
+        for e in self._encode(prompts, sampling):
+            skipped = "prompt-too-long" if e.too_long and sampling.long_prompt == "skip" else None
+            res = GenerationResult(prompt_text=e.text, prompt_tokens=len(e.ids), skipped=skipped,
+                                   prompt_truncated=e.too_long and skipped is None)
+            out.append(PreparedPrompt(result=res, ids=tuple(e.ids)))
+        return out
+
+    def extend(self, prepared: list[PreparedPrompt], items: list[Continuation], sampling: SamplingConfig,
+               max_new_tokens: int) -> list[Extension]:
+        """Continue each candidate from prompt + its kept tokens (exact: token ids, no re-tokenizing), one row
+        per candidate, each row sampled from its own seed; batched by the same padded-token budget as `generate`."""
+        rows = [list(prepared[it.prompt].ids or ()) + list(it.tokens) for it in items]
+        groups = plan_generate_batches([len(r) for r in rows], n=1, max_new_tokens=max_new_tokens,
+                                       budget=self.token_budget, batch_size=self.batch_size * max(1, sampling.n))
+        done: dict[int, Extension] = {}
+        for group in groups:
+            outs = self._extend_rows([rows[k] for k in group], [items[k] for k in group], sampling, max_new_tokens)
+            done.update(zip(group, outs, strict=True))
+        return [done[k] for k in range(len(items))]
+
+    def _extend_rows(self, rows: list[list[int]], items: list[Continuation], sampling: SamplingConfig,
+                     max_new_tokens: int) -> list[Extension]:
+        from transformers import LogitsProcessorList
+
+        tok = self.tokenizer
+        torch = self._torch
+        width = max(len(r) for r in rows)
+        pad = tok.pad_token_id
+        input_ids = torch.tensor([[pad] * (width - len(r)) + r for r in rows], device=self.device)
+        mask = torch.tensor([[0] * (width - len(r)) + [1] * len(r) for r in rows], device=self.device)
+        sampler = _PerRowSampler([it.seed for it in items], sampling.temperature, sampling.top_p, self.device)
+        eos = tok.eos_token_id
+        gen_kw = dict(input_ids=input_ids, attention_mask=mask, do_sample=True, max_new_tokens=max_new_tokens,
+                      logits_processor=LogitsProcessorList([sampler]), temperature=1.0, top_k=0, top_p=1.0,
+                      pad_token_id=pad, eos_token_id=eos)
+        if sampling.stop:
+            gen_kw.update(stop_strings=list(sampling.stop), tokenizer=tok)
+        with torch.inference_mode():
+            out = self.model.generate(**gen_kw)
+        new_tokens = out[:, width:].tolist()
+        exts = []
+        for it, new in zip(items, new_tokens, strict=True):
+            kept = list(it.tokens)
+            # "length" here means the segment ran to its end; the caller decides whether the reply is done
+            seg = dataclasses.replace(sampling, max_new_tokens=len(kept) + max_new_tokens)
+            ids, comp = self._decode_ids(kept + new, seg, eos, pad)
+            exts.append(Extension(tokens=tuple(ids), text=comp.text, num_tokens=comp.num_tokens,
+                                  finish_reason=comp.finish_reason))
+        return exts
 
     def close(self) -> None:
         self.model = None

@@ -30,6 +30,7 @@ in the Authorization header: it is not stored on the object and is masked out of
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import email.utils
 import logging
 import os
@@ -43,8 +44,11 @@ from bonsynth.data.records import PromptRecord
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.backends.base import (
     Completion,
+    Continuation,
+    Extension,
     GenerationBackend,
     GenerationResult,
+    PreparedPrompt,
     SamplingConfig,
     normalize_finish_reason,
 )
@@ -358,6 +362,17 @@ class OpenAIBackend(GenerationBackend):
     async def _generate_async(
         self, prompts: list[PromptRecord], sampling: SamplingConfig
     ) -> list[GenerationResult]:
+        requests = [self._request(rec, sampling) for rec in prompts]
+        answers = await self._post_all(prompts, [(path, body) for path, body, _ in requests])
+        results = []
+        for rec, (path, _, text), data in zip(prompts, requests, answers, strict=True):
+            where = f"{public_url(join_url(self.base_url, path))} (prompt {rec.id})"
+            results.append(self._result(data, text, "chat" if path.startswith("/chat") else "completions",
+                                        sampling, where))
+        return results
+
+    async def _post_all(self, recs: list[PromptRecord], requests: list[tuple[str, dict]]) -> list[dict]:
+        """Send every (path, body) request concurrently (at most `concurrency` in flight); answers in order."""
         import httpx
 
         key = self._api_key()
@@ -365,27 +380,64 @@ class OpenAIBackend(GenerationBackend):
         headers = {"Content-Type": "application/json"}
         if key:
             headers["Authorization"] = f"Bearer {key}"
-        requests = [self._request(rec, sampling) for rec in prompts]
         sem = asyncio.Semaphore(self.concurrency)
         limits = httpx.Limits(max_connections=self.concurrency, max_keepalive_connections=self.concurrency)
-
-        async def one(i: int, client: httpx.AsyncClient) -> GenerationResult:
-            path, body, text = requests[i]
-            data = await self._post(client, sem, prompts[i], path, body, redact)
-            where = f"{public_url(join_url(self.base_url, path))} (prompt {prompts[i].id})"
-            return self._result(
-                data, text, "chat" if path.startswith("/chat") else "completions", sampling, where
-            )
 
         async with httpx.AsyncClient(
             headers=headers, timeout=httpx.Timeout(self.timeout), limits=limits
         ) as client:
             try:
                 async with asyncio.TaskGroup() as tg:
-                    tasks = [tg.create_task(one(i, client)) for i in range(len(prompts))]
+                    tasks = [tg.create_task(self._post(client, sem, rec, path, body, redact))
+                             for rec, (path, body) in zip(recs, requests, strict=True)]
             except BaseExceptionGroup as group:
                 raise _first_error(group) from None
         return [t.result() for t in tasks]
+
+    # ------------------------------------------------------------------ pruned generation (segments)
+
+    def prepare(self, prompts: list[PromptRecord], sampling: SamplingConfig) -> list[PreparedPrompt]:
+        """Each prompt rendered once as the text the /completions endpoint continues; a prompt routed to
+        /chat/completions cannot be continued after a partial reply, so that is a one-line error."""
+        out = []
+        for rec in prompts:
+            if self._route(rec) == "chat":
+                raise ConfigError(
+                    f"--prune-at/--prune-keep: the openai backend continues partial replies on the /completions "
+                    f"endpoint only, and prompt {rec.id!r} goes to /chat/completions (endpoint {self.endpoint}); use "
+                    "endpoint completions (with a tokenizer for the chat template), or the hf or vllm backend")
+            text = render_prompt(rec.prompt, self.tokenizer)
+            count = self._count_tokens(text) if self.tokenizer is not None else 0  # 0: unknown, as in `generate`
+            out.append(PreparedPrompt(result=GenerationResult(prompt_text=text, prompt_tokens=count)))
+        return out
+
+    def extend(self, prepared: list[PreparedPrompt], items: list[Continuation], sampling: SamplingConfig,
+               max_new_tokens: int) -> list[Extension]:
+        """One /completions request per candidate: prompt + the partial reply as text, `n=1`, the candidate's
+        segment seed; `usage.completion_tokens` of an n=1 answer counts the segment's tokens exactly."""
+        self.last_stats = {"requests": 0, "retries": 0}
+        if not items:
+            return []
+        recs, requests = [], []
+        for it in items:
+            body: dict[str, Any] = {"model": self.model, "n": 1, "temperature": sampling.temperature,
+                                    "top_p": sampling.top_p, "max_tokens": max_new_tokens, "seed": it.seed,
+                                    "prompt": prepared[it.prompt].result.prompt_text + it.text}
+            if sampling.stop:
+                body["stop"] = list(sampling.stop)
+            body.update(self.extra_body)
+            recs.append(PromptRecord(id=f"#{it.prompt} (a continuation)", prompt=body["prompt"]))
+            requests.append(("/completions", body))
+        answers = self._run(self._post_all(recs, requests))
+        exts = []
+        seg = dataclasses.replace(sampling, n=1, max_new_tokens=max_new_tokens)
+        for it, data in zip(items, answers, strict=True):
+            where = f"{public_url(join_url(self.base_url, '/completions'))} (continuation)"
+            res = self._result(data, "", "completions", seg, where)
+            c = res.completions[0]
+            exts.append(Extension(tokens=(), text=it.text + c.text, num_tokens=it.num_tokens + c.num_tokens,
+                                  finish_reason=c.finish_reason))
+        return exts
 
     # ------------------------------------------------------------------ interface
 
@@ -393,16 +445,19 @@ class OpenAIBackend(GenerationBackend):
         self.last_stats = {"requests": 0, "retries": 0}
         if not prompts:
             return []
-        coro_args = (list(prompts), sampling)
+        return self._run(self._generate_async(list(prompts), sampling))
+
+    @staticmethod
+    def _run(coro: Any) -> Any:
+        """Run a coroutine to its end, also when called from inside an event loop (a notebook: on a worker thread)."""
         try:
             asyncio.get_running_loop()
         except RuntimeError:
-            return asyncio.run(self._generate_async(*coro_args))
-        # Called from inside an event loop (a notebook): run ours on a worker thread.
+            return asyncio.run(coro)
         from concurrent.futures import ThreadPoolExecutor
 
         with ThreadPoolExecutor(max_workers=1) as pool:
-            return pool.submit(asyncio.run, self._generate_async(*coro_args)).result()
+            return pool.submit(asyncio.run, coro).result()
 
     def describe(self) -> dict:
         return {

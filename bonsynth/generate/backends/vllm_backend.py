@@ -28,8 +28,11 @@ from bonsynth.data.records import PromptRecord
 from bonsynth.errors import ConfigError
 from bonsynth.generate.backends.base import (
     Completion,
+    Continuation,
+    Extension,
     GenerationBackend,
     GenerationResult,
+    PreparedPrompt,
     SamplingConfig,
     normalize_finish_reason,
 )
@@ -184,6 +187,49 @@ class VLLMBackend(GenerationBackend):
                 inputs[i] = {"prompt_token_ids": ids[-budget:]}
                 truncated.add(i)
         return inputs, truncated, skipped
+
+    # ------------------------------------------------------------------ pruned generation (segments)
+
+    def prepare(self, prompts: list[PromptRecord], sampling: SamplingConfig) -> list[PreparedPrompt]:
+        """Each prompt rendered and tokenized once (special tokens as `generate` adds them, too-long ones
+        truncated or skipped the same way); the token ids are what every segment continues."""
+        llm = self.llm
+        rendered = self.render(prompts)
+        inputs, truncated, skipped = self._fit_context(llm, rendered, sampling)
+        tok = llm.get_tokenizer()
+        out = []
+        for i, ((text, templated), inp) in enumerate(zip(rendered, inputs, strict=True)):
+            if i in skipped:
+                res = GenerationResult(prompt_text=text, prompt_tokens=skipped[i], skipped="prompt-too-long")
+                out.append(PreparedPrompt(result=res))
+                continue
+            ids = inp["prompt_token_ids"] if isinstance(inp, dict) else tok(text, add_special_tokens=not templated)["input_ids"]
+            res = GenerationResult(prompt_text=text, prompt_tokens=len(ids), prompt_truncated=i in truncated)
+            out.append(PreparedPrompt(result=res, ids=tuple(ids)))
+        return out
+
+    def extend(self, prepared: list[PreparedPrompt], items: list[Continuation], sampling: SamplingConfig,
+               max_new_tokens: int) -> list[Extension]:
+        """One request per candidate: prompt + kept token ids as `prompt_token_ids` (exact, and prefix caching
+        makes the shared prompt and the kept tokens cheap), `n=1` and the candidate's own segment seed."""
+        from vllm import SamplingParams
+
+        if not items:
+            return []
+        llm = self.llm
+        tok = llm.get_tokenizer()
+        inputs = [{"prompt_token_ids": list(prepared[it.prompt].ids or ()) + list(it.tokens)} for it in items]
+        params = [SamplingParams(n=1, seed=it.seed, temperature=sampling.temperature, top_p=sampling.top_p,
+                                 max_tokens=max_new_tokens, stop=list(sampling.stop) or None) for it in items]
+        with self._engine.failures():
+            outs = llm.generate(inputs, params, use_tqdm=False)
+        exts = []
+        for it, out in zip(items, outs, strict=True):
+            c = out.outputs[0]
+            ids = (*it.tokens, *c.token_ids)
+            exts.append(Extension(tokens=ids, text=tok.decode(list(ids), skip_special_tokens=True),
+                                  num_tokens=len(ids), finish_reason=normalize_finish_reason(c.finish_reason)))
+        return exts
 
     @staticmethod
     def _result(prompt_text: str, out: Any) -> GenerationResult:
