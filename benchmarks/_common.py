@@ -210,6 +210,21 @@ def write_section(key: str, block: str) -> None:
     print(f"# wrote {key} to {BENCHMARKS_MD}", file=sys.stderr)
 
 
+def write_block_in(section: str, key: str, block: str) -> None:
+    """Put `block` (which carries its own `<!-- key -->` markers) at the end of `section` of BENCHMARKS.md, or
+    in place of its previous version; hand-written notes around it stay."""
+    text = BENCHMARKS_MD.read_text(encoding="utf-8")
+    begin, end = f"<!-- {key} -->", f"<!-- /{key} -->"
+    if begin in text:
+        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, count=1, flags=re.S)
+    else:
+        start = text.index(section)
+        nxt = text.find("\n## ", start + len(section))
+        at = len(text) if nxt < 0 else nxt + 1
+        text = text[:at].rstrip() + "\n\n" + block + "\n\n" + text[at:]
+    BENCHMARKS_MD.write_text(text, encoding="utf-8")
+
+
 def _sorted_blocks(text: str) -> str:
     """The issue-8 section's blocks in benchmark order (by their '### N.' heading), whatever ran first."""
     start = text.index(SECTION) + len(SECTION)

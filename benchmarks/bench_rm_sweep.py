@@ -32,7 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, load_avg, machine, table  # noqa: E402
+from _common import REPO, load_avg, machine, table, write_block_in  # noqa: E402
 from bench_rm_accuracy import DEFAULT_DATA, minilm_dir, valid_rows  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -210,7 +210,7 @@ def main(argv: list[str] | None = None) -> int:
     block = render(sw, singles, chosen, final, reference, timed, args)
     print(block)
     if not args.no_write:
-        write_block(block)
+        write_block_in(SECTION, KEY, block)
     return 0
 
 
@@ -287,22 +287,6 @@ def render(sw: Sweep, singles: list[dict], chosen: dict, final: dict, reference:
         f"<!-- /{KEY} -->",
     ]
     return "\n".join(lines)
-
-
-def write_block(block: str) -> None:
-    import re
-
-    md = REPO / "BENCHMARKS.md"
-    text = md.read_text(encoding="utf-8")
-    begin, end = f"<!-- {KEY} -->", f"<!-- /{KEY} -->"
-    if begin in text:
-        text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, count=1, flags=re.S)
-    else:
-        start = text.index(SECTION)
-        nxt = text.find("\n## ", start + len(SECTION))
-        at = len(text) if nxt < 0 else nxt + 1
-        text = text[:at].rstrip() + "\n\n" + block + "\n\n" + text[at:]
-    md.write_text(text, encoding="utf-8")
 
 
 if __name__ == "__main__":

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import re
 import shlex
 import sys
 import tempfile
@@ -30,7 +29,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import REPO, bonsynth_cli, load_avg, machine, table  # noqa: E402
+from _common import REPO, bonsynth_cli, load_avg, machine, table, write_block_in  # noqa: E402
 
 KEY = "bench_synth"
 SECTION = "## Prompt dedup for `bonsynth prompts synth` (issue 17, 2026-12-02)"
@@ -116,17 +115,7 @@ def main(argv: list[str] | None = None) -> int:
     block = "\n".join(lines)
     print(block)
     if args.write:
-        md = REPO / "BENCHMARKS.md"
-        text = md.read_text(encoding="utf-8")
-        begin, end = f"<!-- {KEY} -->", f"<!-- /{KEY} -->"
-        if begin in text:
-            text = re.sub(re.escape(begin) + r".*?" + re.escape(end), lambda _m: block, text, count=1, flags=re.S)
-        else:
-            start = text.index(SECTION)
-            nxt = text.find("\n## ", start + len(SECTION))
-            at = len(text) if nxt < 0 else nxt + 1
-            text = text[:at].rstrip() + "\n\n" + block + "\n\n" + text[at:]
-        md.write_text(text, encoding="utf-8")
+        write_block_in(SECTION, KEY, block)
     return 0
 
 
