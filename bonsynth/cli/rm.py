@@ -91,8 +91,8 @@ def train_cmd(**kw) -> None:
     \b
     Example:
       bonsynth rm train --base gpt2-8l --data data/pairs.jsonl --objective pairwise --out rm-pairs --epochs 2
-      bonsynth rm train --base minilm --data pairs.jsonl --objective pairwise --out rm-warm --seeds 0,1,2 \\
-          --eval-every 50 --early-stopping 3
+      bonsynth rm train --base demo:minilm --data data/pairs.jsonl --objective pairwise --out rm-warm \\
+          --seeds 0,1,2 --eval-every epoch --early-stopping 2 --epochs 3
     """
     from bonsynth.rm.train import RMTrainConfig, train_reward_model
 
