@@ -363,9 +363,13 @@ def test_different_sampling_settings_still_share_rm_batches(cfg, engines):
     import dataclasses
 
     backend, scorer = engines
+    # The scorer waits (up to its batch wait) while another admitted request could still join; the wait is long
+    # so that on a loaded machine the second request's generation always ends within it (1 s flaked in CI-like
+    # runs at load ~10). Slow generation: both requests are in the server before the first is ready to score.
     wide = dataclasses.replace(cfg, batch_wait_ms=1000)
-    # slow generation: both requests are in the server before the first one is ready to score
-    with live_server(create_app(wide, backend=SlowBackend(backend, 0.3), scorer=scorer)) as url:
+    app = create_app(wide, backend=SlowBackend(backend, 0.3), scorer=scorer)
+    app.state.service.scoring.max_wait_s = 30.0  # beyond the flag's range: a test-only margin for the load
+    with live_server(app) as url:
         async def two() -> list[dict]:
             async with httpx.AsyncClient(timeout=120) as ac:
                 rs = await asyncio.gather(*[ac.post(f"{url}/v1/completions", json={
