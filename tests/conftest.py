@@ -128,6 +128,39 @@ def chat_prompts_file(tmp_path) -> Path:
     return write_jsonl(tmp_path / "chat_prompts.jsonl", rows)
 
 
+def sigkill_when(proc, cond, timeout: float = 120.0) -> bool:
+    """SIGKILL `proc` as soon as `cond()` holds (polled every 5 ms, at most `timeout` s); wait for it either way.
+    True when it was killed, False when it had already exited (the kill point came too late)."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while proc.poll() is None and time.time() < deadline and not cond():
+        time.sleep(0.005)
+    killed = proc.poll() is None
+    if killed:
+        proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return killed
+
+
+def two_segments(backend, recs, sampling, first: int, second: int):
+    """Pruning's two segments on a backend: every candidate's first `first` tokens (segment 0), then the ones
+    still running continued `second` more (segment 1), each seeded as the pipeline seeds them. Returns
+    (prepared prompts, the continuations asked for, their results)."""
+    from bonsynth.generate.backends.base import Continuation
+    from bonsynth.generate.seeding import segment_seed
+
+    n, seed = sampling.n, sampling.seed
+    prepared = backend.prepare(recs, sampling)
+    firsts = backend.extend(prepared, [Continuation(prompt=i, seed=segment_seed(seed, r.id, j, 0))
+                                       for i, r in enumerate(recs) for j in range(n)], sampling, first)
+    items = [Continuation(prompt=k // n, seed=segment_seed(seed, recs[k // n].id, k % n, 1), tokens=e.tokens,
+                          num_tokens=e.num_tokens) for k, e in enumerate(firsts) if e.finish_reason == "length"]
+    assert items, "no candidate was still running after the first segment"
+    return prepared, items, backend.extend(prepared, items, sampling, second)
+
+
 def run_bonsynth(args: list[str]) -> tuple[int, str, str]:
     """The CLI in-process, exactly as the `bonsynth` script runs it (user errors -> one line, exit 2):
     (exit code, stdout, stderr)."""

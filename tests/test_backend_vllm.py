@@ -457,18 +457,11 @@ def test_vllm_survivor_continuation_equals_a_fresh_generation_from_prompt_plus_p
     on those ids with that seed, whichever other candidates share the call."""
     from vllm import SamplingParams
 
-    from bonsynth.generate.backends.base import Continuation
-    from bonsynth.generate.seeding import segment_seed
+    from tests.conftest import two_segments
 
     sampling = SamplingConfig(n=3, temperature=1.0, max_new_tokens=16, seed=4)
     recs = PROMPTS[:3]
-    prepared = backend.prepare(recs, sampling)
-    first = backend.extend(prepared, [Continuation(prompt=i, seed=segment_seed(4, r.id, j, 0))
-                                      for i, r in enumerate(recs) for j in range(3)], sampling, 5)
-    items = [Continuation(prompt=k // 3, seed=segment_seed(4, recs[k // 3].id, k % 3, 1), tokens=e.tokens,
-                          num_tokens=e.num_tokens) for k, e in enumerate(first) if e.finish_reason == "length"]
-    assert items
-    cont = backend.extend(prepared, items, sampling, 6)
+    prepared, items, cont = two_segments(backend, recs, sampling, 5, 6)
     for it, e in zip(items, cont, strict=True):
         assert e.tokens[: len(it.tokens)] == it.tokens and e.num_tokens == len(e.tokens)
         fresh = backend.llm.generate([{"prompt_token_ids": list(prepared[it.prompt].ids) + list(it.tokens)}],

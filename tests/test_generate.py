@@ -5,10 +5,8 @@ from __future__ import annotations
 import functools
 import json
 import os
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -355,7 +353,7 @@ def _state(out: Path) -> dict:
 
 @pytest.mark.slow
 def test_sigkill_at_several_points_then_resume_is_byte_identical(tmp_path, tiny_policy_dir, tiny_rm_dir, tiny_tokenizer):
-    from tests.conftest import corpus, write_jsonl
+    from tests.conftest import corpus, sigkill_when, write_jsonl
 
     prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"k{i}", "prompt": t} for i, t in enumerate(corpus(40, seed=9))])
     args = ["generate", "--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir), "--prompts", str(prompts),
@@ -375,14 +373,7 @@ def test_sigkill_at_several_points_then_resume_is_byte_identical(tmp_path, tiny_
     ]
     kills = 0
     for cond in kill_when:
-        proc = _start([*args, "--out", str(out), "--resume"])
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and not cond():
-            time.sleep(0.005)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += sigkill_when(_start([*args, "--out", str(out), "--resume"]), cond)
         if _state(out).get("complete"):
             break
     assert kills >= 2

@@ -12,7 +12,6 @@ import json
 import math
 import os
 import random
-import signal
 import subprocess
 import sys
 import time
@@ -22,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import WORDS, config_from_generate_argv, pickle_copy, write_jsonl
+from tests.conftest import WORDS, config_from_generate_argv, pickle_copy, sigkill_when, write_jsonl
 
 TARGET_WORDS = ("gold", "star", "sea", "coffee", "map", "sword")
 # Tiny models train and sample many times faster on one thread (and a shared CPU does not thrash); loops started
@@ -603,14 +602,7 @@ def test_killed_mid_round_then_resumed_reproduces_the_uninterrupted_loop(tmp_pat
     ]
     kills = 0
     for rec, cond in kill_when:
-        proc = _start_loop([str(rec), "--resume"])
-        deadline = time.time() + 300
-        while proc.poll() is None and time.time() < deadline and not cond():
-            time.sleep(0.005)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += sigkill_when(_start_loop([str(rec), "--resume"]), cond, timeout=300)
     assert kills == 2
     if sys.platform.startswith("linux"):  # the generator child died with the loop that started it
         time.sleep(2.0)

@@ -4,10 +4,8 @@ from __future__ import annotations
 
 import json
 import math
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -15,7 +13,7 @@ import pytest
 from bonsynth.generate.backends.base import Continuation, SamplingConfig
 from bonsynth.generate.pipeline import GenerateConfig, run_generate
 from bonsynth.generate.prune import PruneConfig, auto_point, kept_count
-from tests.conftest import corpus, run_bonsynth, write_jsonl
+from tests.conftest import corpus, run_bonsynth, sigkill_when, two_segments, write_jsonl
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -231,19 +229,12 @@ def _manual_continue(model, prompt_ids: list[int], kept: list[int], seed: int, s
 def test_hf_survivor_continuation_equals_a_fresh_generation_from_prompt_plus_partial(tiny_policy_dir):
     from bonsynth.data.records import PromptRecord
     from bonsynth.generate.backends import make_backend
-    from bonsynth.generate.seeding import segment_seed
 
     backend = make_backend("hf", str(tiny_policy_dir), device="cpu")
     sampling = SamplingConfig(n=3, max_new_tokens=20, seed=11)
     recs = [PromptRecord(id=f"p{i}", prompt=t) for i, t in enumerate(corpus(3, seed=4))]
-    prepared = backend.prepare(recs, sampling)
-    first = backend.extend(prepared, [Continuation(prompt=i, seed=segment_seed(11, r.id, j, 0))
-                                      for i, r in enumerate(recs) for j in range(3)], sampling, 6)
-    # continue each partial in one mixed batch (different kept lengths, left padding) ...
-    items = [Continuation(prompt=k // 3, seed=segment_seed(11, recs[k // 3].id, k % 3, 1), tokens=e.tokens,
-                          num_tokens=e.num_tokens) for k, e in enumerate(first) if e.finish_reason == "length"]
-    assert items
-    cont = backend.extend(prepared, items, sampling, 10)
+    # 6 tokens each, then each partial continued in one mixed batch (different kept lengths, left padding) ...
+    prepared, items, cont = two_segments(backend, recs, sampling, 6, 10)
     eos = backend.tokenizer.eos_token_id
     for it, e in zip(items, cont, strict=True):
         assert e.tokens[: len(it.tokens)] == it.tokens  # the kept tokens are kept, never regenerated
@@ -298,13 +289,7 @@ def test_sigkill_then_resume_is_byte_identical(tmp_path, tiny_policy_dir, tiny_r
     for cond in (lambda: _state(out).get("prompts_done", 0) >= 4, lambda: _state(out).get("prompts_done", 0) >= 16):
         proc = subprocess.Popen([sys.executable, "-m", "bonsynth", *args, "--out", str(out), "--resume"],
                                 stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 120
-        while proc.poll() is None and time.time() < deadline and not cond():
-            time.sleep(0.005)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+        kills += sigkill_when(proc, cond)
     assert kills >= 1
     r = _cli(*args, "--out", str(out), "--resume")
     assert r.returncode == 0, r.stderr

@@ -36,6 +36,7 @@ from bonsynth.generate.backends.base import (
     GenerationBackend,
     GenerationResult,
     SamplingConfig,
+    cut_at_stop,
 )
 from bonsynth.generate.seeding import segment_seed
 
@@ -122,12 +123,6 @@ class _Candidate:
         return self.finish_reason is None
 
 
-def _cut_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
-    """The text up to its first stop string (a stop string can span two segments), and whether one was found."""
-    cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
-    return (text[:cut], True) if cut >= 0 else (text, False)
-
-
 def _rank_key(reward: float, index: int) -> tuple[float, int]:
     """Best first, ties to the earlier candidate; a NaN/inf reward ranks last (a broken score never saves one)."""
     return (-reward if math.isfinite(reward) else math.inf, index)
@@ -151,7 +146,7 @@ def generate_pruned(batch: list[PromptRecord], backend: GenerationBackend, score
                               num_tokens=cands[i][j].num_tokens) for i, j in todo]
         for (i, j), ext in zip(todo, backend.extend(prepared, items, sampling, end - done), strict=True):
             c = cands[i][j]
-            text, stopped = _cut_stop(ext.text, sampling.stop)
+            text, stopped = cut_at_stop(ext.text, sampling.stop)
             c.tokens, c.text, c.num_tokens = ext.tokens, text, ext.num_tokens
             if stopped or ext.finish_reason == "stop":
                 c.finish_reason = "stop"

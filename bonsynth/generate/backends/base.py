@@ -7,6 +7,7 @@ each prompt from `prompt_seed(sampling.seed, record.id)` so results do not depen
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 
 from bonsynth.data.records import PromptRecord
@@ -40,6 +41,12 @@ class Completion:
     pruned_at: int | None = None
     pruned_reward: float | None = None
     pruned_rewards: dict[str, float] | None = None
+
+
+def cut_at_stop(text: str, stop: Sequence[str]) -> tuple[str, bool]:
+    """The text up to its earliest stop string, and whether one was found (what every backend returns)."""
+    cut = min((k for k in (text.find(s) for s in stop) if k >= 0), default=-1)
+    return (text[:cut], True) if cut >= 0 else (text, False)
 
 
 def normalize_finish_reason(reason: str | None) -> str:

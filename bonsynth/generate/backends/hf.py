@@ -26,6 +26,7 @@ from bonsynth.generate.backends.base import (
     GenerationResult,
     PreparedPrompt,
     SamplingConfig,
+    cut_at_stop,
 )
 from bonsynth.generate.seeding import prompt_seed
 from bonsynth.models import (
@@ -323,11 +324,9 @@ class HFBackend(GenerationBackend):
                 ids = ids[:-1]
                 finish = "stop"
         text = self.tokenizer.decode(ids, skip_special_tokens=True)
-        for s in sampling.stop:
-            k = text.find(s)
-            if k >= 0:
-                text = text[:k]
-                finish = "stop"
+        text, stopped = cut_at_stop(text, sampling.stop)
+        if stopped:
+            finish = "stop"
         if finish == "length" and len(ids) < sampling.max_new_tokens:
             finish = "stop"
         return ids, Completion(text=text, finish_reason=finish, num_tokens=len(ids))
