@@ -253,6 +253,23 @@ def table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines)
 
 
+# The RM recipe that issue 18's sweep chose on validation (BENCHMARKS.md, "Sweep"): the whole all-MiniLM-L6-v2,
+# 1 epoch, lr 5e-5, batch 8, max length 128, linear schedule, no warm-up. bench_rm_sweep trains it as its
+# reference run and bench_gold trains its gold RM with it, so the two can never drift apart.
+RM_RECIPE: dict[str, Any] = {"epochs": 1.0, "lr": 5e-5, "batch_size": 8, "max_length": 128, "lr_scheduler": "linear",
+                             "warmup_ratio": 0.0}
+
+
+def rm_recipe_args(**override: Any) -> list[str]:
+    """`bonsynth rm train` options for RM_RECIPE (a smoke run may override a size, e.g. epochs=0.5)."""
+    recipe = {**RM_RECIPE, **override}
+    unknown = set(recipe) - set(RM_RECIPE)
+    if unknown:
+        raise ValueError(f"not RM_RECIPE fields: {sorted(unknown)}")
+    return [part for key, value in recipe.items() for part in (f"--{key.replace('_', '-')}", f"{value:g}"
+                                                                if isinstance(value, float) else str(value))]
+
+
 def today() -> str:
     return time.strftime("%Y-%m-%d")
 

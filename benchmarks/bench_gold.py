@@ -45,6 +45,9 @@ import time
 from pathlib import Path
 from typing import Any
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import RM_RECIPE, rm_recipe_args  # noqa: E402
+
 REPO = Path(__file__).resolve().parents[1]
 HH_RLHF = REPO.parent / "shared" / "data" / "hh-rlhf-harmless-base-1500.jsonl"
 STAGES = ("split", "rms", "run", "loop", "report")
@@ -160,6 +163,11 @@ def _read_json(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
+def gold_rm_args(size: dict[str, Any]) -> list[str]:
+    """Both RMs' `rm train` options: issue 18's chosen recipe (RM_RECIPE), at this run's epochs and length."""
+    return rm_recipe_args(epochs=float(size["epochs"]), max_length=int(size["max_length"]))
+
+
 def _sizes(args: argparse.Namespace) -> dict[str, Any]:
     if args.smoke:
         return dict(gold_pairs=48, proxy_pairs=24, max_length=64, n=4, prompts=4, max_new_tokens=16,
@@ -177,8 +185,10 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--gold-pairs", type=int, default=1000, help="pairs the gold RM trains on")
     ap.add_argument("--proxy-pairs", type=int, default=200, help="pairs the proxy RM trains on (a small part)")
     ap.add_argument("--proxy-layers", type=int, default=3, help="MiniLM layers the proxy keeps (of 6)")
-    ap.add_argument("--rm-epochs", type=float, default=1.0)
-    ap.add_argument("--max-length", type=int, default=128, help="RM training length (prompts left-truncated)")
+    ap.add_argument("--rm-epochs", type=float, default=RM_RECIPE["epochs"],
+                    help="RM epochs (default: the RM sweep's chosen recipe, benchmarks/_common.py RM_RECIPE)")
+    ap.add_argument("--max-length", type=int, default=RM_RECIPE["max_length"],
+                    help="RM training length (prompts left-truncated; default: RM_RECIPE's)")
     ap.add_argument("--policy", default="demo:smollm2")
     ap.add_argument("--n", type=int, default=32, help="candidates per prompt in the best-of-N run")
     ap.add_argument("--prompts", type=int, default=48, help="held-out prompts in the best-of-N run")
@@ -264,8 +274,7 @@ def main(argv: list[str] | None = None) -> int:
             print(f"[split] gold {len(parts['gold'])}, proxy {len(parts['proxy'])}, held-out "
                   f"{len(parts['heldout'])} pairs; {len(prompts)} distinct held-out prompts", file=sys.stderr)
 
-        common = ["--epochs", str(size["epochs"]), "--lr", "5e-5", "--batch-size", "8", "--max-length",
-                  str(size["max_length"]), "--eval-split", "0", "--seed", str(args.seed), "--skip-invalid",
+        common = [*gold_rm_args(size), "--eval-split", "0", "--seed", str(args.seed), "--skip-invalid",
                   "--overwrite"]
         if "rms" in stages:
             sliced = work / f"minilm-{args.proxy_layers}l"
@@ -341,8 +350,8 @@ def report(work: Path, args: argparse.Namespace, size: dict[str, Any], timings: 
         f"Gold-judge experiment, {time.strftime('%Y-%m-%d')}{' (SMOKE: tiny sizes, not a result)' if args.smoke else ''}.",
         "",
         f"- judges: proxy = all-MiniLM-L6-v2 sliced to {args.proxy_layers} layers, trained on {size['proxy_pairs']} "
-        f"pairs; gold = the whole 6-layer MiniLM on {size['gold_pairs']} disjoint pairs; both {size['epochs']:g} "
-        f"epoch, max length {size['max_length']}",
+        f"pairs; gold = the whole 6-layer MiniLM on {size['gold_pairs']} disjoint pairs; both with the RM sweep's "
+        f"chosen recipe (`{' '.join(gold_rm_args(size))}`)",
         f"- held-out accuracy ({accs['gold']['num_examples']} pairs neither saw): "
         f"gold {accs['gold']['accuracy']:.3f}, proxy {accs['proxy']['accuracy']:.3f}",
         f"- best-of-N run: `{args.policy}`, {size['prompts']} held-out prompts × N = {size['n']}, "

@@ -32,14 +32,14 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import REPO, load_avg, machine, table, write_block_in  # noqa: E402
+from _common import REPO, RM_RECIPE, load_avg, machine, table, write_block_in  # noqa: E402
 from bench_rm_accuracy import DEFAULT_DATA, minilm_dir, valid_rows  # noqa: E402
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 KEY = "bench_rm_sweep"
 SECTION = "## Reward-model accuracy on hh-rlhf (issue 3)"
-BATCH, MAX_LEN = 8, 128
+BATCH, MAX_LEN = RM_RECIPE["batch_size"], RM_RECIPE["max_length"]
 
 
 def write_split(data: Path, work: Path, n_test: int, seed: int) -> tuple[Path, Path, int]:
@@ -184,7 +184,8 @@ def main(argv: list[str] | None = None) -> int:
     # 1. single runs on validation, and the previous recipe (1 epoch, 5e-5, last checkpoint) as the reference
     jobs = [(f"minilm-lr{lr:g}", minilm, lr, args.epochs) for lr in lrs]
     with ThreadPoolExecutor(max(1, args.parallel)) as pool:
-        ref = pool.submit(lambda: sw.train("minilm-reference", minilm, 5e-5, 1, 1, measure_only=False))
+        ref = pool.submit(lambda: sw.train("minilm-reference", minilm, RM_RECIPE["lr"], RM_RECIPE["epochs"], 1,
+                                           measure_only=False))
         singles = list(pool.map(lambda j: sw.train(*j, threads=1), jobs))
         reference = ref.result()
     # the reference is a configuration like the others (1 epoch, lr 5e-5): it may win on validation too

@@ -67,3 +67,20 @@ def test_tables_read_the_report_fields(bench):
     assert ("| round 0 best-of-N (proxy) | +0.7 | +0.2 | 0.560 [0.500, 0.620] | n/a | 0.400 [0.300, 0.500] |"
             in table)
     assert "| round 0 control (random) | +0.6 | +0.15 | n/a | n/a | — |" in table
+
+
+def test_gold_rm_is_trained_with_the_rm_sweeps_chosen_recipe(bench):
+    """Issue 18: the gold RM's `rm train` options are the sweep's recipe, and `rm train` reads them as such."""
+    from bonsynth.cli.rm import train_cmd
+
+    args = bench.gold_rm_args({"epochs": 1.0, "max_length": 128})
+    assert args == bench.rm_recipe_args()
+    ctx = train_cmd.make_context("train", ["--base", "b", "--data", "d", "--out", "o", "--objective", "pairwise", *args])
+    got = {k: ctx.params[k] for k in bench.RM_RECIPE}
+    assert got == {"epochs": 1.0, "lr": 5e-5, "batch_size": 8, "max_length": 128, "lr_scheduler": "linear",
+                   "warmup_ratio": 0.0}
+    smoke = train_cmd.make_context("train", ["--base", "b", "--data", "d", "--out", "o", "--objective", "pairwise",
+                                             *bench.gold_rm_args({"epochs": 0.5, "max_length": 64})]).params
+    assert (smoke["epochs"], smoke["max_length"], smoke["lr"]) == (0.5, 64, 5e-5)
+    with pytest.raises(ValueError, match="not RM_RECIPE fields"):
+        bench.rm_recipe_args(learning_rate=1e-4)
