@@ -92,3 +92,16 @@ def io_errors(path: str | Path | None = None) -> Iterator[None]:
         if e.errno in USER_IO_ERRNOS:
             raise EnvironmentIOError(describe_io_error(e, path)) from e
         raise
+
+
+def user_error_line(e: BaseException) -> tuple[str, int] | None:
+    """The `error: ...` line and exit code for an error the user can act on, or None for anything else (a
+    bug keeps its traceback). One rule for every entry point: the CLI and the loop's generation worker."""
+    if isinstance(e, BonsynthError):
+        # user errors exit 2; an InternalError (a bonsynth bug) exits 1 and asks for a report, still one line
+        hint = f" ({REPORT_HINT})" if isinstance(e, InternalError) else ""
+        return f"error: {e}{hint}", e.exit_code
+    if isinstance(e, OSError) and e.errno in USER_IO_ERRNOS:
+        # a full disk or a forbidden path, wherever it surfaced: the user can fix it, so no traceback
+        return f"error: {describe_io_error(e)}", 2
+    return None

@@ -95,18 +95,21 @@ def pickle_copy(src: Path, dst: Path, auto_cls: str) -> Path:
     return dst
 
 
-def config_from_generate_argv(monkeypatch, cfg):
-    """The GenerateConfig that `bonsynth generate` builds from the loop's `generate_argv(cfg)` (nothing runs)."""
-    from bonsynth.cli import cli
-    from bonsynth.generate import pipeline
-    from bonsynth.loop.runner import generate_argv
+def config_in_generation_child(monkeypatch, cfg):
+    """The GenerateConfig that the loop's generation child (`bonsynth.generate.worker`) runs for `cfg`: the payload
+    `run_generate_subprocess` sends on stdin, read back as the worker reads it (nothing runs)."""
+    from types import SimpleNamespace
 
-    seen = []
-    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
-    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
-    cli.main(args=generate_argv(cfg), standalone_mode=False)
-    (got,) = seen
-    return got
+    from bonsynth.generate.worker import read_config
+    from bonsynth.loop import runner
+
+    sent = []
+    monkeypatch.setattr(runner.subprocess, "run",
+                        lambda cmd, **kw: sent.append((cmd, kw)) or SimpleNamespace(returncode=0))
+    runner.run_generate_subprocess(cfg)
+    ((cmd, kw),) = sent
+    assert not any(cfg.out in part for part in cmd)  # the config goes on stdin, not the command line
+    return read_config(kw["input"])
 
 
 def write_jsonl(path: Path, rows) -> Path:

@@ -13,7 +13,7 @@ import pytest
 
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate.pipeline import GenerateConfig, backend_kwargs
-from tests.conftest import config_from_generate_argv, corpus, pickle_copy, write_jsonl
+from tests.conftest import config_in_generation_child, corpus, pickle_copy, write_jsonl
 
 NEW_FIELDS = ("reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len",
               "enforce_eager", "max_nonfinite", "skip_invalid", "prune_at", "prune_keep")
@@ -245,10 +245,20 @@ def test_fingerprint_keeps_what_changes_outputs():
     ({"backend": "openai", "enforce_eager": True}, "--enforce-eager"),
     ({"limit": 0}, "--limit"),  # 0 would be an empty run, a negative one would drop prompts from the end
     ({"limit": -3}, "--limit"),
+    ({"long_prompt": "wrap"}, "--long-prompts"),  # a field whose flag is not its name
+    ({"prune_at": [200], "prune_keep": 0.5}, "--prune-at"),
 ])
 def test_config_validation(kw, flag):
-    with pytest.raises(ConfigError, match=flag):
-        _config(**kw).validate()
+    """Checked when the config is built. The library names the field, the CLI (the same message) its flag."""
+    from bonsynth.cli.options import build_config
+
+    field = next(k for k in kw if k != "backend")
+    with pytest.raises(ConfigError) as lib:
+        _config(**kw)
+    assert field in str(lib.value) and "--" not in str(lib.value)
+    with pytest.raises(ConfigError) as cli:
+        build_config(GenerateConfig, **asdict(_config()) | kw)
+    assert flag in str(cli.value) and field not in str(cli.value).replace(flag, "")
 
 
 def test_options_reach_the_backends_and_the_rms():
@@ -288,13 +298,12 @@ def test_vllm_reward_engine_gets_the_loading_options(monkeypatch):
     assert seen == [("/m/rm", {"dtype": "bfloat16", "trust_remote_code": False, "allow_unsafe_weights": True})]
 
 
-def test_loop_subprocess_argv_carries_the_new_options(tmp_path, monkeypatch):
+def test_loop_subprocess_carries_the_new_options(tmp_path, monkeypatch):
     cfg = _config(backend="vllm", reward_dtype="bfloat16", prefix_sharing=False, trust_remote_code=True,
                   allow_unsafe_weights=True, max_model_len=300, enforce_eager=True, show_progress=False)
-    got = config_from_generate_argv(monkeypatch, cfg)
+    got = config_in_generation_child(monkeypatch, cfg)
     assert got.fingerprint() == cfg.fingerprint()
-    assert {k: getattr(got, k) for k in NEW_FIELDS} == {**{k: getattr(cfg, k) for k in NEW_FIELDS},
-                                                        "prefix_sharing": "off"}
+    assert {k: getattr(got, k) for k in NEW_FIELDS} == {k: getattr(cfg, k) for k in NEW_FIELDS}
 
 
 def test_one_weights_check_for_every_loader(tmp_path, bin_rm_dir, tiny_policy_dir):
@@ -316,3 +325,93 @@ def test_one_weights_check_for_every_loader(tmp_path, bin_rm_dir, tiny_policy_di
     # Opting in still loads safetensors when that is what the directory has.
     backend = HFBackend(str(tiny_policy_dir), device="cpu", allow_unsafe_weights=True)
     assert backend.describe()["dtype"] == "float32"
+
+
+def _generate_config_from_cli(monkeypatch, args: list[str]) -> GenerateConfig:
+    """The GenerateConfig `bonsynth generate ARGS` builds (nothing runs)."""
+    from bonsynth.cli import cli
+    from bonsynth.generate import pipeline
+
+    seen = []
+    monkeypatch.setattr(pipeline, "run_generate", lambda c, **kw: seen.append(c) or {})
+    monkeypatch.setattr("bonsynth.generate.report.summary_table", lambda *a, **k: "")
+    cli.main(args=["generate", *args], standalone_mode=False)
+    (got,) = seen
+    return got
+
+
+def test_generate_options_are_generated_from_the_config_fields():
+    """Issue 14 (3): one source of truth. Every CLI field of GenerateConfig is an option of `bonsynth generate`,
+    with its help text and default, and nothing but the few backend/engine/judge options is declared by hand."""
+    import dataclasses
+
+    from bonsynth.cli.generate import generate
+    from bonsynth.settings import described, flag_of
+
+    params = {p.name: p for p in generate.params}
+    fields = [(f, s) for f, s in described(GenerateConfig) if s.cli]
+    assert len(fields) == len(dataclasses.fields(GenerateConfig)) - 1  # all but backend_options
+    for f, spec in fields:
+        p = params[f.name]
+        assert flag_of(GenerateConfig, f.name) in p.opts, f.name
+        assert (p.help or "") == spec.help, f.name
+        if f.default is not dataclasses.MISSING and spec.parse is None and not isinstance(f.default, bool):
+            assert p.default == f.default, f.name
+    hand = set(params) - {f.name for f, _ in fields}
+    assert hand == {"gen_batch_size", "tensor_parallel_size", "gpu_memory_utilization", "base_url", "concurrency",
+                    "engine", "workers", "gpus_per_worker", "address", "judges", "judge_weights"}
+
+
+def test_generate_flags_build_the_config_the_library_would(monkeypatch, tmp_path):
+    """Every kind of generated option (repeatable, parsed, choice, range, negatable, inverted) lands on its field."""
+    got = _generate_config_from_cli(monkeypatch, [
+        "--policy", "/m/p", "--reward", "/m/a", "--reward", "/m/b", "--reward-weights", "0.7,0.3",
+        "--prompts", "/d/p.jsonl", "--out", str(tmp_path / "o"), "--n", "6", "--backend", "hf",
+        "--temperature", "0.7", "--top-p", "0.9", "--max-new-tokens", "64", "--seed", "5", "--stop", "###",
+        "--stop", "\n\nHuman:", "--long-prompts", "skip", "--select", "top-k:2", "--write-pairs", "--min-reward",
+        "-1.5", "--min-margin", "0.25", "--dedup", "--length-normalize", "--batch-size", "9", "--resume",
+        "--device", "cpu", "--dtype", "float32", "--format", "prompts", "--limit", "7", "--shard", "1/3",
+        "--quiet", "--reward-dtype", "bfloat16", "--prefix-sharing", "off", "--trust-remote-code",
+        "--allow-unsafe-weights", "--max-nonfinite", "0.1", "--skip-invalid", "--prune-at", "8,16",
+        "--prune-keep", "0.5", "--gen-batch-size", "3"])
+    want = GenerateConfig(
+        policy="/m/p", rewards=["/m/a", "/m/b"], reward_weights=[0.7, 0.3], prompts="/d/p.jsonl",
+        out=str(tmp_path / "o"), n=6, backend="hf", temperature=0.7, top_p=0.9, max_new_tokens=64, seed=5,
+        stop=["###", "\n\nHuman:"], long_prompt="skip", select="top-k:2", write_pairs=True, min_reward=-1.5,
+        min_margin=0.25, dedup=True, length_normalize=True, batch_size=9, resume=True, device="cpu",
+        dtype="float32", prompt_format="prompts", limit=7, shard="1/3", show_progress=False,
+        reward_dtype="bfloat16", prefix_sharing="off", trust_remote_code=True, allow_unsafe_weights=True,
+        max_nonfinite=0.1, skip_invalid=True, prune_at=[8, 16], prune_keep=0.5, backend_options={"batch_size": 3})
+    assert got == want
+    defaults = _generate_config_from_cli(monkeypatch, ["--policy", "p", "--reward", "r", "--prompts", "x",
+                                                       "--out", str(tmp_path / "d")])
+    assert defaults == GenerateConfig(policy="p", rewards=["r"], prompts="x", out=str(tmp_path / "d"))
+
+
+def test_generation_worker_runs_a_config_from_stdin_and_fails_in_one_line(tmp_path, tiny_policy_dir, tiny_rm_dir):
+    """The loop's child process: a config on stdin is run like `bonsynth generate` (same files, same fingerprint);
+    a bad config is one `error:` line and exit code 2, with nothing written."""
+    prompts = write_jsonl(tmp_path / "p.jsonl", [{"id": f"p{i}", "prompt": t} for i, t in enumerate(corpus(3))])
+    cfg = GenerateConfig(policy=str(tiny_policy_dir), rewards=[str(tiny_rm_dir)], prompts=str(prompts),
+                         out=str(tmp_path / "w"), n=2, max_new_tokens=4, backend="hf", device="cpu",
+                         show_progress=False)
+    worker = [sys.executable, "-m", "bonsynth.generate.worker"]
+    r = subprocess.run(worker, input=json.dumps({"generate_config": cfg.to_dict()}), capture_output=True, text=True,
+                       timeout=600)
+    assert r.returncode == 0, r.stderr
+    manifest = json.loads((tmp_path / "w" / "manifest.json").read_text())
+    assert manifest["counts"]["candidates"] == 6 and "best-of-N summary" in r.stdout
+    from bonsynth.generate.pipeline import run_generate
+
+    here = GenerateConfig(**{**cfg.to_dict(), "out": str(tmp_path / "h")})
+    run_generate(here)
+    assert (tmp_path / "w" / "candidates.jsonl").read_bytes() == (tmp_path / "h" / "candidates.jsonl").read_bytes()
+
+    for payload, needle in (("not json", "not a JSON config"),
+                            (json.dumps({"generate_config": {**cfg.to_dict(), "nn": 3}}), "has no field nn"),
+                            (json.dumps({"generate_config": {**cfg.to_dict(), "out": str(tmp_path / "bad"),
+                                                             "n": 0}}), "n must be >= 1 (got 0)")):
+        r = subprocess.run(worker, input=payload, capture_output=True, text=True, timeout=600)
+        assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
+        assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[0]] and needle in r.stderr
+    assert not (tmp_path / "bad").exists()

@@ -24,7 +24,7 @@ LOW = (
     # the layers the issue names
     "data", "select", "models", "errors", "merge", "rm",
     # shared modules below `rm` and `generate` (what both of them use)
-    "models_gguf", "vllm_engine", "batching", "modelref", "outdir", "locks", "redact",
+    "models_gguf", "vllm_engine", "batching", "modelref", "outdir", "locks", "redact", "settings",
 )
 FORBIDDEN: dict[str, tuple[str, ...]] = {**{low: HIGH for low in LOW}, "generate": ("loop", "cli", "demo")}
 # (importing module, imported layer): allowed, and why

@@ -21,7 +21,7 @@ from types import SimpleNamespace
 import pytest
 import yaml
 
-from tests.conftest import WORDS, config_from_generate_argv, pickle_copy, sigkill_when, write_jsonl
+from tests.conftest import WORDS, config_in_generation_child, pickle_copy, sigkill_when, write_jsonl
 
 TARGET_WORDS = ("gold", "star", "sea", "coffee", "map", "sword")
 # Tiny models train and sample many times faster on one thread (and a shared CPU does not thrash); loops started
@@ -198,21 +198,21 @@ def test_eval_metrics_percentiles_bon_gain_and_paired_win_rate(tmp_path):
     assert eval_metrics(cur)["win_rate_vs_previous"] is None
 
 
-def test_generation_subprocess_argv_rebuilds_the_same_config(monkeypatch, tmp_path):
-    """The vLLM path runs `bonsynth generate` in a child: its flags must give the very same (resumable) config."""
+def test_generation_subprocess_runs_the_same_config(monkeypatch, tmp_path):
+    """The vLLM path runs each generation in a child: it must run the very same (resumable) config."""
     from bonsynth.generate.pipeline import GenerateConfig
 
     cfg = GenerateConfig(
         policy="/m/policy", rewards=["/m/rm1", "/m/rm2"], reward_weights=[0.7, 0.3], prompts="/d/p.jsonl",
         out=str(tmp_path / "o"), n=6, backend="vllm", temperature=0.7, top_p=0.95, max_new_tokens=99, seed=123,
-        stop=["\n\nHuman:", "###"], long_prompt="skip", reward_engine="vllm", select="top-k:2", min_reward=-1.5, min_margin=0.25, dedup=True,
+        stop=["\n\nHuman:", "###"], long_prompt="skip", reward_engine="vllm", select="top-k:2", write_pairs=True,
+        min_reward=-1.5, min_margin=0.25, dedup=True,
         length_normalize=True, batch_size=17, resume=True, device="cpu", dtype="float32",
         backend_options={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5}, show_progress=False,
     )
-    got = config_from_generate_argv(monkeypatch, cfg)
-    assert got.fingerprint() == cfg.fingerprint()
+    got = config_in_generation_child(monkeypatch, cfg)
+    assert got == cfg and got.fingerprint() == cfg.fingerprint()
     assert got.resume and not got.show_progress and got.backend_options == cfg.backend_options
-    assert got.batch_size == cfg.batch_size
 
 
 def test_training_rows_render_like_generation(tiny_tokenizer):
@@ -370,18 +370,13 @@ def _runner(recipe_dict: dict, out: Path):
     return LoopRunner(parse_recipe(recipe_dict), SimpleNamespace(), out, show_progress=False)
 
 
-def test_generation_options_reach_the_config_and_the_child_argv(tmp_path, monkeypatch):
-    from bonsynth.loop.runner import generate_argv
-
+def test_generation_options_reach_the_config_and_the_child(tmp_path, monkeypatch):
     def gen_config(runner):
         return runner._gen_config(policy="/m/p", rewards=["/m/rm"], weights=None, prompts=tmp_path / "p.jsonl",
                                   out=tmp_path / "g", n=2, temperature=1.0, top_p=1.0, max_new_tokens=8, seed=1,
                                   select="best")
 
-    new_flags = ("--trust-remote-code", "--allow-unsafe-weights", "--prefix-sharing", "--reward-dtype",
-                 "--max-model-len", "--enforce-eager")
     plain = gen_config(_runner(_MINIMAL, tmp_path / "a"))
-    assert not set(generate_argv(plain)) & set(new_flags)
     assert (plain.trust_remote_code, plain.allow_unsafe_weights, plain.prefix_sharing, plain.reward_dtype,
             plain.max_model_len, plain.enforce_eager) == (False, False, "auto", None, None, False)
 
@@ -391,13 +386,9 @@ def test_generation_options_reach_the_config_and_the_child_argv(tmp_path, monkey
     cfg = gen_config(_runner(recipe, tmp_path / "b"))
     assert (cfg.trust_remote_code, cfg.allow_unsafe_weights, cfg.prefix_sharing, cfg.reward_dtype,
             cfg.max_model_len, cfg.enforce_eager) == (True, True, "off", "bfloat16", 300, True)
-    argv = generate_argv(cfg)
-    assert set(new_flags) <= set(argv)
-    for flag, value in (("--prefix-sharing", "off"), ("--reward-dtype", "bfloat16"), ("--max-model-len", "300")):
-        assert argv[argv.index(flag) + 1] == value
-    # The child rebuilds the very same config, so its resume fingerprint matches.
-    got = config_from_generate_argv(monkeypatch, cfg)
-    assert got.fingerprint() == cfg.fingerprint() and got.allow_unsafe_weights and got.trust_remote_code
+    # The child runs the very same config, so its resume fingerprint matches.
+    got = config_in_generation_child(monkeypatch, cfg)
+    assert got == cfg and got.fingerprint() == cfg.fingerprint()
 
 
 def test_default_recipes_keep_their_fingerprint(tmp_path):

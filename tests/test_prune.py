@@ -364,7 +364,7 @@ def test_recipe_generation_prune_keys_reach_the_rounds_not_the_eval(tmp_path, mo
     from bonsynth.errors import ConfigError
     from bonsynth.loop.recipe import parse_recipe
     from bonsynth.loop.runner import LoopRunner
-    from tests.conftest import config_from_generate_argv
+    from tests.conftest import config_in_generation_child
 
     base = {"out": "runs/x", "policy": "demo:policy", "rewards": ["demo:rm"], "prompts": ["demo:data/prompts.jsonl"],
             "rounds": 2, "update": {"method": "sft"}}
@@ -380,7 +380,7 @@ def test_recipe_generation_prune_keys_reach_the_rounds_not_the_eval(tmp_path, mo
     assert (round_cfg.prune_at, round_cfg.prune_keep) == ([16, 48], 0.25)
     eval_cfg = runner._gen_config(**kw)  # what the eval runs use: never pruned
     assert (eval_cfg.prune_at, eval_cfg.prune_keep) == (None, None)
-    got = config_from_generate_argv(monkeypatch, round_cfg)  # the subprocess path rebuilds the same config
+    got = config_in_generation_child(monkeypatch, round_cfg)  # the subprocess path rebuilds the same config
     assert got.fingerprint() == round_cfg.fingerprint() and got.prune_at == [16, 48] and got.prune_keep == 0.25
 
     for gen, needle in (({"prune_at": [8]}, "prune_at needs prune_keep"),

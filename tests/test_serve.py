@@ -537,3 +537,69 @@ def test_create_app_mounts_in_another_asgi_app(cfg, engines):
     r = asyncio.run(main())
     assert r.status_code == 200 and r.json()["choices"][0]["finish_reason"] in ("stop", "length")
     assert backend.model is not None  # engines passed in stay the caller's (not closed)
+
+
+# ---------------------------------------------------------------------- speculative rejection (issue 16)
+
+
+def test_pruning_config_and_cli_errors_name_the_flag(tiny_policy_dir, tiny_rm_dir):
+    ok = {"policy": str(tiny_policy_dir), "rewards": [str(tiny_rm_dir)]}
+    for bad, says in [({"prune_at": [4]}, "--prune-at needs --prune-keep"),
+                      ({"prune_at": [200], "prune_keep": 0.5}, "not below --max-tokens 128"),
+                      ({"prune_keep": 1.5}, "--prune-keep must be a share")]:
+        with pytest.raises(ConfigError, match=says.replace("-", r"\-")):
+            ServeConfig(**ok, **bad)
+    code, _, err = run_bonsynth(["serve", "--policy", str(tiny_policy_dir), "--reward", str(tiny_rm_dir),
+                                 "--prune-keep", "half"])
+    assert code == 2 and err.strip().count("\n") == 0 and "--prune-keep must be a number" in err
+
+
+def test_pruning_server_stops_the_weakest_and_answers_like_the_step(cfg, engines):
+    """With --prune-at/--prune-keep each request's candidates are pruned as `generate --prune-at` prunes them:
+    the same candidates (texts, where each stopped) as the one best-of-N step's own pruned generation of that
+    request, ceil(keep x running) kept at the point, the answer the best finished candidate; concurrent pruned
+    requests (partial replies scored in the generation thread while another request is scored) each get their
+    solo answer; a request shorter than the point is not pruned; n above the survivors is a 400."""
+    import dataclasses
+
+    from bonsynth.generate.prune import PruneConfig, kept_count
+    from bonsynth.generate.step import generate_candidates
+
+    backend, scorer = engines
+    pruned_cfg = dataclasses.replace(cfg, prune_at=[3], prune_keep=0.5, batch_wait_ms=200)
+    app = create_app(pruned_cfg, backend=backend, scorer=scorer)
+    service = app.state.service
+    prompts = [f"the old ship {i} crosses the grey sea" for i in range(4)]
+    body = {"best_of": 8, "n": 2, "max_tokens": 8, "return_candidates": True, "temperature": 1.0}
+    with live_server(app) as url:
+        async def together() -> list[dict]:
+            async with httpx.AsyncClient(timeout=180) as ac:
+                rs = await asyncio.gather(*[ac.post(f"{url}/v1/completions", json={**body, "prompt": p, "seed": i})
+                                            for i, p in enumerate(prompts)])
+                return [r.json() for r in rs]
+
+        out = asyncio.run(together())
+        solo = httpx.post(f"{url}/v1/completions", json={**body, "prompt": prompts[0], "seed": 0}, timeout=180).json()
+        short = httpx.post(f"{url}/v1/completions", json={**body, "prompt": prompts[1], "seed": 1, "max_tokens": 3},
+                           timeout=180).json()
+        too_many = httpx.post(f"{url}/v1/completions", json={**body, "prompt": prompts[2], "n": 5}, timeout=60)
+        fams = httpx.get(f"{url}/metrics").text
+    assert solo["choices"] == out[0]["choices"]
+    for i, o in enumerate(out):
+        extra = o["bonsynth"]
+        cands = extra["candidates"]
+        job = service.job_for(prompts[i], n=2, best_of=8, temperature=1.0, top_p=None, max_tokens=8, stop=(), seed=i)
+        assert job.prune == PruneConfig(points=(3,), keep=0.5)
+        (want,) = generate_candidates([job.record], backend, job.sampling, job.prune, scorer)
+        assert [(c["text"], c["pruned_at"], c["num_tokens"]) for c in cands] == [
+            (c.text, c.pruned_at, c.num_tokens) for c in want.completions]
+        assert extra["pruned"] == sum(c["pruned_at"] == 3 for c in cands)
+        assert sum(c["pruned_at"] is None for c in cands) >= kept_count(0.5, 8)  # the kept ones run on
+        finished = sorted((c for c in cands if c["pruned_at"] is None), key=lambda c: (-c["reward"], c["index"]))
+        assert [c["text"] for c in o["choices"]] == [c["text"] for c in finished[:2]]
+        assert o["usage"]["completion_tokens"] == sum(c["num_tokens"] for c in cands)
+    assert short["bonsynth"]["pruned"] == 0 and all(c["pruned_at"] is None for c in short["bonsynth"]["candidates"])
+    assert_openai_error(too_many, 400, "invalid_value", param="n", says="as few as 4 of best_of 8")
+    pruned_total = sum(o["bonsynth"]["pruned"] for o in out) + solo["bonsynth"]["pruned"]
+    assert pruned_total > 0
+    assert f"bonsynth_serve_candidates_pruned_total {float(pruned_total)}" in fams

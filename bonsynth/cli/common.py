@@ -7,7 +7,7 @@ import sys
 
 import click
 
-from bonsynth.errors import REPORT_HINT, USER_IO_ERRNOS, BonsynthError, InternalError, describe_io_error
+from bonsynth.errors import BonsynthError, user_error_line
 
 
 def run_guarded(group: click.Group) -> None:
@@ -23,17 +23,12 @@ def run_guarded(group: click.Group) -> None:
         sys.exit(e.exit_code)
     except click.exceptions.Exit as e:
         sys.exit(e.exit_code)
-    except BonsynthError as e:
-        # user errors exit 2; an InternalError (a bonsynth bug) exits 1 and asks for a report, still one line
-        hint = f" ({REPORT_HINT})" if isinstance(e, InternalError) else ""
-        click.echo(f"error: {e}{hint}", err=True)
-        sys.exit(e.exit_code)
-    except OSError as e:
-        if e.errno not in USER_IO_ERRNOS:
+    except (BonsynthError, OSError) as e:
+        line = user_error_line(e)
+        if line is None:
             raise
-        # A full disk or a forbidden path, wherever it surfaced: the user can fix it, so no traceback.
-        click.echo(f"error: {describe_io_error(e)}", err=True)
-        sys.exit(2)
+        click.echo(line[0], err=True)
+        sys.exit(line[1])
     except KeyboardInterrupt:
         click.echo("Interrupted.", err=True)
         sys.exit(130)

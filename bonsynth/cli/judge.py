@@ -6,8 +6,9 @@ from pathlib import Path
 
 import click
 
-from bonsynth.cli.rm import PREFIX_SHARING, PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP
+from bonsynth.cli.rm import PREFIX_SHARING
 from bonsynth.errors import ConfigError
+from bonsynth.settings import PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP
 
 
 def _weights(value: str | None) -> list[float] | None:

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import click
 
-from bonsynth.cli.rm import UNSAFE_WEIGHTS_HELP
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP
 
 
 @click.group()

@@ -7,16 +7,12 @@ from pathlib import Path
 import click
 
 from bonsynth.cli.common import echo_json
-from bonsynth.rm.train import AVERAGE_METHODS, LR_SCHEDULERS
+from bonsynth.cli.options import build_config, config_kwargs, config_options
+from bonsynth.rm.train import SKIP_INVALID_HELP, RMTrainConfig
+from bonsynth.settings import PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP
 
 FORMATS = click.Choice(["auto", "pairwise", "binary", "ranked", "prompts"])
 PREFIX_SHARING = click.Choice(["auto", "on", "off"])
-UNSAFE_WEIGHTS_HELP = ("Also load pickle .bin/.pt weights, which can run code on load (default: safetensors only). "
-                       "Use only for files you trust.")
-SKIP_INVALID_HELP = ("Drop rows that fail validation instead of stopping at the first: each is printed on stderr "
-                     "(file:line: field), and their count and lines are recorded in the output.")
-PREFIX_SHARING_HELP = ("Score responses that share a prompt on one pass over the prompt (causal RMs): auto = when "
-                       "prompts repeat, on = always, off = never. Rewards match either way, up to float rounding.")
 
 
 @click.group()
@@ -51,40 +47,7 @@ def slice_cmd(base: str, layers: str, out: Path, overwrite: bool, trust_remote_c
 
 
 @rm.command("train")
-@click.option("--base", required=True, help="Path or hub id of the base model.")
-@click.option("--data", "data", required=True, multiple=True, help="Training data file(s); repeatable.")
-@click.option("--objective", required=True, type=click.Choice(["pairwise", "binary", "ranked"]))
-@click.option("--out", required=True, type=click.Path(path_type=Path))
-@click.option("--overwrite", is_flag=True, help="Replace a non-empty --out (once the new model is complete).")
-@click.option("--format", "fmt", type=FORMATS, default="auto", show_default=True, help="Override kind detection.")
-@click.option("--epochs", type=float, default=1.0, show_default=True)
-@click.option("--lr", type=float, default=5e-5, show_default=True)
-@click.option("--batch-size", type=int, default=8, show_default=True)
-@click.option("--grad-accum", type=int, default=1, show_default=True)
-@click.option("--max-length", type=int, default=512, show_default=True)
-@click.option("--lora-r", type=int, default=0, show_default=True, help="LoRA rank (0 = full fine-tune).")
-@click.option("--eval-split", type=float, default=0.1, show_default=True)
-@click.option("--seed", type=int, default=42, show_default=True)
-@click.option("--report-to", default="none", show_default=True, help="Trainer report_to (none, tensorboard, wandb).")
-@click.option("--trust-remote-code/--no-trust-remote-code", default=False, show_default=True)
-@click.option("--skip-invalid", is_flag=True, help=SKIP_INVALID_HELP)
-@click.option("--lr-scheduler", type=click.Choice(LR_SCHEDULERS), default="linear", show_default=True,
-              help="Learning-rate schedule after the warm-up (transformers' names).")
-@click.option("--warmup-ratio", type=float, default=0.0, show_default=True,
-              help="Share of the optimiser steps spent warming the learning rate up from 0.")
-@click.option("--center-rewards", type=float, default=None,
-              help="TRL's center_rewards_coefficient: adds c * mean((r+ + r-)^2) to the loss, pulling rewards "
-                   "towards 0 (pairwise and ranked; TRL suggests 0.01).")
-@click.option("--eval-every", default="0", show_default=True, metavar="STEPS|epoch",
-              help="Measure the eval split every N optimiser steps or every epoch (and at the end); keep the "
-                   "best checkpoint by eval accuracy (0 = off: keep the last).")
-@click.option("--early-stopping", type=int, default=0, show_default=True,
-              help="Stop after this many --eval-every evaluations without a better one (0 = off).")
-@click.option("--seeds", default=None, metavar="S1,S2,...",
-              help="WARM: train one member per seed on the same split and average their weights into --out.")
-@click.option("--average", type=click.Choice(AVERAGE_METHODS), default=None,
-              help="How --seeds members are averaged (bonsynth merge's method; default linear).")
-@click.option("--keep-members", is_flag=True, help="With --seeds: also keep each member under OUT/members/seed-K.")
+@config_options(RMTrainConfig)
 def train_cmd(**kw) -> None:
     """Train a reward model.
 
@@ -94,10 +57,9 @@ def train_cmd(**kw) -> None:
       bonsynth rm train --base demo:minilm --data data/pairs.jsonl --objective pairwise --out rm-warm \\
           --seeds 0,1,2 --eval-every epoch --early-stopping 2 --epochs 3
     """
-    from bonsynth.rm.train import RMTrainConfig, train_reward_model
+    from bonsynth.rm.train import train_reward_model
 
-    kw["data"] = list(kw["data"])
-    cfg = RMTrainConfig(**kw)
+    cfg = build_config(RMTrainConfig, **config_kwargs(RMTrainConfig, kw))
     if cfg.seeds is not None:
         from bonsynth.merge.warm import train_warm
 

@@ -7,12 +7,13 @@ where the last batch ended and produces the same bytes as an uninterrupted run.
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bonsynth.data.records import PromptRecord
@@ -27,119 +28,181 @@ from bonsynth.generate.step import Scorer, best_of_n_step
 from bonsynth.generate.summary import summarize
 from bonsynth.redact import redact
 from bonsynth.select.selection import SelectionConfig, parse_select
+from bonsynth.settings import (
+    PREFIX_SHARING_HELP,
+    UNSAFE_WEIGHTS_HELP,
+    FieldError,
+    comma_list,
+    fingerprint_view,
+    is_required,
+    names_where,
+    not_fingerprinted,
+    number,
+    setting,
+)
 
-# Config fields that do not change what the run writes (a resume may change them). Prefix sharing changes
-# rewards only by float rounding, and the loading options only decide whether a model may be loaded.
-# `max_nonfinite` only decides whether a run stops, so a resume may raise it.
-NOT_IN_FINGERPRINT = {"out", "resume", "batch_size", "device", "backend_options", "show_progress",
-                      "trust_remote_code", "allow_unsafe_weights", "prefix_sharing", "enforce_eager",
-                      "max_nonfinite"}
-# Fields that do change outputs but are left out while unset (None or False), so runs made before they existed
-# still resume. `write_pairs` is always in: the select modes changed meaning with it, so older runs must not
-# continue under the new meaning.
-_FINGERPRINT_IF_SET = ("reward_dtype", "max_model_len", "skip_invalid", "prune_at", "prune_keep")
-# Fields left out of the manifest's config while unset, so a run without them writes the manifest it always did.
-_MANIFEST_IF_SET = ("prune_at", "prune_keep")
 _DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
 _PREFIX_MODES = ("auto", "on", "off")
+_LOADING = "Applies to the policy and the RMs."
 
 
 @dataclass
 class GenerateConfig:
-    policy: str
-    rewards: list[str]
-    prompts: str
-    out: str
-    n: int = 4
-    reward_weights: list[float] | None = None
-    backend: str = "auto"
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    seed: int = 0
-    stop: list[str] = field(default_factory=list)
-    long_prompt: str = "truncate"
-    select: str = "best"  # best | top-k:K (SFT rows) | pairs (DPO pairs only)
-    write_pairs: bool = False  # best / top-k: also write the best-vs-worst DPO pair of each prompt
-    min_reward: float | None = None
-    min_margin: float | None = None
-    dedup: bool = False
-    length_normalize: bool = False
-    batch_size: int = 64
-    resume: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    prompt_format: str = "auto"
-    limit: int | None = None
-    reward_engine: str = "hf"  # "hf" (bonsynth's scoring engine) or "vllm" (vLLM's pooling runner)
-    shard: str | None = None  # "I/K": this job's deterministic slice (0-based I) of the prompts
-    backend_options: dict = field(default_factory=dict)
-    show_progress: bool = True
-    reward_dtype: str | None = None  # the RMs' dtype; None = `dtype` (e.g. a bf16 RM beside an fp32 policy)
-    prefix_sharing: str | bool = "auto"  # RM prefix sharing: "auto", "on" (True) or "off" (False)
-    trust_remote_code: bool = False  # policy backend and RMs
-    allow_unsafe_weights: bool = False  # policy backend and RMs: also load pickle .bin/.pt weights
-    max_model_len: int | None = None  # vllm backend: context length (bounds prompt + new tokens)
-    enforce_eager: bool = False  # vllm backend: no CUDA graphs (faster start, less memory)
-    max_nonfinite: float = 0.0  # share of candidates allowed a NaN/inf reward before the run stops (never selected)
-    skip_invalid: bool = False  # drop prompt rows that fail validation (reported, listed in the manifest)
+    """One `bonsynth generate` run. Each field says its flag, help and fingerprint role (`bonsynth.settings`):
+    the CLI's options are generated from these fields, and `--resume` checks the fields that decide what the
+    run writes. `fingerprint=False`: may change on resume (where it runs, how fast, whether it may stop or load);
+    `"if_set"`: added after runs existed, so left out while unset and older runs still resume."""
+
+    policy: str = setting(help="Policy model: local path or hub id (or the served model name for openai).")
+    rewards: list[str] = setting(flag="--reward", multiple=True,
+                                 help="Reward model directory; repeat for several.")
+    prompts: str = setting(metavar="FILE", help="Prompts file (jsonl/json/parquet/save_to_disk folder).")
+    out: str = setting(fingerprint=False, metavar="DIR", help="Output directory.")
+    n: int = setting(4, help="Candidates per prompt.")
+    reward_weights: list[float] | None = setting(
+        None, parse=comma_list(float, "numbers", "0.7,0.3"), help="Comma-separated weights for several RMs, e.g. 0.7,0.3.")
+    backend: str = setting("auto", choices=("auto", "vllm", "hf", "openai"),
+                           help="auto: vllm when installed with a GPU, else hf.")
+    temperature: float = setting(1.0)
+    top_p: float = setting(1.0)
+    max_new_tokens: int = setting(128)
+    seed: int = setting(0)
+    stop: list[str] = setting(default_factory=list, multiple=True, help="Stop string; repeatable.")
+    long_prompt: str = setting("truncate", flag="--long-prompts", choices=("truncate", "skip"),
+                               help="A prompt longer than the context: left-truncate it, or skip it (reported either way).")
+    select: str = setting("best", help="best: the best candidate of each prompt as an SFT row (sft.jsonl); top-k:K: the "
+                                       "K best; pairs: only a best-vs-worst DPO pair per prompt (dpo.jsonl), no SFT rows.")
+    write_pairs: bool = setting(False, help="With best or top-k:K: also write each prompt's best-vs-worst DPO pair to "
+                                            "dpo.jsonl.")
+    min_reward: float | None = setting(None, type=float, help="Never select a candidate below this reward.")
+    min_margin: float | None = setting(None, type=float, help="Skip a DPO pair whose reward margin is below this "
+                                                              "(needs pairs: --select pairs or --write-pairs).")
+    dedup: bool = setting(False, help="Drop exact and near-duplicate candidates before selecting.")
+    length_normalize: bool = setting(False, help="Rank candidates by reward per token.")
+    batch_size: int = setting(64, fingerprint=False, help="Prompts per durable batch.")
+    resume: bool = setting(False, fingerprint=False, help="Continue an interrupted run in OUT.")
+    device: str = setting("auto", fingerprint=False, help="Device for the hf backend and the RMs.")
+    dtype: str = setting("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
+    prompt_format: str = setting("auto", flag="--format", choices=("auto", "prompts"))
+    limit: int | None = setting(None, type=int, help="Use only the first LIMIT prompts.")
+    reward_engine: str = setting("hf", choices=("hf", "vllm"),
+                                 help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
+    shard: str | None = setting(None, type=str, help="I/K: process only shard I (0-based) of K, for array jobs; merge "
+                                                     "with `bonsynth gather`.")
+    # backend-specific knobs (hf batch size, vLLM parallelism, openai base URL...): the CLI fills them from its
+    # backend flags; a base URL may carry credentials, so the manifest and repr redact it
+    backend_options: dict = setting(default_factory=dict, fingerprint=False, cli=False)
+    show_progress: bool = setting(True, fingerprint=False, flag="--quiet", invert=True, help="No progress bar.")
+    reward_dtype: str | None = setting(None, type=str, fingerprint="if_set",
+                                       help="dtype of the reward models (default: --dtype), e.g. bfloat16 RMs beside a "
+                                            "float32 policy.")
+    # rewards change only by float rounding with prefix sharing, so a resume may switch it
+    prefix_sharing: str | bool = setting("auto", fingerprint=False, choices=_PREFIX_MODES, help=PREFIX_SHARING_HELP)
+    trust_remote_code: bool = setting(False, fingerprint=False, negatable=True,
+                                      help="Run model code from the model directories (policy and RMs).")
+    allow_unsafe_weights: bool = setting(False, fingerprint=False, help=f"{UNSAFE_WEIGHTS_HELP} {_LOADING}")
+    max_model_len: int | None = setting(None, type=int, fingerprint="if_set",
+                                        help="vllm backend: context length, prompt plus new tokens (default: the "
+                                             "model's).")
+    enforce_eager: bool = setting(False, fingerprint=False,
+                                  help="vllm backend: no CUDA graphs (faster start, less GPU memory).")
+    # only decides whether a run stops, so a resume may raise it
+    max_nonfinite: float = setting(0.0, fingerprint=False, range=(0.0, 1.0),
+                                   help="Share of the run's candidates that may get a NaN/inf reward (never selected, "
+                                        "written as null) before the run stops with an error.")
+    skip_invalid: bool = setting(False, fingerprint="if_set",
+                                 help="Drop prompt rows that fail validation (each printed as file:line:field, listed "
+                                      "in the manifest) instead of stopping at the first.")
     # Speculative rejection (bonsynth.generate.prune): token counts at which partial replies are scored, and the
     # share of the running candidates kept at each; `prune_keep` alone prunes once, at max_new_tokens // 8.
-    prune_at: list[int] | None = None
-    prune_keep: float | None = None
+    prune_at: list[int] | None = setting(
+        None, fingerprint="if_set", manifest_if_set=True, parse=comma_list(int, "token counts", "16,48"),
+        help="Speculative rejection: comma-separated token counts (e.g. 16,48) at which the partial replies are scored "
+             "and the weakest stopped; needs --prune-keep.")
+    prune_keep: float | None = setting(
+        None, fingerprint="if_set", manifest_if_set=True, parse=number,
+        help="Share of the running candidates kept at each --prune-at point (ceil, at least 1), e.g. 0.25; alone it "
+             "prunes once, at max-new-tokens // 8.")
 
     def __repr__(self) -> str:  # backend_options may hold a base URL with credentials
         fields = redact(asdict(self))
         return f"GenerateConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
 
-    def validate(self) -> None:
+    def to_dict(self) -> dict:
+        """Every field, JSON-ready: what the loop hands its generation worker (`generate/worker.py`)."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict) -> GenerateConfig:
+        """The config `to_dict` wrote; an unknown or missing field is a one-line error naming it."""
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - names)
+        if unknown:
+            raise ConfigError(f"GenerateConfig has no field {', '.join(unknown)}")
+        missing = sorted(f.name for f in dataclasses.fields(cls) if is_required(f) and f.name not in data)
+        if missing:
+            raise ConfigError(f"GenerateConfig needs {', '.join(missing)}")
+        return cls(**data)
+
+    def __post_init__(self) -> None:
+        self.check()
+
+    def check(self) -> None:
+        """Every field's value, checked when the config is built: a bad one is a `FieldError` naming the field
+        (the CLI names its flag)."""
         if self.n < 1:
-            raise ConfigError(f"--n must be >= 1 (got {self.n})")
+            raise FieldError(f"`n` must be >= 1 (got {self.n})")
         mode, _ = parse_select(self.select)
         if (mode == "pairs" or self.write_pairs) and self.n < 2:
-            raise ConfigError(f"{'--select pairs' if mode == 'pairs' else '--write-pairs'} needs --n >= 2")
+            raise FieldError(f"{'`select` pairs' if mode == 'pairs' else '`write_pairs`'} needs `n` >= 2")
         if mode == "pairs" and self.write_pairs:
-            raise ConfigError("--write-pairs is for --select best or top-k:K; --select pairs always writes pairs")
+            raise FieldError("`write_pairs` is for `select` best or top-k:K; `select` pairs always writes pairs")
         if self.min_margin is not None and not (mode == "pairs" or self.write_pairs):
-            raise ConfigError("--min-margin filters DPO pairs, which this run does not write: use --select pairs, "
-                              "or add --write-pairs")
+            raise FieldError("`min_margin` filters DPO pairs, which this run does not write: use `select` pairs, "
+                             "or add `write_pairs`")
         if self.temperature < 0:
-            raise ConfigError("--temperature must be >= 0")
+            raise FieldError("`temperature` must be >= 0")
         if not 0 < self.top_p <= 1:
-            raise ConfigError("--top-p must be in (0, 1]")
+            raise FieldError("`top_p` must be in (0, 1]")
         if self.max_new_tokens < 1:
-            raise ConfigError("--max-new-tokens must be >= 1")
+            raise FieldError("`max_new_tokens` must be >= 1")
         if self.reward_engine not in ("hf", "vllm"):
-            raise ConfigError("--reward-engine must be hf or vllm")
+            raise FieldError("`reward_engine` must be hf or vllm")
         if self.long_prompt not in ("truncate", "skip"):
-            raise ConfigError("--long-prompts must be truncate or skip")
+            raise FieldError("`long_prompt` must be truncate or skip")
         if self.batch_size < 1:
-            raise ConfigError("--batch-size must be >= 1")
+            raise FieldError("`batch_size` must be >= 1")
         if self.limit is not None and self.limit < 1:
-            raise ConfigError(f"--limit must be >= 1 (got {self.limit}); leave it out to use every prompt")
+            raise FieldError(f"`limit` must be >= 1 (got {self.limit}); leave it out to use every prompt")
         if self.shard is not None:
             parse_shard(self.shard)
-        if not self.rewards:
-            raise ConfigError("at least one --reward model is needed")
         if self.reward_weights is not None and len(self.rewards) == 1:
-            raise ConfigError("--reward-weights needs two or more --reward models (a single RM's reward is used as "
-                              "it is); drop --reward-weights")
+            raise FieldError("`reward_weights` needs two or more `rewards` models (a single RM's reward is used as "
+                             "it is); drop `reward_weights`")
         if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
-            raise ConfigError(f"--reward-weights must be finite numbers (got {self.reward_weights})")
+            raise FieldError(f"`reward_weights` must be finite numbers (got {self.reward_weights})")
         if not (isinstance(self.max_nonfinite, (int, float)) and 0 <= self.max_nonfinite <= 1):
-            raise ConfigError(f"--max-nonfinite must be a share between 0 and 1 (got {self.max_nonfinite!r})")
+            raise FieldError(f"`max_nonfinite` must be a share between 0 and 1 (got {self.max_nonfinite!r})")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
-            raise ConfigError(f"--reward-weights has {len(self.reward_weights)} values for {len(self.rewards)} --reward models")
+            raise FieldError(f"`reward_weights` has {len(self.reward_weights)} values for {len(self.rewards)} "
+                             "`rewards` models")
         if self.reward_dtype is not None and str(self.reward_dtype).lower().removeprefix("torch.") not in _DTYPES:
-            raise ConfigError(f"--reward-dtype must be auto, float32, bfloat16 or float16 (got {self.reward_dtype!r})")
+            raise FieldError(f"`reward_dtype` must be auto, float32, bfloat16 or float16 (got {self.reward_dtype!r})")
         if not isinstance(self.prefix_sharing, bool) and self.prefix_sharing not in _PREFIX_MODES:
-            raise ConfigError(f"--prefix-sharing must be auto, on or off (got {self.prefix_sharing!r})")
+            raise FieldError(f"`prefix_sharing` must be auto, on or off (got {self.prefix_sharing!r})")
         max_len = self.max_model_len
         if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
-            raise ConfigError(f"--max-model-len must be a positive number of tokens (got {self.max_model_len!r})")
+            raise FieldError(f"`max_model_len` must be a positive number of tokens (got {self.max_model_len!r})")
         if self.backend in ("hf", "openai"):
             check_vllm_only(self, self.backend)
         self.prune()
+
+    def validate(self) -> None:
+        """What a run needs beyond valid fields (checked by every engine before it starts): a reward model.
+        (A config without one still builds: `prompts synth` uses the policy half alone.)"""
+        self.check()
+        if not self.rewards:
+            raise FieldError("at least one `rewards` model is needed")
 
     def prune(self) -> PruneConfig | None:
         """The prune schedule (None: plain best-of-N); a bad value is a one-line error naming the flag."""
@@ -168,12 +231,9 @@ class GenerateConfig:
 
     def fingerprinted(self) -> dict:
         """The fields that decide what the run writes (a --resume must match them)."""
-        d = {k: v for k, v in asdict(self).items() if k not in NOT_IN_FINGERPRINT}
+        d = fingerprint_view(self)
         if d.get("reward_dtype") == self.dtype:
-            d["reward_dtype"] = None  # spelled out or defaulted, the RMs run in the same dtype
-        for key in _FINGERPRINT_IF_SET:
-            if d.get(key) is None or d.get(key) is False:
-                d.pop(key, None)
+            d.pop("reward_dtype")  # spelled out or defaulted, the RMs run in the same dtype
         return d
 
     def fingerprint(self) -> str:
@@ -181,12 +241,15 @@ class GenerateConfig:
         return hashlib.sha256(json.dumps(d, sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
+NOT_IN_FINGERPRINT = not_fingerprinted(GenerateConfig)
+MANIFEST_IF_SET = names_where(GenerateConfig, lambda s: s.manifest_if_set)
+
+
 def check_vllm_only(cfg: GenerateConfig, backend: str) -> None:
     """--max-model-len and --enforce-eager are vLLM engine settings: an error, not a silent no-op, elsewhere."""
-    given = [flag for flag, value in (("--max-model-len", cfg.max_model_len), ("--enforce-eager", cfg.enforce_eager))
-             if value]
+    given = [f"`{name}`" for name in ("max_model_len", "enforce_eager") if getattr(cfg, name)]
     if given and backend != "vllm":
-        raise ConfigError(f"{' and '.join(given)} only apply to the vllm backend (this run uses {backend})")
+        raise FieldError(f"{' and '.join(given)} only apply to the vllm backend (this run uses {backend})")
 
 
 def parse_shard(spec: str) -> tuple[int, int]:
@@ -194,9 +257,9 @@ def parse_shard(spec: str) -> tuple[int, int]:
     try:
         i, k = (int(x) for x in spec.split("/"))
     except ValueError:
-        raise ConfigError(f"--shard must look like I/K (e.g. 0/4), got {spec!r}") from None
+        raise FieldError(f"`shard` must look like I/K (e.g. 0/4), got {spec!r}") from None
     if not (k >= 1 and 0 <= i < k):
-        raise ConfigError(f"--shard {spec}: need 0 <= I < K")
+        raise FieldError(f"`shard` {spec}: need 0 <= I < K")
     return i, k
 
 
@@ -398,7 +461,7 @@ def compose_manifest(config: dict, out: Path, backend: dict, models: dict, versi
     pruning = config.get("prune_at") is not None or config.get("prune_keep") is not None
     counts, summary = summarize(outputs.iter_jsonl(out / outputs.CANDIDATES), config["n"], pruning=pruning)
     config = redact({k: v for k, v in config.items() if k not in ("resume", "show_progress")
-                     and not (k in _MANIFEST_IF_SET and v is None)})
+                     and not (k in MANIFEST_IF_SET and v is None)})
     config["out"] = str(Path(config["out"]))
     return {
         "bonsynth_manifest": 1,

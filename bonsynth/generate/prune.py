@@ -29,7 +29,6 @@ from dataclasses import dataclass
 from typing import Any
 
 from bonsynth.data.records import PromptRecord
-from bonsynth.errors import ConfigError
 from bonsynth.generate.backends.base import (
     Completion,
     Continuation,
@@ -39,6 +38,7 @@ from bonsynth.generate.backends.base import (
     cut_at_stop,
 )
 from bonsynth.generate.seeding import segment_seed
+from bonsynth.settings import FieldError
 
 # Scores (prompts, partial texts) -> an object with `combined` and `per_model`, as `Scorer.score` returns; the step
 # (`bonsynth.generate.step`, the one place that calls a scorer) passes its scorer's.
@@ -76,36 +76,45 @@ class PruneConfig:
         if prune_at is None and prune_keep is None:
             return None
         if prune_keep is None:
-            raise ConfigError("--prune-at needs --prune-keep F (the share of candidates kept at each point)")
+            raise FieldError("`prune_at` needs `prune_keep` F (the share of candidates kept at each point)")
         if isinstance(prune_keep, bool) or not isinstance(prune_keep, (int, float)) or not 0 < prune_keep <= 1:
-            raise ConfigError(f"--prune-keep must be a share in (0, 1] (got {prune_keep!r})")
+            raise FieldError(f"`prune_keep` must be a share in (0, 1] (got {prune_keep!r})")
         if prune_at is None:
             points: tuple[int, ...] = (auto_point(max_new_tokens),)
             if points[0] >= max_new_tokens:
-                raise ConfigError(f"--prune-keep: --max-new-tokens {max_new_tokens} leaves no room for a prune point "
+                raise FieldError(f"`prune_keep`: `max_new_tokens` {max_new_tokens} leaves no room for a prune point "
                                   "(needs at least 2)")
             return cls(points=points, keep=float(prune_keep))
         pts = list(prune_at)
         if not pts:
-            raise ConfigError("--prune-at needs at least one token count, e.g. --prune-at 16,48")
+            raise FieldError("`prune_at` needs at least one token count, e.g. 16,48")
         if any(isinstance(t, bool) or not isinstance(t, int) or t < 1 for t in pts):
-            raise ConfigError(f"--prune-at must be positive token counts (got {pts})")
+            raise FieldError(f"`prune_at` must be positive token counts (got {pts})")
         if any(b <= a for a, b in zip(pts, pts[1:], strict=False)):
-            raise ConfigError(f"--prune-at must be strictly increasing (got {pts})")
+            raise FieldError(f"`prune_at` must be strictly increasing (got {pts})")
         if pts[-1] >= max_new_tokens:
-            raise ConfigError(f"--prune-at {pts[-1]} is not below --max-new-tokens {max_new_tokens}: a point must "
+            raise FieldError(f"`prune_at` {pts[-1]} is not below `max_new_tokens` {max_new_tokens}: a point must "
                               "come before the end of the reply")
         return cls(points=tuple(pts), keep=float(prune_keep))
 
+    @classmethod
+    def for_budget(cls, prune_at: Sequence[int] | None, prune_keep: float | None,
+                   max_new_tokens: int) -> PruneConfig | None:
+        """The schedule for one reply budget, where budgets differ per request (`bonsynth serve`): points at or
+        past the budget are dropped (a short reply is pruned only at the points it reaches), and a budget
+        too short for any point is plain best-of-N (None)."""
+        if prune_keep is None:
+            return None
+        if prune_at is None:
+            return cls.resolve(None, prune_keep, max_new_tokens) if auto_point(max_new_tokens) < max_new_tokens else None
+        points = [t for t in prune_at if t < max_new_tokens]
+        return cls.resolve(points, prune_keep, max_new_tokens) if points else None
 
-def parse_points(value: str | None) -> list[int] | None:
-    """`--prune-at T1,T2,...` as a list of ints (None when not given); a bad value is a one-line error."""
-    if value is None:
-        return None
-    try:
-        return [int(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--prune-at must be comma-separated token counts, e.g. 16,48 (got {value!r})") from None
+    def survivors(self, n: int) -> int:
+        """The fewest of n candidates that can finish: every point keeps ceil(keep x running), at least 1."""
+        for _ in self.points:
+            n = kept_count(self.keep, n)
+        return n
 
 
 @dataclass
@@ -121,6 +130,8 @@ class _Candidate:
     @property
     def running(self) -> bool:
         return self.finish_reason is None
+
+
 
 
 def _rank_key(reward: float, index: int) -> tuple[float, int]:

@@ -78,15 +78,12 @@ UPDATE_METHODS = ("sft", "dpo")
 DPO_LOSS_TYPES = ("sigmoid", "hinge", "ipo", "exo_pair", "nca_pair", "robust", "bco_pair", "sppo_hard", "aot",
                   "aot_unpaired", "apo_zero", "apo_down", "discopop", "sft", "sigmoid_norm")
 LOOP_BACKENDS = ("auto", "hf", "vllm")
-# Recipe keys that do not change what a loop writes: a resumed loop may change them. As in GenerateConfig, the
-# loading options only decide whether a model may be loaded, and prefix sharing changes rewards only by rounding.
-NOT_IN_FINGERPRINT = {"out", "rounds", "trust_remote_code", "allow_unsafe_weights"}
-_NOT_IN_FINGERPRINT_NESTED = {"generation": {"subprocess", "batch_size", "gen_batch_size",
-                                             "gpu_memory_utilization", "prefix_sharing", "enforce_eager"}}
-# Keys that do change outputs but are left out while unset, so loops started before they existed still resume.
-_FINGERPRINT_IF_SET_NESTED = {"generation": ("reward_dtype", "max_model_len", "prune_at", "prune_keep"),
-                              "eval": ("judge", "judge_weights")}
-_FINGERPRINT_IF_SET = ("control",)
+# A field's role in the loop's fingerprint is marked on the field: `NOT_FP` keys do not change what a loop writes
+# (a resumed loop may change them; as in GenerateConfig, the loading options only decide whether a model may be
+# loaded, and prefix sharing changes rewards only by rounding); `IF_SET` keys do, but are left out while unset,
+# so loops started before they existed still resume.
+NOT_FP: dict[str, Any] = {"json_schema_extra": {"fingerprint": False}}
+IF_SET: dict[str, Any] = {"json_schema_extra": {"fingerprint": "if_set"}}
 VLLM_ONLY = ("max_model_len", "enforce_eager")  # generation keys that only the vllm backend reads
 
 
@@ -130,18 +127,18 @@ class GenerationSection(_Section):
     backend: str = "auto"
     long_prompts: Literal["truncate", "skip"] = "truncate"  # prompts longer than the policy's context
     reward_engine: Literal["hf", "vllm"] = "hf"  # score with bonsynth's engine or vLLM's pooling runner
-    batch_size: int = Field(64, ge=1)  # prompts per durable (resumable) batch
-    gen_batch_size: int | None = Field(None, ge=1)  # hf: prompts per generate() call
+    batch_size: int = Field(64, ge=1, **NOT_FP)  # prompts per durable (resumable) batch
+    gen_batch_size: int | None = Field(None, ge=1, **NOT_FP)  # hf: prompts per generate() call
     tensor_parallel_size: int | None = Field(None, ge=1)  # vllm
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1)  # vllm
-    subprocess: bool | None = None  # run generation in a child process; default: only for vllm
-    prefix_sharing: Literal["auto", "on", "off"] = "auto"  # RM prefix sharing (as `generate --prefix-sharing`)
-    reward_dtype: str | None = None  # the RMs' dtype; None: the recipe's `dtype`
-    max_model_len: int | None = Field(None, ge=1)  # vllm: context length (prompt + new tokens)
-    enforce_eager: bool = False  # vllm: no CUDA graphs (faster start, less GPU memory)
+    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, **NOT_FP)  # vllm
+    subprocess: bool | None = Field(None, **NOT_FP)  # run generation in a child process; default: only for vllm
+    prefix_sharing: Literal["auto", "on", "off"] = Field("auto", **NOT_FP)  # RM prefix sharing (as `generate --prefix-sharing`)
+    reward_dtype: str | None = Field(None, **IF_SET)  # the RMs' dtype; None: the recipe's `dtype`
+    max_model_len: int | None = Field(None, ge=1, **IF_SET)  # vllm: context length (prompt + new tokens)
+    enforce_eager: bool = Field(False, **NOT_FP)  # vllm: no CUDA graphs (faster start, less GPU memory)
     # Speculative rejection for each round's best-of-N (as `generate --prune-at/--prune-keep`; never for eval).
-    prune_at: list[int] | None = None
-    prune_keep: float | None = None
+    prune_at: list[int] | None = Field(None, **IF_SET)
+    prune_keep: float | None = Field(None, **IF_SET)
 
     @field_validator("backend")
     @classmethod
@@ -171,14 +168,13 @@ class GenerationSection(_Section):
 
     @model_validator(mode="after")
     def _prune(self) -> GenerationSection:
-        """The schedule is checked as `generate` checks it (the messages name the CLI flags' recipe keys)."""
+        """The schedule is checked as `generate` checks it (the messages name the fields, this section's keys)."""
         from bonsynth.generate.prune import PruneConfig
 
         try:
             PruneConfig.resolve(self.prune_at, self.prune_keep, self.max_new_tokens)
         except ConfigError as e:
-            raise ValueError(str(e).replace("--prune-at", "prune_at").replace("--prune-keep", "prune_keep")
-                             .replace("--max-new-tokens", "max_new_tokens")) from None
+            raise ValueError(str(e)) from None  # a FieldError: it names the fields, the recipe's keys
         return self
 
     @model_validator(mode="after")
@@ -280,8 +276,8 @@ class EvalSection(_Section):
     max_new_tokens: int | None = Field(None, ge=1)
     rewards: list[str] | None = None  # default: the recipe's `rewards` (the initial RMs, a fixed yardstick)
     reward_weights: list[float] | None = None
-    judge: list[str] | None = None  # gold judge RM(s): never select, only measure
-    judge_weights: list[float] | None = None
+    judge: list[str] | None = Field(None, **IF_SET)  # gold judge RM(s): never select, only measure
+    judge_weights: list[float] | None = Field(None, **IF_SET)
 
     @field_validator("prompts", "rewards", "judge", mode="before")
     @classmethod
@@ -290,25 +286,25 @@ class EvalSection(_Section):
 
 
 class LoopRecipe(_Section):
-    out: str
+    out: str = Field(**NOT_FP)
     seed: int = 0
     policy: str
     rewards: list[str]
     reward_weights: list[float] | None = None
     prompts: list[str | PromptSynthItem]
     prompt_format: Literal["auto", "prompts"] = "auto"
-    rounds: int = Field(ge=1)
+    rounds: int = Field(ge=1, **NOT_FP)  # a resumed loop may run more rounds
     prompts_per_round: int | Literal["all"] = "all"
     device: str = "auto"
     dtype: str = "auto"
-    trust_remote_code: bool = False  # every policy/RM load of the loop may run model code from its directory
-    allow_unsafe_weights: bool = False  # every policy/RM load may read pickle weights (default: safetensors only)
+    trust_remote_code: bool = Field(False, **NOT_FP)  # every policy/RM load of the loop may run model code from its directory
+    allow_unsafe_weights: bool = Field(False, **NOT_FP)  # every policy/RM load may read pickle weights (default: safetensors only)
     generation: GenerationSection = Field(default_factory=GenerationSection)
     selection: SelectionSection = Field(default_factory=SelectionSection)
     update: UpdateSection
     rm_update: RMUpdateSection | None = None
     eval: EvalSection = Field(default_factory=EvalSection)
-    control: Literal["random"] | None = None  # a control arm trained on random candidates
+    control: Literal["random"] | None = Field(None, **IF_SET)  # a control arm trained on random candidates
     name: str | None = None
     description: str | None = None
 
@@ -391,22 +387,22 @@ class LoopRecipe(_Section):
 
 def fingerprint_view(recipe: LoopRecipe) -> dict:
     """The recipe settings that decide what a loop writes (so a resume may change only the others)."""
-    d = recipe.model_dump(mode="json")
-    for key in NOT_IN_FINGERPRINT:
-        d.pop(key, None)
-    for section, keys in _NOT_IN_FINGERPRINT_NESTED.items():
-        for k in keys:
-            d[section].pop(k, None)
+    d = _drop_marked(recipe, recipe.model_dump(mode="json"))
     if d["generation"].get("reward_dtype") == recipe.dtype:
-        d["generation"]["reward_dtype"] = None  # spelled out or defaulted, the RMs run in the same dtype
-    for section, keys in _FINGERPRINT_IF_SET_NESTED.items():
-        for k in keys:
-            if d[section].get(k) is None:
-                d[section].pop(k, None)
-    for k in _FINGERPRINT_IF_SET:
-        if d.get(k) is None:
-            d.pop(k, None)
+        d["generation"].pop("reward_dtype")  # spelled out or defaulted, the RMs run in the same dtype
     return d
+
+
+def _drop_marked(model: BaseModel, dumped: dict) -> dict:
+    """`dumped` without the fields marked NOT_FP, or IF_SET while None, in `model` and its sections."""
+    for name, info in type(model).model_fields.items():
+        mark = (info.json_schema_extra or {}).get("fingerprint", True) if isinstance(info.json_schema_extra, dict) else True
+        value = getattr(model, name)
+        if mark is False or (mark == "if_set" and value is None):
+            dumped.pop(name, None)
+        elif isinstance(value, BaseModel):
+            _drop_marked(value, dumped[name])
+    return dumped
 
 
 # ------------------------------------------------------------------------------------------------ loading

@@ -26,8 +26,9 @@ batch (run_generate's own resume), and an interrupted update trains again from t
 reproduces it (training is seeded and, on the CPU, deterministic). Every seed derives from the recipe seed
 and the round index, so a loop is reproducible from its recipe.
 
-With the vLLM backend, each generation runs in a child process (`python -m bonsynth generate ... --resume`),
-so the engine's GPU memory is returned to the driver before training starts.
+With the vLLM backend, each generation runs in a child process (`python -m bonsynth.generate.worker`, given
+the generation's config on stdin, resuming), so the engine's GPU memory is returned to the driver before
+training starts.
 """
 
 from __future__ import annotations
@@ -57,8 +58,8 @@ SUMMARY_FILE = "loop_summary.json"
 RECIPE_COPY = "recipe.yaml"
 STATE_VERSION = 1
 
-# Runs before `python -m bonsynth generate`: the child dies with the loop process (Linux), so a killed loop
-# never leaves a generator writing into a directory that a resumed loop is about to continue.
+# Runs before `python -m bonsynth.generate.worker`: the child dies with the loop process (Linux), so a killed
+# loop never leaves a generator writing into a directory that a resumed loop is about to continue.
 _LAUNCHER = """\
 import ctypes, os, signal, sys
 parent = int(sys.argv[1])
@@ -69,7 +70,7 @@ if sys.platform.startswith("linux"):
         pass
 if os.getppid() != parent:
     sys.exit(1)
-os.execv(sys.executable, [sys.executable, "-m", "bonsynth", *sys.argv[2:]])
+os.execv(sys.executable, [sys.executable, "-m", "bonsynth.generate.worker"])
 """
 
 
@@ -93,70 +94,14 @@ def _read_json(path: Path) -> dict:
     return json.loads(path.read_text(encoding="utf-8"))
 
 
-def generate_argv(cfg: GenerateConfig) -> list[str]:
-    """`bonsynth generate` arguments that rebuild exactly `cfg` (so the child's resume fingerprint matches)."""
-    argv = ["generate", "--policy", cfg.policy]
-    for r in cfg.rewards:
-        argv += ["--reward", r]
-    if cfg.reward_weights is not None:
-        argv += ["--reward-weights", ",".join(repr(float(w)) for w in cfg.reward_weights)]
-    argv += ["--prompts", cfg.prompts, "--out", cfg.out, "--n", str(cfg.n), "--backend", cfg.backend,
-             "--temperature", repr(cfg.temperature), "--top-p", repr(cfg.top_p),
-             "--max-new-tokens", str(cfg.max_new_tokens), "--seed", str(cfg.seed), "--select", cfg.select,
-             "--batch-size", str(cfg.batch_size), "--device", cfg.device, "--dtype", cfg.dtype,
-             "--format", cfg.prompt_format]
-    for s in cfg.stop:
-        argv += ["--stop", s]
-    argv += ["--long-prompts", cfg.long_prompt, "--reward-engine", cfg.reward_engine]
-    if cfg.skip_invalid:
-        argv.append("--skip-invalid")
-    if cfg.max_nonfinite:
-        argv += ["--max-nonfinite", repr(float(cfg.max_nonfinite))]
-    if cfg.limit is not None:
-        argv += ["--limit", str(cfg.limit)]
-    if cfg.shard is not None:
-        argv += ["--shard", cfg.shard]
-    if cfg.min_reward is not None:
-        argv += ["--min-reward", repr(cfg.min_reward)]
-    if cfg.min_margin is not None:
-        argv += ["--min-margin", repr(cfg.min_margin)]
-    if cfg.write_pairs:
-        argv.append("--write-pairs")
-    if cfg.dedup:
-        argv.append("--dedup")
-    if cfg.length_normalize:
-        argv.append("--length-normalize")
-    flags = {"batch_size": "--gen-batch-size", "tensor_parallel_size": "--tensor-parallel-size",
-             "gpu_memory_utilization": "--gpu-memory-utilization"}
-    for key, flag in flags.items():
-        if cfg.backend_options.get(key) is not None:
-            argv += [flag, str(cfg.backend_options[key])]
-    if cfg.reward_dtype is not None:
-        argv += ["--reward-dtype", cfg.reward_dtype]
-    if cfg.prefix_sharing != "auto":
-        mode = cfg.prefix_sharing
-        argv += ["--prefix-sharing", mode if isinstance(mode, str) else ("on" if mode else "off")]
-    if cfg.max_model_len is not None:
-        argv += ["--max-model-len", str(cfg.max_model_len)]
-    if cfg.prune_at is not None:
-        argv += ["--prune-at", ",".join(str(t) for t in cfg.prune_at)]
-    if cfg.prune_keep is not None:
-        argv += ["--prune-keep", repr(float(cfg.prune_keep))]
-    for key in ("trust_remote_code", "allow_unsafe_weights", "enforce_eager"):
-        if getattr(cfg, key):
-            argv.append("--" + key.replace("_", "-"))
-    if cfg.resume:
-        argv.append("--resume")
-    if not cfg.show_progress:
-        argv.append("--quiet")
-    return argv
-
-
 def run_generate_subprocess(cfg: GenerateConfig) -> None:
-    """Run one generation in a child process; its memory (a vLLM engine's GPU memory) goes when it exits."""
-    cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid()), *generate_argv(cfg)]
+    """Run one generation in a child process; its memory (a vLLM engine's GPU memory) goes when it exits.
+
+    The child (`bonsynth.generate.worker`) reads the config itself on stdin, so it runs exactly `cfg`."""
+    cmd = [sys.executable, "-c", _LAUNCHER, str(os.getpid())]
     stdout = sys.stderr if _has_fileno(sys.stderr) else None  # the child's summary table is progress, not output
-    proc = subprocess.run(cmd, stdout=stdout, check=False)
+    payload = json.dumps({"generate_config": cfg.to_dict()})
+    proc = subprocess.run(cmd, input=payload, text=True, stdout=stdout, check=False)
     if proc.returncode == 2:
         raise BonsynthError(f"generation into {cfg.out} failed (see the error above)")
     if proc.returncode != 0:

@@ -22,7 +22,7 @@ import random
 import sys
 import time
 import warnings
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +30,7 @@ from bonsynth.errors import ConfigError, InputError
 from bonsynth.modelref import is_hub_id
 from bonsynth.models import checkpointing_args
 from bonsynth.rm.meta import RMMeta, file_sha256
+from bonsynth.settings import FieldError, setting
 
 TRAIN_OBJECTIVES = ("pairwise", "binary", "ranked")
 # transformers' scheduler names that make sense for a short fine-tune (`--lr-scheduler`)
@@ -45,49 +46,68 @@ log = logging.getLogger(__name__)
 _STATS_SAMPLE = 512  # examples scored for mean/std (and train metrics) when there is no eval split
 
 
+SKIP_INVALID_HELP = ("Drop rows that fail validation instead of stopping at the first: each is printed on stderr "
+                     "(file:line: field), and their count and lines are recorded in the output.")
+
+
 @dataclass
 class RMTrainConfig:
-    """Options of `bonsynth rm train` (the CLI passes its flags by name)."""
+    """Options of `bonsynth rm train`: each field says its flag and help (`bonsynth.settings`), and the CLI's
+    options are generated from them; `cli=False` fields are library and benchmark knobs."""
 
-    base: str
-    data: list[str]
-    objective: str
-    out: str | Path
-    fmt: str = "auto"
-    epochs: float = 1.0
-    lr: float = 5e-5
-    batch_size: int = 8
-    grad_accum: int = 1
-    max_length: int = 512
-    lora_r: int = 0
-    eval_split: float = 0.1
-    seed: int = 42
-    report_to: str = "none"
-    trust_remote_code: bool = False
-    skip_invalid: bool = False  # drop rows that fail validation (reported, counted in the summary) instead of failing
-    overwrite: bool = False  # replace a non-empty `out` (only once the new model is complete)
-    warmup_ratio: float = 0.0  # share of the optimiser steps with a linear warm-up
-    lr_scheduler: str = "linear"  # transformers' scheduler name (LR_SCHEDULERS)
-    center_rewards: float | None = None  # TRL's center_rewards_coefficient: + c * mean((r+ + r-)^2) in the loss
-    eval_every: int | str = 0  # evaluate every N optimiser steps, or "epoch", and keep the best checkpoint (0: off)
-    early_stopping: int = 0  # stop after this many evaluations without a better one (0: off; needs eval_every)
-    seeds: list[int] | None = None  # WARM: train one member per seed (same split), then average their weights
-    average: str | None = None  # how the members are averaged: linear (the default with --seeds)
-    keep_members: bool = False  # also keep each member under OUT/members/seed-K
+    base: str = setting(help="Path or hub id of the base model.")
+    data: list[str] = setting(multiple=True, help="Training data file(s); repeatable.")
+    objective: str = setting(choices=TRAIN_OBJECTIVES)
+    out: str | Path = setting(metavar="DIR")
+    fmt: str = setting("auto", flag="--format", choices=("auto", "pairwise", "binary", "ranked", "prompts"),
+                       help="Override kind detection.")
+    epochs: float = setting(1.0)
+    lr: float = setting(5e-5)
+    batch_size: int = setting(8)
+    grad_accum: int = setting(1)
+    max_length: int = setting(512)
+    lora_r: int = setting(0, help="LoRA rank (0 = full fine-tune).")
+    eval_split: float = setting(0.1)
+    seed: int = setting(42)
+    report_to: str = setting("none", help="Trainer report_to (none, tensorboard, wandb).")
+    trust_remote_code: bool = setting(False, negatable=True)
+    # drop rows that fail validation (reported, counted in the summary) instead of failing
+    skip_invalid: bool = setting(False, help=SKIP_INVALID_HELP)
+    overwrite: bool = setting(False, help="Replace a non-empty --out (once the new model is complete).")
+    warmup_ratio: float = setting(0.0, help="Share of the optimiser steps spent warming the learning rate up from 0.")
+    lr_scheduler: str = setting("linear", choices=LR_SCHEDULERS,
+                                help="Learning-rate schedule after the warm-up (transformers' names).")
+    center_rewards: float | None = setting(
+        None, type=float, help="TRL's center_rewards_coefficient: adds c * mean((r+ + r-)^2) to the loss, pulling "
+                               "rewards towards 0 (pairwise and ranked; TRL suggests 0.01).")
+    eval_every: int | str = setting(
+        0, type=str, metavar="STEPS|epoch",
+        help="Measure the eval split every N optimiser steps or every epoch (and at the end); keep the best "
+             "checkpoint by eval accuracy (0 = off: keep the last).")
+    early_stopping: int = setting(0, help="Stop after this many --eval-every evaluations without a better one "
+                                          "(0 = off).")
+    seeds: list[int] | None = setting(
+        None, type=str, metavar="S1,S2,...",
+        help="WARM: train one member per seed on the same split and average their weights into --out.")
+    average: str | None = setting(None, choices=AVERAGE_METHODS,
+                                  help="How --seeds members are averaged (bonsynth merge's method; default linear).")
+    keep_members: bool = setting(False, help="With --seeds: also keep each member under OUT/members/seed-K.")
     # not on the command line: library / benchmark knobs
-    allow_unsafe_weights: bool = False  # also load a pickle-only base (the loop's rm_update, when its recipe opts in)
-    lora_alpha: int | None = None  # default 2 * lora_r
-    lora_dropout: float = 0.0
-    lora_target_modules: list[str] | str | None = None  # default: peft's choice for the architecture
-    weight_decay: float = 0.0
-    logging_steps: int = 10
-    eval_batch_size: int | None = None
-    gradient_checkpointing: bool = False
-    disable_tqdm: bool | None = None
-    init_seed: int | None = None  # the eval split and the new head's draw (default: `seed`); WARM members share
-    # the run's, so they start from one point and differ only in data order (Ramé et al.: a shared init keeps the
-    # members in one basin, where averaging their weights works)
-    extra: dict = field(default_factory=dict)  # free-form notes stored in bonsynth_rm.json
+    # also load a pickle-only base (the loop's rm_update, when its recipe opts in)
+    allow_unsafe_weights: bool = setting(False, cli=False)
+    lora_alpha: int | None = setting(None, cli=False)  # default 2 * lora_r
+    lora_dropout: float = setting(0.0, cli=False)
+    lora_target_modules: list[str] | str | None = setting(None, cli=False)  # default: peft's choice
+    weight_decay: float = setting(0.0, cli=False)
+    logging_steps: int = setting(10, cli=False)
+    eval_batch_size: int | None = setting(None, cli=False)
+    gradient_checkpointing: bool = setting(False, cli=False)
+    disable_tqdm: bool | None = setting(None, cli=False)
+    # the eval split and the new head's draw (default: `seed`); WARM members share the run's, so they start from
+    # one point and differ only in data order (Ramé et al.: a shared init keeps the members in one basin, where
+    # averaging their weights works)
+    init_seed: int | None = setting(None, cli=False)
+    extra: dict = setting(default_factory=dict, cli=False)  # free-form notes stored in bonsynth_rm.json
 
     def __post_init__(self) -> None:
         if isinstance(self.data, (str, Path)):
@@ -95,48 +115,52 @@ class RMTrainConfig:
         self.data = [str(d) for d in self.data]
         self.eval_every = _eval_every(self.eval_every)
         checks = [
-            (self.objective in TRAIN_OBJECTIVES, f"unknown objective {self.objective!r}; expected one of {', '.join(TRAIN_OBJECTIVES)}"),
-            (bool(self.data), "no training data: give at least one --data file"),
-            (self.epochs > 0, f"--epochs must be positive, got {self.epochs}"),
-            (self.lr > 0, f"--lr must be positive, got {self.lr}"),
-            (self.batch_size >= 1, f"--batch-size must be at least 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"--grad-accum must be at least 1, got {self.grad_accum}"),
-            (self.max_length >= 2, f"--max-length must be at least 2, got {self.max_length}"),
-            (self.lora_r >= 0, f"--lora-r must be 0 (off) or positive, got {self.lora_r}"),
-            (0 <= self.eval_split < 1, f"--eval-split must be in [0, 1), got {self.eval_split}"),
-            (self.logging_steps >= 1, f"logging_steps must be at least 1, got {self.logging_steps}"),
-            (0 <= self.warmup_ratio < 1, f"--warmup-ratio must be in [0, 1), got {self.warmup_ratio}"),
+            (self.objective in TRAIN_OBJECTIVES,
+             f"unknown `objective` {self.objective!r}; expected one of {', '.join(TRAIN_OBJECTIVES)}"),
+            (bool(self.data), "no training data: give at least one `data` file"),
+            (self.epochs > 0, f"`epochs` must be positive, got {self.epochs}"),
+            (self.lr > 0, f"`lr` must be positive, got {self.lr}"),
+            (self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}"),
+            (self.grad_accum >= 1, f"`grad_accum` must be at least 1, got {self.grad_accum}"),
+            (self.max_length >= 2, f"`max_length` must be at least 2, got {self.max_length}"),
+            (self.lora_r >= 0, f"`lora_r` must be 0 (off) or positive, got {self.lora_r}"),
+            (0 <= self.eval_split < 1, f"`eval_split` must be in [0, 1), got {self.eval_split}"),
+            (self.logging_steps >= 1, f"`logging_steps` must be at least 1, got {self.logging_steps}"),
+            (0 <= self.warmup_ratio < 1, f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}"),
             (self.lr_scheduler in LR_SCHEDULERS,
-             f"--lr-scheduler {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
+             f"`lr_scheduler` {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
             (self.center_rewards is None or (math.isfinite(self.center_rewards) and self.center_rewards >= 0),
-             f"--center-rewards must be a coefficient >= 0, got {self.center_rewards}"),
+             f"`center_rewards` must be a coefficient >= 0, got {self.center_rewards}"),
             (self.center_rewards is None or self.objective != "binary",
-             "--center-rewards applies to the pairwise and ranked losses, not to --objective binary"),
+             "`center_rewards` applies to the pairwise and ranked losses, not to `objective` binary"),
             (self.eval_every == 0 or self.eval_split > 0,
-             "--eval-every needs an eval split to measure on (--eval-split > 0)"),
-            (self.early_stopping >= 0, f"--early-stopping must be 0 (off) or a patience, got {self.early_stopping}"),
+             "`eval_every` needs an eval split to measure on (`eval_split` > 0)"),
+            (self.early_stopping >= 0, f"`early_stopping` must be 0 (off) or a patience, got {self.early_stopping}"),
             (self.early_stopping == 0 or self.eval_every != 0,
-             "--early-stopping counts evaluations: give --eval-every too"),
+             "`early_stopping` counts evaluations: give `eval_every` too"),
         ]
         for ok, message in checks:
             if not ok:
-                raise ConfigError(message)
+                raise FieldError(message)
         self._check_members()
 
     def _check_members(self) -> None:
         if self.seeds is not None:
-            seeds = [int(x) for x in (self.seeds.split(",") if isinstance(self.seeds, str) else self.seeds)]
+            try:
+                seeds = [int(x) for x in (self.seeds.split(",") if isinstance(self.seeds, str) else self.seeds)]
+            except ValueError:
+                raise FieldError(f"`seeds` must be comma-separated integers, e.g. 0,1,2 (got {self.seeds!r})") from None
             if len(seeds) < 2 or len(set(seeds)) != len(seeds):
-                raise ConfigError(f"--seeds needs two or more different seeds to average, got {self.seeds!r}")
+                raise FieldError(f"`seeds` needs two or more different seeds to average, got {self.seeds!r}")
             self.seeds = seeds
             self.average = self.average or "linear"
         if self.average is not None:
             if self.average not in AVERAGE_METHODS:
-                raise ConfigError(f"--average {self.average!r} is not one of {', '.join(AVERAGE_METHODS)}")
+                raise FieldError(f"`average` {self.average!r} is not one of {', '.join(AVERAGE_METHODS)}")
             if self.seeds is None:
-                raise ConfigError("--average averages the members that --seeds trains: give --seeds too")
+                raise FieldError("`average` averages the members that `seeds` trains: give `seeds` too")
         if self.keep_members and self.seeds is None:
-            raise ConfigError("--keep-members keeps the members that --seeds trains: give --seeds too")
+            raise FieldError("`keep_members` keeps the members that `seeds` trains: give `seeds` too")
 
     def member(self, seed: int) -> RMTrainConfig:
         """One WARM member: this run with its own seed, on the run's eval split."""
@@ -165,7 +189,7 @@ def _eval_every(value: int | str) -> int | str:
     except (TypeError, ValueError):
         steps = -1
     if steps < 0 or isinstance(value, bool) or (isinstance(value, float) and not value.is_integer()):
-        raise ConfigError(f"--eval-every must be 0 (off), a number of steps or 'epoch', got {value!r}")
+        raise FieldError(f"`eval_every` must be 0 (off), a number of steps or 'epoch', got {value!r}")
     return steps
 
 

@@ -15,7 +15,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from bonsynth.errors import ConfigError
+from bonsynth.settings import FieldError
 
 _WS = re.compile(r"\s+")
 
@@ -52,7 +52,7 @@ def parse_select(spec: str) -> tuple[str, int]:
     m = re.fullmatch(r"top-k:(\d+)", spec)
     if m and int(m.group(1)) >= 1:
         return "top-k", int(m.group(1))
-    raise ConfigError(f"unknown --select {spec!r}; use best, pairs or top-k:K (K >= 1)")
+    raise FieldError(f"unknown `select` {spec!r}; use best, pairs or top-k:K (K >= 1)")
 
 
 @dataclass

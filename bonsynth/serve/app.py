@@ -220,9 +220,12 @@ def bonsynth_object(outcome: Outcome, with_candidates: bool) -> dict[str, Any]:
                    "total_s": round(outcome.total_s, 6), "generate_batch_requests": outcome.generate_batch,
                    "rm_batch_candidates": outcome.rm_batch},
     }
+    pruning = any("pruned_at" in c for c in outcome.row["candidates"])
+    if pruning:  # speculative rejection: how many candidates stopped early (their tokens count in usage)
+        extra["pruned"] = sum(c["pruned_at"] is not None for c in outcome.row["candidates"])
     if with_candidates:
-        extra["candidates"] = [{k: c[k] for k in ("index", "text", "reward", "rewards", "finish_reason",
-                                                  "num_tokens")} for c in outcome.row["candidates"]]
+        keys = ("index", "text", "reward", "rewards", "finish_reason", "num_tokens") + (("pruned_at",) if pruning else ())
+        extra["candidates"] = [{k: c[k] for k in keys} for c in outcome.row["candidates"]]
     return extra
 
 

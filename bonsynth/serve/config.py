@@ -8,9 +8,10 @@ never starts half-configured. Secrets are not part of it: the API key is read fr
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from bonsynth.errors import ConfigError
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, comma_list, number, setting
 
 SERVE_BACKENDS = ("hf", "vllm", "openai")
 API_KEY_ENV = "BONSYNTH_SERVE_API_KEY"
@@ -18,37 +19,62 @@ API_KEY_ENV = "BONSYNTH_SERVE_API_KEY"
 
 @dataclass(frozen=True)
 class ServeConfig:
-    policy: str  # model path / hub id (hf, vllm) or the upstream's model name (openai)
-    rewards: list[str]
-    reward_weights: list[float] | None = None
-    n: int = 4  # default best_of: candidates sampled per request
-    max_n: int = 16  # cap on a request's best_of
-    backend: str = "hf"
-    base_url: str | None = None  # openai backend: the upstream OpenAI-compatible server
-    host: str = "127.0.0.1"
-    port: int = 8000
-    model_name: str | None = None  # the name /v1/models lists (default: the policy)
-    max_tokens: int = 128  # a request's max_tokens when it gives none
-    temperature: float = 1.0  # defaults for requests that give none
-    top_p: float = 1.0
-    seed: int = 0  # mixed into every prompt seed, so two servers can sample differently
-    max_body_bytes: int = 1 << 20
-    max_pending: int = 64  # requests admitted at once (queued or running); more get 503
-    batch_wait_ms: float = 5.0  # how long the micro-batcher waits for more requests; 0 = no cross-request batching
-    max_batch_requests: int = 16  # requests per generate call (hf, vllm) and per RM scoring call
-    device: str = "auto"
-    dtype: str = "auto"
-    reward_engine: str = "hf"
-    trust_remote_code: bool = False
-    allow_unsafe_weights: bool = False
-    max_model_len: int | None = None  # vllm backend
-    enforce_eager: bool = False  # vllm backend
-    upstream_api_key_env: str = "OPENAI_API_KEY"  # openai backend: where the upstream's key is
-    upstream_timeout: float = 60.0
-    upstream_retries: int = 2
-    upstream_concurrency: int = 8  # openai backend: upstream requests in flight
-    api_key_env: str = API_KEY_ENV
-    backend_options: dict = field(default_factory=dict)  # extra backend constructor keywords
+    """A server's settings. Each field says its flag and help (`bonsynth.settings`): `bonsynth serve`'s options
+    are generated from these fields."""
+
+    policy: str = setting(help="Policy model path or hub id; with --backend openai, the model name the upstream "
+                               "server knows.")
+    rewards: list[str] = setting(flag="--reward", multiple=True, help="Reward model directory; repeat for several.")
+    reward_weights: list[float] | None = setting(None, parse=comma_list(float, "numbers", "0.7,0.3"),
+                                                 help="Comma-separated weights for several RMs, e.g. 0.7,0.3.")
+    n: int = setting(4, help="Candidates per request (a request's best_of overrides it, up to --max-n).")
+    max_n: int = setting(16, help="Largest best_of a request may ask for.")
+    backend: str = setting("hf", choices=SERVE_BACKENDS,
+                           help="hf or vllm: the policy runs here; openai: front the OpenAI-compatible server at "
+                                "--base-url (a reranking proxy; the RMs run here).")
+    base_url: str | None = setting(None, type=str,
+                                   help="openai backend: the upstream server, e.g. http://127.0.0.1:8001/v1.")
+    host: str = setting("127.0.0.1", help="Address to listen on (loopback by default).")
+    port: int = setting(8000)
+    model_name: str | None = setting(None, type=str, help="The model name clients use (default: --policy).")
+    max_tokens: int = setting(128, help="max_tokens of a request that gives none.")
+    temperature: float = setting(1.0, help="Default for requests.")
+    top_p: float = setting(1.0, help="Default for requests.")
+    seed: int = setting(0, help="Server seed, mixed into every request's.")
+    max_body_bytes: int = setting(1 << 20, help="Larger bodies get 413.")
+    max_pending: int = setting(64, help="Requests queued or running at once; more get 503 (a bounded queue).")
+    batch_wait_ms: float = setting(5.0, help="How long a request waits for others to share its generate and RM "
+                                             "batches (0 = no cross-request batching).")
+    max_batch_requests: int = setting(16, flag="--max-batch", help="Requests per generate call and per RM scoring "
+                                                                   "call (1 = no cross-request batching).")
+    device: str = setting("auto", help="Device for the hf backend and the RMs.")
+    dtype: str = setting("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
+    reward_engine: str = setting("hf", choices=("hf", "vllm"),
+                                 help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
+    max_model_len: int | None = setting(None, type=int, help="vllm backend: context length.")
+    enforce_eager: bool = setting(False, help="vllm backend: no CUDA graphs / compile (faster start).")
+    # Speculative rejection for every request (`bonsynth.generate.prune`): a request's candidates are scored at
+    # these token counts and the weakest stopped; points at or past a request's max_tokens are skipped.
+    prune_at: list[int] | None = setting(
+        None, parse=comma_list(int, "token counts", "16,48"),
+        help="Speculative rejection: token counts (e.g. 16,48) at which each request's partial candidates are "
+             "scored and the weakest stopped (points at or past a request's max_tokens are skipped); needs "
+             "--prune-keep.")
+    prune_keep: float | None = setting(
+        None, parse=number,
+        help="Share of the running candidates kept at each --prune-at point (ceil, at least 1); alone it prunes "
+             "once, at max_tokens // 8. A request's n must not exceed the candidates that survive.")
+    upstream_api_key_env: str = setting("OPENAI_API_KEY",
+                                        help="openai backend: environment variable holding the upstream's API key.")
+    upstream_timeout: float = setting(60.0, help="openai backend, seconds.")
+    upstream_retries: int = setting(2, help="openai backend: retries of a failed upstream call before the request "
+                                            "gets a 502.")
+    upstream_concurrency: int = setting(8, help="openai backend: upstream requests in flight.")
+    trust_remote_code: bool = setting(False, negatable=True,
+                                      help="Run model code from the model directories (policy and RMs).")
+    allow_unsafe_weights: bool = setting(False, help=UNSAFE_WEIGHTS_HELP)
+    api_key_env: str = setting(API_KEY_ENV, cli=False)  # where the server's own key is (read when the app is built)
+    backend_options: dict = setting(default_factory=dict, cli=False)  # extra backend constructor keywords
 
     def __post_init__(self) -> None:
         def positive_int(flag: str, value: object, low: int = 1) -> None:
@@ -103,6 +129,19 @@ class ServeConfig:
         positive_int("--upstream-concurrency", self.upstream_concurrency)
         if not self.api_key_env:
             raise ConfigError("api_key_env must name an environment variable")
+        self.prune()
+
+    def prune(self, max_tokens: int | None = None):
+        """The prune schedule for a request's reply budget (default: --max-tokens), or None (plain best-of-N).
+        A bad schedule is a one-line error naming the flag, when the config is built."""
+        from bonsynth.generate.prune import PruneConfig
+
+        if max_tokens is None:
+            try:
+                return PruneConfig.resolve(self.prune_at, self.prune_keep, self.max_tokens)
+            except FieldError as e:  # named as this server's flags (its reply budget is --max-tokens)
+                raise e.for_flags(ServeConfig, {"max_new_tokens": "max_tokens"}) from None
+        return PruneConfig.for_budget(self.prune_at, self.prune_keep, max_tokens)
 
     @property
     def served_name(self) -> str:

@@ -31,6 +31,8 @@ class ServeMetrics:
                                "answered (queued or running)", registry=r)
         self.candidates = Counter("bonsynth_serve_candidates_scored", "Candidates scored by the reward model(s)",
                                   registry=r)
+        self.pruned = Counter("bonsynth_serve_candidates_pruned", "Candidates stopped mid-generation by "
+                              "speculative rejection (--prune-keep)", registry=r)
         self.rm_batch = Histogram("bonsynth_serve_rm_batch_candidates", "Candidates per reward-model scoring "
                                   "call (cross-request batching makes it larger)", buckets=SIZE_BUCKETS, registry=r)
         self.rm_batch_requests = Histogram("bonsynth_serve_rm_batch_requests", "Requests per reward-model "

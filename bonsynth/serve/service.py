@@ -21,6 +21,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -32,7 +33,8 @@ from bonsynth.data.records import PromptRecord, content_id
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.generate import outputs
 from bonsynth.generate.backends.base import GenerationBackend, GenerationResult, SamplingConfig
-from bonsynth.generate.step import Scorer, build_rows, score_results
+from bonsynth.generate.prune import PruneConfig
+from bonsynth.generate.step import Scorer, build_rows, generate_candidates, score_results
 from bonsynth.select.selection import SelectionConfig
 from bonsynth.serve.batcher import MicroBatcher
 from bonsynth.serve.config import ServeConfig
@@ -47,6 +49,27 @@ class Job:
     record: PromptRecord
     sampling: SamplingConfig
     n: int  # answers to return (the best n of sampling.n candidates)
+    prune: PruneConfig | None = None  # the server's prune schedule at this request's reply budget
+
+
+class SerialScorer:
+    """The scorer behind a lock. With pruning, partial replies are scored in the generation thread while the
+    scoring thread scores finished ones; an RM engine (a tokenizer, a vLLM engine) is not safe to call from two
+    threads at once, so calls take turns. Without pruning only the scoring thread calls it: the lock is free."""
+
+    def __init__(self, scorer: Scorer) -> None:
+        self.inner = scorer
+        self._lock = threading.Lock()
+
+    def score(self, prompts, responses):
+        with self._lock:
+            return self.inner.score(prompts, responses)
+
+    def describe(self) -> list[dict]:
+        return self.inner.describe()
+
+    def close(self) -> None:
+        self.inner.close()
 
 
 @dataclass(frozen=True)
@@ -85,6 +108,7 @@ class BestOfNService:
         self.config = config
         self.backend = backend
         self.scorer = scorer
+        self._rm = SerialScorer(scorer)
         self.metrics = metrics
         self.owns_engines = owns_engines
         self.upstream = backend.name == "openai"
@@ -125,7 +149,12 @@ class BestOfNService:
         sampling = SamplingConfig(n=k, temperature=cfg.temperature if temperature is None else float(temperature),
                                   top_p=cfg.top_p if top_p is None else float(top_p), max_new_tokens=new_tokens,
                                   seed=cfg.seed, stop=tuple(stop), long_prompt="skip")
-        return Job(record=PromptRecord(id=pid, prompt=prompt), sampling=sampling, n=n)
+        prune = cfg.prune(new_tokens)
+        if prune is not None and n > prune.survivors(k):
+            raise bad_request(f"field 'n': with pruning (keep {prune.keep:g} at tokens "
+                              f"{','.join(map(str, prune.points))}) as few as {prune.survivors(k)} of best_of {k} "
+                              f"candidates finish, so n ({n}) must be at most that", param="n")
+        return Job(record=PromptRecord(id=pid, prompt=prompt), sampling=sampling, n=n, prune=prune)
 
     @contextlib.contextmanager
     def admitted(self) -> Iterator[None]:
@@ -149,7 +178,7 @@ class BestOfNService:
     async def run(self, job: Job) -> Outcome:
         start = time.perf_counter()
         try:
-            result, gen_s, gen_batch = await self.generation.submit(job, key=job.sampling)
+            result, gen_s, gen_batch = await self.generation.submit(job, key=(job.sampling, job.prune))
             if result.skipped:
                 raise self._too_long(job, result)
             row, rm_s, rm_batch = await self.scoring.submit((job, result))
@@ -187,8 +216,13 @@ class BestOfNService:
 
     def _generate(self, jobs: list[Job]) -> list[tuple[GenerationResult, float, int]]:
         start = time.perf_counter()
-        results = self.backend.generate([j.record for j in jobs], jobs[0].sampling)
+        # one sampling setting and so one prune schedule per call (the batcher groups by both)
+        results = generate_candidates([j.record for j in jobs], self.backend, jobs[0].sampling, jobs[0].prune,
+                                      self._rm)
         took = time.perf_counter() - start
+        pruned = sum(c.pruned_at is not None for r in results for c in r.completions)
+        if pruned:
+            self.metrics.pruned.inc(pruned)
         self.metrics.gen_seconds.observe(took)
         self.metrics.gen_batch_requests.observe(len(jobs))
         return [(r, took, len(jobs)) for r in results]
@@ -197,9 +231,12 @@ class BestOfNService:
         start = time.perf_counter()
         records = [job.record for job, _ in items]
         results = [res for _, res in items]
-        scores = score_results(self.scorer, records, results)
+        scores = score_results(self._rm, records, results)
         ranking = SelectionConfig(mode="top-k", k=max(len(r.completions) for r in results))
-        rows = build_rows(records, results, scores.combined, scores.per_model, ranking)[outputs.CANDIDATES]
+        # a pruning server's rows say where each candidate stopped (pruned_at null: finished), a short request too
+        pruning = self.config.prune_keep is not None
+        rows = build_rows(records, results, scores.combined, scores.per_model, ranking,
+                          pruning=pruning)[outputs.CANDIDATES]
         took = time.perf_counter() - start
         count = sum(len(r.completions) for r in results)
         self.metrics.candidates.inc(count)
@@ -234,5 +271,8 @@ class BestOfNService:
                 log.warning("closing %s failed: %s", type(engine).__name__, e)
 
     def describe(self) -> dict[str, Any]:
+        prune = self.config.prune()
         return {"backend": self.backend.describe(), "reward_models": self.scorer.describe(),
-                "context_length": self.limit}
+                "context_length": self.limit,
+                "prune": None if prune is None else {"at": list(prune.points) if self.config.prune_at else "auto",
+                                                     "keep": prune.keep}}

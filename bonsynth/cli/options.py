@@ -1,0 +1,89 @@
+"""Click options generated from a config's fields (`bonsynth.settings`), and the config built back from them.
+
+The config is the one source of truth: its field's flag, type, default, choices and help become the option;
+`config_kwargs` turns the parsed options back into the config's keyword arguments. A command adds by hand
+only what is not a config field (the engine choice, backend knobs, the judge to run afterwards).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from typing import Any
+
+import click
+
+from bonsynth.settings import FieldError, described, field_default, flag_of, is_required
+
+
+def _option(f, spec, flag: str) -> Callable:
+    default = None if is_required(f) else field_default(f)
+    kw: dict[str, Any] = {"help": spec.help or None}
+    decls = [flag, f.name]
+    if is_required(f):
+        kw["required"] = True
+    if spec.multiple:
+        kw["multiple"] = True
+        if spec.parse is not None:
+            raise TypeError(f"{f.name}: a repeatable option cannot have a parse function")
+    elif spec.parse is not None:
+        kw["default"] = None  # parsed from its text after click, so a typo is one line naming the flag
+    elif isinstance(default, bool):
+        if spec.negatable:
+            decls = [f"{flag}/--no-{flag[2:]}", f.name]
+            kw.update(default=default, show_default=True)
+        else:
+            kw.update(is_flag=True, default=False)  # an on-switch (an inverted field: the switch turns it off)
+    else:
+        if spec.choices is not None:
+            kw["type"] = click.Choice(list(spec.choices))
+        elif spec.range is not None:
+            kw["type"] = click.FloatRange(*spec.range)
+        else:
+            kw["type"] = spec.type or (type(default) if default is not None else str)
+        kw["default"] = default
+        kw["show_default"] = default is not None
+    if spec.metavar:
+        kw["metavar"] = spec.metavar
+    return click.option(*decls, **kw)
+
+
+def config_options(cls: type, *, exclude: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+    """A decorator adding one click option per CLI field of the dataclass `cls`, in declaration order."""
+    skip = set(exclude)
+    options = [_option(f, spec, flag_of(cls, f.name)) for f, spec in described(cls) if spec.cli and f.name not in skip]
+
+    def decorate(fn: Callable) -> Callable:
+        for opt in reversed(options):  # click lists options in the order the decorators are written
+            fn = opt(fn)
+        return fn
+
+    return decorate
+
+
+def config_kwargs(cls: type, params: dict[str, Any]) -> dict[str, Any]:
+    """Pop the parsed values of `cls`'s options from `params` and return them as `cls` keyword arguments."""
+    out: dict[str, Any] = {}
+    for f, spec in described(cls):
+        if not spec.cli or f.name not in params:
+            continue
+        value = params.pop(f.name)
+        if spec.multiple:
+            value = list(value)
+        elif spec.parse is not None and value is not None:
+            value = spec.parse(value, flag_of(cls, f.name))
+        elif spec.invert:
+            value = not value
+        out[f.name] = value
+    return out
+
+
+def build_config(cls: type, **kwargs: Any) -> Any:
+    """`cls(**kwargs)` and its run checks (`validate`, where it has one), an error naming the flags, not the
+    fields: the library says "`max_model_len` must be ...", the command line "--max-model-len must be ..."."""
+    try:
+        obj = cls(**kwargs)
+        if hasattr(obj, "validate"):
+            obj.validate()
+    except FieldError as e:
+        raise e.for_flags(cls) from None
+    return obj
