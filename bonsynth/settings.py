@@ -45,6 +45,7 @@ class Setting:
     invert: bool = False  # the flag turns the field off (show_progress <- --quiet)
     range: tuple[float, float] | None = None  # a number within [lo, hi]
     metavar: str | None = None
+    group: str | None = None  # the part of the config it belongs to; `--help` lists options by part
 
 
 def setting(default: Any = _MISSING, *, default_factory: Callable[[], Any] | None = None, **spec: Any) -> Any:
@@ -53,6 +54,15 @@ def setting(default: Any = _MISSING, *, default_factory: Callable[[], Any] | Non
     if default_factory is not None:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     return dataclasses.field(default=default, metadata=meta)
+
+
+def in_group(group: str) -> Callable[..., Any]:
+    """`setting` with its part of the config filled in: `_sampling = in_group("sampling")`."""
+
+    def make(default: Any = _MISSING, **spec: Any) -> Any:
+        return setting(default, group=group, **spec)
+
+    return make
 
 
 def described(cls: type) -> Iterator[tuple[dataclasses.Field, Setting]]:

@@ -415,3 +415,34 @@ def test_generation_worker_runs_a_config_from_stdin_and_fails_in_one_line(tmp_pa
         assert r.returncode == 2 and "Traceback" not in r.stderr, r.stderr
         assert r.stderr.strip().splitlines() == [r.stderr.strip().splitlines()[0]] and needle in r.stderr
     assert not (tmp_path / "bad").exists()
+
+
+def test_generate_config_is_grouped_into_parts_and_help_lists_them():
+    """Issue 14 (7): every field belongs to one part (run, sampling, selection, reward, backend); `--help` lists
+    the options part by part; the loop recipe's generation and selection sections use the same names."""
+    from click.testing import CliRunner
+
+    from bonsynth.cli.generate import generate
+    from bonsynth.generate.pipeline import GROUPS
+    from bonsynth.loop.recipe import GenerationSection, SelectionSection
+    from bonsynth.settings import described
+
+    cfg = _config()
+    parts = {name: cfg.part(name) for name in GROUPS}
+    assert sorted(k for p in parts.values() for k in p) == sorted(asdict(cfg))  # each field in exactly one part
+    assert parts["sampling"]["n"] == cfg.n and "select" in parts["selection"] and "policy" in parts["backend"]
+    assert cfg.sampling().n == parts["sampling"]["n"]
+    with pytest.raises(ValueError, match="no part"):
+        cfg.part("misc")
+    text = CliRunner().invoke(generate, ["--help"], terminal_width=120).output
+    heads = [line for line in text.splitlines() if line.endswith(" options:")]
+    assert heads == ["Run options:", "Sampling options:", "Selection options:", "Reward options:", "Backend options:",
+                     "Engine options:", "Judge options:", "Other options:"]
+    sampling = text[text.index("Sampling options:"):text.index("Selection options:")]
+    assert all(f"--{k.replace('_', '-')}" in sampling for k in ("n", "temperature", "top-p", "prune-keep"))
+    fields = {f.name: s.group for f, s in described(GenerateConfig)}
+    backend_knobs = {"subprocess", "gen_batch_size", "tensor_parallel_size", "gpu_memory_utilization"}  # backend_options
+    renamed = {"long_prompts": "long_prompt"}  # the recipe key and the flag say long_prompts
+    for key in set(GenerationSection.model_fields) - backend_knobs:
+        assert fields[renamed.get(key, key)] in ("sampling", "reward", "backend", "run"), key
+    assert {fields[k] for k in SelectionSection.model_fields} == {"selection"}

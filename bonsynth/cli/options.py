@@ -15,9 +15,38 @@ import click
 from bonsynth.settings import FieldError, described, field_default, flag_of, is_required
 
 
+class GroupedOption(click.Option):
+    """An option that knows which part of the config it sets (`--help` lists options part by part)."""
+
+    def __init__(self, *args: Any, group: str | None = None, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.group = group
+
+
+class GroupedCommand(click.Command):
+    """A command whose `--help` lists its options under one heading per part (Run, Sampling, Selection...),
+    in `part_order` (then in the order the others first appear); options without a part go under "Other
+    options", last."""
+
+    def __init__(self, *args: Any, part_order: tuple[str, ...] = (), **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.part_order = part_order
+
+    def format_options(self, ctx: click.Context, formatter: click.HelpFormatter) -> None:
+        parts: dict[str, list[tuple[str, str]]] = {}
+        for param in self.get_params(ctx):
+            record = param.get_help_record(ctx)
+            if record is not None:
+                parts.setdefault(getattr(param, "group", None) or "other", []).append(record)
+        rank = {p: i for i, p in enumerate(self.part_order)}
+        for part, rows in sorted(parts.items(), key=lambda kv: (kv[0] == "other", rank.get(kv[0], len(rank)))):
+            with formatter.section(f"{part.capitalize()} options"):
+                formatter.write_dl(rows)
+
+
 def _option(f, spec, flag: str) -> Callable:
     default = None if is_required(f) else field_default(f)
-    kw: dict[str, Any] = {"help": spec.help or None}
+    kw: dict[str, Any] = {"help": spec.help or None, "cls": GroupedOption, "group": spec.group}
     decls = [flag, f.name]
     if is_required(f):
         kw["required"] = True

@@ -33,17 +33,22 @@ from bonsynth.settings import (
     UNSAFE_WEIGHTS_HELP,
     FieldError,
     comma_list,
+    described,
     fingerprint_view,
+    in_group,
     is_required,
     names_where,
     not_fingerprinted,
     number,
-    setting,
 )
 
 _DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
 _PREFIX_MODES = ("auto", "on", "off")
 _LOADING = "Applies to the policy and the RMs."
+# the parts of a generate run; each field names its part, and `--help` lists the options part by part
+_run, _sampling, _selection, _reward, _backend = (in_group(g) for g in ("run", "sampling", "selection", "reward",
+                                                                          "backend"))
+GROUPS = ("run", "sampling", "selection", "reward", "backend")
 
 
 @dataclass
@@ -53,73 +58,73 @@ class GenerateConfig:
     run writes. `fingerprint=False`: may change on resume (where it runs, how fast, whether it may stop or load);
     `"if_set"`: added after runs existed, so left out while unset and older runs still resume."""
 
-    policy: str = setting(help="Policy model: local path or hub id (or the served model name for openai).")
-    rewards: list[str] = setting(flag="--reward", multiple=True,
+    policy: str = _backend(help="Policy model: local path or hub id (or the served model name for openai).")
+    rewards: list[str] = _reward(flag="--reward", multiple=True,
                                  help="Reward model directory; repeat for several.")
-    prompts: str = setting(metavar="FILE", help="Prompts file (jsonl/json/parquet/save_to_disk folder).")
-    out: str = setting(fingerprint=False, metavar="DIR", help="Output directory.")
-    n: int = setting(4, help="Candidates per prompt.")
-    reward_weights: list[float] | None = setting(
+    prompts: str = _run(metavar="FILE", help="Prompts file (jsonl/json/parquet/save_to_disk folder).")
+    out: str = _run(fingerprint=False, metavar="DIR", help="Output directory.")
+    n: int = _sampling(4, help="Candidates per prompt.")
+    reward_weights: list[float] | None = _reward(
         None, parse=comma_list(float, "numbers", "0.7,0.3"), help="Comma-separated weights for several RMs, e.g. 0.7,0.3.")
-    backend: str = setting("auto", choices=("auto", "vllm", "hf", "openai"),
+    backend: str = _backend("auto", choices=("auto", "vllm", "hf", "openai"),
                            help="auto: vllm when installed with a GPU, else hf.")
-    temperature: float = setting(1.0)
-    top_p: float = setting(1.0)
-    max_new_tokens: int = setting(128)
-    seed: int = setting(0)
-    stop: list[str] = setting(default_factory=list, multiple=True, help="Stop string; repeatable.")
-    long_prompt: str = setting("truncate", flag="--long-prompts", choices=("truncate", "skip"),
+    temperature: float = _sampling(1.0)
+    top_p: float = _sampling(1.0)
+    max_new_tokens: int = _sampling(128)
+    seed: int = _sampling(0)
+    stop: list[str] = _sampling(default_factory=list, multiple=True, help="Stop string; repeatable.")
+    long_prompt: str = _sampling("truncate", flag="--long-prompts", choices=("truncate", "skip"),
                                help="A prompt longer than the context: left-truncate it, or skip it (reported either way).")
-    select: str = setting("best", help="best: the best candidate of each prompt as an SFT row (sft.jsonl); top-k:K: the "
+    select: str = _selection("best", help="best: the best candidate of each prompt as an SFT row (sft.jsonl); top-k:K: the "
                                        "K best; pairs: only a best-vs-worst DPO pair per prompt (dpo.jsonl), no SFT rows.")
-    write_pairs: bool = setting(False, help="With best or top-k:K: also write each prompt's best-vs-worst DPO pair to "
+    write_pairs: bool = _selection(False, help="With best or top-k:K: also write each prompt's best-vs-worst DPO pair to "
                                             "dpo.jsonl.")
-    min_reward: float | None = setting(None, type=float, help="Never select a candidate below this reward.")
-    min_margin: float | None = setting(None, type=float, help="Skip a DPO pair whose reward margin is below this "
+    min_reward: float | None = _selection(None, type=float, help="Never select a candidate below this reward.")
+    min_margin: float | None = _selection(None, type=float, help="Skip a DPO pair whose reward margin is below this "
                                                               "(needs pairs: --select pairs or --write-pairs).")
-    dedup: bool = setting(False, help="Drop exact and near-duplicate candidates before selecting.")
-    length_normalize: bool = setting(False, help="Rank candidates by reward per token.")
-    batch_size: int = setting(64, fingerprint=False, help="Prompts per durable batch.")
-    resume: bool = setting(False, fingerprint=False, help="Continue an interrupted run in OUT.")
-    device: str = setting("auto", fingerprint=False, help="Device for the hf backend and the RMs.")
-    dtype: str = setting("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
-    prompt_format: str = setting("auto", flag="--format", choices=("auto", "prompts"))
-    limit: int | None = setting(None, type=int, help="Use only the first LIMIT prompts.")
-    reward_engine: str = setting("hf", choices=("hf", "vllm"),
+    dedup: bool = _selection(False, help="Drop exact and near-duplicate candidates before selecting.")
+    length_normalize: bool = _selection(False, help="Rank candidates by reward per token.")
+    batch_size: int = _run(64, fingerprint=False, help="Prompts per durable batch.")
+    resume: bool = _run(False, fingerprint=False, help="Continue an interrupted run in OUT.")
+    device: str = _backend("auto", fingerprint=False, help="Device for the hf backend and the RMs.")
+    dtype: str = _backend("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
+    prompt_format: str = _run("auto", flag="--format", choices=("auto", "prompts"))
+    limit: int | None = _run(None, type=int, help="Use only the first LIMIT prompts.")
+    reward_engine: str = _reward("hf", choices=("hf", "vllm"),
                                  help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
-    shard: str | None = setting(None, type=str, help="I/K: process only shard I (0-based) of K, for array jobs; merge "
+    shard: str | None = _run(None, type=str, help="I/K: process only shard I (0-based) of K, for array jobs; merge "
                                                      "with `bonsynth gather`.")
     # backend-specific knobs (hf batch size, vLLM parallelism, openai base URL...): the CLI fills them from its
     # backend flags; a base URL may carry credentials, so the manifest and repr redact it
-    backend_options: dict = setting(default_factory=dict, fingerprint=False, cli=False)
-    show_progress: bool = setting(True, fingerprint=False, flag="--quiet", invert=True, help="No progress bar.")
-    reward_dtype: str | None = setting(None, type=str, fingerprint="if_set",
+    backend_options: dict = _backend(default_factory=dict, fingerprint=False, cli=False)
+    show_progress: bool = _run(True, fingerprint=False, flag="--quiet", invert=True, help="No progress bar.")
+    reward_dtype: str | None = _reward(None, type=str, fingerprint="if_set",
                                        help="dtype of the reward models (default: --dtype), e.g. bfloat16 RMs beside a "
                                             "float32 policy.")
     # rewards change only by float rounding with prefix sharing, so a resume may switch it
-    prefix_sharing: str | bool = setting("auto", fingerprint=False, choices=_PREFIX_MODES, help=PREFIX_SHARING_HELP)
-    trust_remote_code: bool = setting(False, fingerprint=False, negatable=True,
+    prefix_sharing: str | bool = _reward("auto", fingerprint=False, choices=_PREFIX_MODES, help=PREFIX_SHARING_HELP)
+    trust_remote_code: bool = _backend(False, fingerprint=False, negatable=True,
                                       help="Run model code from the model directories (policy and RMs).")
-    allow_unsafe_weights: bool = setting(False, fingerprint=False, help=f"{UNSAFE_WEIGHTS_HELP} {_LOADING}")
-    max_model_len: int | None = setting(None, type=int, fingerprint="if_set",
+    allow_unsafe_weights: bool = _backend(False, fingerprint=False, help=f"{UNSAFE_WEIGHTS_HELP} {_LOADING}")
+    max_model_len: int | None = _backend(None, type=int, fingerprint="if_set",
                                         help="vllm backend: context length, prompt plus new tokens (default: the "
                                              "model's).")
-    enforce_eager: bool = setting(False, fingerprint=False,
+    enforce_eager: bool = _backend(False, fingerprint=False,
                                   help="vllm backend: no CUDA graphs (faster start, less GPU memory).")
     # only decides whether a run stops, so a resume may raise it
-    max_nonfinite: float = setting(0.0, fingerprint=False, range=(0.0, 1.0),
+    max_nonfinite: float = _reward(0.0, fingerprint=False, range=(0.0, 1.0),
                                    help="Share of the run's candidates that may get a NaN/inf reward (never selected, "
                                         "written as null) before the run stops with an error.")
-    skip_invalid: bool = setting(False, fingerprint="if_set",
+    skip_invalid: bool = _run(False, fingerprint="if_set",
                                  help="Drop prompt rows that fail validation (each printed as file:line:field, listed "
                                       "in the manifest) instead of stopping at the first.")
     # Speculative rejection (bonsynth.generate.prune): token counts at which partial replies are scored, and the
     # share of the running candidates kept at each; `prune_keep` alone prunes once, at max_new_tokens // 8.
-    prune_at: list[int] | None = setting(
+    prune_at: list[int] | None = _sampling(
         None, fingerprint="if_set", manifest_if_set=True, parse=comma_list(int, "token counts", "16,48"),
         help="Speculative rejection: comma-separated token counts (e.g. 16,48) at which the partial replies are scored "
              "and the weakest stopped; needs --prune-keep.")
-    prune_keep: float | None = setting(
+    prune_keep: float | None = _sampling(
         None, fingerprint="if_set", manifest_if_set=True, parse=number,
         help="Share of the running candidates kept at each --prune-at point (ceil, at least 1), e.g. 0.25; alone it "
              "prunes once, at max-new-tokens // 8.")
@@ -127,6 +132,12 @@ class GenerateConfig:
     def __repr__(self) -> str:  # backend_options may hold a base URL with credentials
         fields = redact(asdict(self))
         return f"GenerateConfig({', '.join(f'{k}={v!r}' for k, v in fields.items())})"
+
+    def part(self, name: str) -> dict:
+        """One part of the config (`GROUPS`: run, sampling, selection, reward, backend) as field -> value."""
+        if name not in GROUPS:
+            raise ValueError(f"no part {name!r}; the parts are {', '.join(GROUPS)}")
+        return {f.name: getattr(self, f.name) for f, spec in described(type(self)) if spec.group == name}
 
     def to_dict(self) -> dict:
         """Every field, JSON-ready: what the loop hands its generation worker (`generate/worker.py`)."""
