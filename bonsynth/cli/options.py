@@ -39,9 +39,12 @@ class GroupedCommand(click.Command):
             if record is not None:
                 parts.setdefault(getattr(param, "group", None) or "other", []).append(record)
         rank = {p: i for i, p in enumerate(self.part_order)}
+        # one first-column width for every section (click's own cap, 30), so the help texts wrap as in an
+        # ungrouped listing whatever the section
+        width = min(30, max((len(name) for rows in parts.values() for name, _ in rows), default=0))
         for part, rows in sorted(parts.items(), key=lambda kv: (kv[0] == "other", rank.get(kv[0], len(rank)))):
             with formatter.section(f"{part.capitalize()} options"):
-                formatter.write_dl(rows)
+                formatter.write_dl([(name.ljust(width) if len(name) <= width else name, text) for name, text in rows])
 
 
 def _option(f, spec, flag: str) -> Callable:
