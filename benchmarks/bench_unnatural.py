@@ -25,7 +25,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _common as C  # noqa: E402
-from bench_gold import fmt, loop_table  # noqa: E402
+from bench_gold import loop_table  # noqa: E402
 
 RECIPE = C.REPO / "recipes" / "unnatural-bon.yaml"
 SECTION = "## Prompt dedup for `bonsynth prompts synth` (issue 17, 2026-12-02)"
@@ -71,6 +71,13 @@ def rm_accuracy(path: Path) -> str:
     return f"{acc:.3f} ({m.get('num_eval')} held-out rows)" if isinstance(acc, (int, float)) else "-"
 
 
+def _rate(gold: dict, name: str) -> str:
+    value, ci = gold.get(f"gold_win_rate_vs_{name}"), gold.get(f"gold_win_rate_vs_{name}_ci95")
+    if value is None:
+        return "-"
+    return f"{value:.3f}" + (f" [{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "")
+
+
 def render(out: Path, timings: dict[str, float], loads: list[float]) -> str:
     summary = _json(out / "loop_summary.json")
     state = _json(out / "loop_state.json")
@@ -79,8 +86,7 @@ def render(out: Path, timings: dict[str, float], loads: list[float]) -> str:
     wins = []
     for r, rec in enumerate(summary["rounds"]):
         g = rec.get("gold", {})
-        wins.append(f"round {r}: {fmt(g.get('gold_win_rate_vs_base'))} vs base, "
-                    f"{fmt(g.get('gold_win_rate_vs_control'))} vs control")
+        wins.append(f"round {r}: {_rate(g, 'base')} vs the base policy, {_rate(g, 'control')} vs the control arm")
     step_s = state.get("timings_s", {})
     lines = [
         f"<!-- {KEY} -->",
