@@ -100,7 +100,7 @@ def fingerprint_view(obj: Any) -> dict[str, Any]:
         value = getattr(obj, f.name)
         if spec.fingerprint is False or (spec.fingerprint == "if_set" and (value is None or value is False)):
             continue
-        out[f.name] = dataclasses.asdict(obj)[f.name] if dataclasses.is_dataclass(value) else value
+        out[f.name] = value
     return out
 
 

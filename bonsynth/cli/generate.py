@@ -6,12 +6,13 @@ from pathlib import Path
 
 import click
 
-from bonsynth.cli.options import GroupedCommand, GroupedOption, build_config, config_kwargs, config_options
+from bonsynth.cli.options import GroupedCommand, build_config, config_kwargs, config_options, part_option
 from bonsynth.errors import ConfigError
 from bonsynth.generate.pipeline import GROUPS, GenerateConfig
 from bonsynth.settings import comma_list
 
 _numbers = comma_list(float, "numbers", "0.7,0.3")
+backend_option, engine_option, judge_option = (part_option(g) for g in ("backend", "engine", "judge"))
 
 
 def parse_weights(value: str | None, flag: str = "--reward-weights") -> list[float] | None:
@@ -21,23 +22,23 @@ def parse_weights(value: str | None, flag: str = "--reward-weights") -> list[flo
 
 @click.command(cls=GroupedCommand, part_order=GROUPS + ("engine", "judge"))
 @config_options(GenerateConfig)
-@click.option("--gen-batch-size", cls=GroupedOption, group="backend", type=int, default=None, help="hf backend: prompts per generate() call.")
-@click.option("--tensor-parallel-size", cls=GroupedOption, group="backend", type=int, default=None, help="vllm backend: GPUs per engine.")
-@click.option("--gpu-memory-utilization", cls=GroupedOption, group="backend", type=float, default=None, help="vllm backend.")
-@click.option("--base-url", cls=GroupedOption, group="backend", default=None, help="openai backend (default: $BONSYNTH_OPENAI_BASE_URL or $OPENAI_BASE_URL).")
-@click.option("--concurrency", cls=GroupedOption, group="backend", type=int, default=None, help="openai backend: requests in flight.")
-@click.option("--engine", cls=GroupedOption, group="engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
+@backend_option("--gen-batch-size", type=int, default=None, help="hf backend: prompts per generate() call.")
+@backend_option("--tensor-parallel-size", type=int, default=None, help="vllm backend: GPUs per engine.")
+@backend_option("--gpu-memory-utilization", type=float, default=None, help="vllm backend.")
+@backend_option("--base-url", default=None, help="openai backend (default: $BONSYNTH_OPENAI_BASE_URL or $OPENAI_BASE_URL).")
+@backend_option("--concurrency", type=int, default=None, help="openai backend: requests in flight.")
+@engine_option("--engine", type=click.Choice(["local", "ray"]), default="local", show_default=True,
               help="local: this process; ray: Ray Data actor pools (needs bonsynth[ray]), same outputs.")
-@click.option("--workers", cls=GroupedOption, group="engine", type=int, default=None, help="ray engine: policy replicas (default 2).")
-@click.option("--gpus-per-worker", cls=GroupedOption, group="engine", type=float, default=None,
+@engine_option("--workers", type=int, default=None, help="ray engine: policy replicas (default 2).")
+@engine_option("--gpus-per-worker", type=float, default=None,
               help="ray engine: GPUs per policy replica (default 0 = CPU; >1 = tensor parallel with vllm).")
-@click.option("--address", cls=GroupedOption, group="engine", default=None, help="ray engine: Ray cluster to join (e.g. auto or ray://head:10001); "
+@engine_option("--address", default=None, help="ray engine: Ray cluster to join (e.g. auto or ray://head:10001); "
               "default: $RAY_ADDRESS, else a local cluster.")
-@click.option("--judge", "judges", cls=GroupedOption, group="judge", multiple=True,
+@judge_option("--judge", "judges", multiple=True,
               help="Also score every candidate with this gold judge (RM directory, or openai:MODEL at "
                    "$BONSYNTH_OPENAI_BASE_URL/$OPENAI_BASE_URL) and write judge.json/md/png into OUT, as "
                    "`bonsynth judge` does; selection still uses only --reward. Repeatable.")
-@click.option("--judge-weights", cls=GroupedOption, group="judge", default=None, help="Comma-separated weights for several --judge models.")
+@judge_option("--judge-weights", default=None, help="Comma-separated weights for several --judge models.")
 def generate(**kw) -> None:
     """Generate N candidates per prompt, score them with the RM(s), select, and write datasets.
 

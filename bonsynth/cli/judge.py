@@ -6,18 +6,9 @@ from pathlib import Path
 
 import click
 
+from bonsynth.cli.generate import parse_weights
 from bonsynth.cli.rm import PREFIX_SHARING
-from bonsynth.errors import ConfigError
 from bonsynth.settings import PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP
-
-
-def _weights(value: str | None) -> list[float] | None:
-    if value is None:
-        return None
-    try:
-        return [float(x) for x in value.split(",") if x.strip()]
-    except ValueError:
-        raise ConfigError(f"--judge-weights must be comma-separated numbers, got {value!r}") from None
 
 
 @click.command()
@@ -65,7 +56,7 @@ def judge(run_dir: Path, judges, judge_weights, out, as_json: bool, bootstrap: i
     from bonsynth.judge.report import write_report
     from bonsynth.judge.run import JudgeConfig, judge_run
 
-    cfg = JudgeConfig(run_dir=str(run_dir), judges=list(judges), judge_weights=_weights(judge_weights),
+    cfg = JudgeConfig(run_dir=str(run_dir), judges=list(judges), judge_weights=parse_weights(judge_weights, "--judge-weights"),
                       out=str(out) if out is not None else None, device=device, dtype=dtype,
                       prefix_sharing=prefix_sharing, trust_remote_code=trust_remote_code,
                       allow_unsafe_weights=allow_unsafe_weights, bootstrap=bootstrap, seed=seed,

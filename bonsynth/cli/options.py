@@ -7,7 +7,7 @@ only what is not a config field (the engine choice, backend knobs, the judge to 
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from typing import Any
 
 import click
@@ -47,6 +47,15 @@ class GroupedCommand(click.Command):
                 formatter.write_dl([(name.ljust(width) if len(name) <= width else name, text) for name, text in rows])
 
 
+def part_option(group: str) -> Callable[..., Callable]:
+    """`click.option` for a hand-written option that belongs to a part of the `--help` listing."""
+
+    def option(*decls: str, **kw: Any) -> Callable:
+        return click.option(*decls, cls=GroupedOption, group=group, **kw)
+
+    return option
+
+
 def _option(f, spec, flag: str) -> Callable:
     default = None if is_required(f) else field_default(f)
     kw: dict[str, Any] = {"help": spec.help or None, "cls": GroupedOption, "group": spec.group}
@@ -79,10 +88,9 @@ def _option(f, spec, flag: str) -> Callable:
     return click.option(*decls, **kw)
 
 
-def config_options(cls: type, *, exclude: Iterable[str] = ()) -> Callable[[Callable], Callable]:
+def config_options(cls: type) -> Callable[[Callable], Callable]:
     """A decorator adding one click option per CLI field of the dataclass `cls`, in declaration order."""
-    skip = set(exclude)
-    options = [_option(f, spec, flag_of(cls, f.name)) for f, spec in described(cls) if spec.cli and f.name not in skip]
+    options = [_option(f, spec, flag_of(cls, f.name)) for f, spec in described(cls) if spec.cli]
 
     def decorate(fn: Callable) -> Callable:
         for opt in reversed(options):  # click lists options in the order the decorators are written
