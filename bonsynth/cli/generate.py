@@ -92,10 +92,10 @@ def _judge_config(judges: tuple[str, ...], weights: str | None, kw: dict):
         return None
     from bonsynth.judge.run import JudgeConfig, check_judge_sources
 
-    cfg = JudgeConfig(run_dir=str(kw["out"]), judges=list(judges), judge_weights=parse_weights(weights, "--judge-weights"),
-                      device=kw["device"], dtype=kw["reward_dtype"] or kw["dtype"], prefix_sharing=kw["prefix_sharing"],
-                      trust_remote_code=kw["trust_remote_code"], allow_unsafe_weights=kw["allow_unsafe_weights"])
-    cfg.validate()
+    cfg = build_config(JudgeConfig, run_dir=str(kw["out"]), judges=list(judges),
+                       judge_weights=parse_weights(weights, "--judge-weights"), device=kw["device"],
+                       dtype=kw["reward_dtype"] or kw["dtype"], prefix_sharing=kw["prefix_sharing"],
+                       trust_remote_code=kw["trust_remote_code"], allow_unsafe_weights=kw["allow_unsafe_weights"])
     check_judge_sources(cfg)
     return cfg
 

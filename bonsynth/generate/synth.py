@@ -19,7 +19,7 @@ import json
 import random
 import time
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 from bonsynth.data.normalize import Skipped
@@ -44,50 +44,63 @@ from bonsynth.data.writers import (
 from bonsynth.errors import ConfigError, io_errors
 from bonsynth.generate.backends.base import GenerationBackend, SamplingConfig
 from bonsynth.generate.seeding import prompt_seed
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, setting
 
 
 @dataclass
 class SynthConfig:
-    seeds: str
-    policy: str
-    num: int
-    out: str
-    backend: str = "auto"
-    template: str | None = None
-    shots: int = 3
-    per_request: int = 1  # completions per request (n)
-    seed: int = 0
-    temperature: float = 1.0
-    top_p: float = 1.0
-    max_new_tokens: int = 128
-    batch_size: int = 32  # requests per durable batch
-    max_requests: int | None = None  # give up after this many requests (default 20 * num)
-    filters: FilterSettings = field(default_factory=FilterSettings)
-    skip_invalid: bool = False  # drop invalid seed rows (listed in the manifest) instead of failing
-    resume: bool = False
-    overwrite: bool = False
-    device: str = "auto"
-    dtype: str = "auto"
-    trust_remote_code: bool = False
-    allow_unsafe_weights: bool = False
-    backend_options: dict = field(default_factory=dict)
-    show_progress: bool = True
+    """What `bonsynth prompts synth` (and a loop's `synth` step) runs with, checked when built; its fields are the
+    command's options, with the filters' thresholds in `filters` (`FilterSettings`, options of their own)."""
+
+    seeds: str = setting(help="Seed prompts (any prompts file `bonsynth generate` reads: prompt or messages).")
+    policy: str = setting(help="The model that writes the new prompts: local path or hub id (or the served model name "
+                               "for openai).")
+    num: int = setting(type=int, help="How many new prompts to write (K).")
+    out: str = setting(metavar="PATH", help="Output prompts JSONL; its manifest goes beside it as NAME.manifest.json.")
+    backend: str = setting("auto", choices=("auto", "vllm", "hf", "openai"),
+                           help="auto: vllm when installed with a GPU, else hf.")
+    template: str | None = setting(None, type=str, help="Request template file with {examples} (and {card} for chat "
+                                                        "seeds); default: the one shipped in bonsynth/data/synth_prompts/.")
+    shots: int = setting(3, help="Seed examples shown in each request.")
+    per_request: int = setting(1, help="Completions per request.")
+    seed: int = setting(0)
+    temperature: float = setting(1.0)
+    top_p: float = setting(1.0)
+    max_new_tokens: int = setting(128)
+    batch_size: int = setting(32, help="Requests per durable batch.")
+    max_requests: int | None = setting(None, type=int, help="Stop after this many requests even if fewer than --num "
+                                                            "prompts passed (default 20 x --num).")
+    filters: FilterSettings = setting(default_factory=FilterSettings, cli=False)
+    skip_invalid: bool = setting(False, help="Drop seed rows that fail validation (listed in the manifest) instead of "
+                                             "stopping at the first.")
+    resume: bool = setting(False, help="Continue an interrupted run of the same settings into OUT.")
+    overwrite: bool = setting(False, help="Replace an existing OUT (or an interrupted run's partial file).")
+    device: str = setting("auto", help="Device for the hf backend.")
+    dtype: str = setting("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
+    trust_remote_code: bool = setting(False, negatable=True)
+    allow_unsafe_weights: bool = setting(False, help=UNSAFE_WEIGHTS_HELP)
+    backend_options: dict = setting(default_factory=dict, cli=False)
+    show_progress: bool = setting(True, flag="--quiet", invert=True, help="No progress bar.")
+
+    def __post_init__(self) -> None:
+        self.validate()
 
     def validate(self) -> None:
-        if self.num < 1:
-            raise ConfigError(f"--num must be >= 1 (got {self.num})")
-        if self.shots < 1:
-            raise ConfigError(f"--shots must be >= 1 (got {self.shots})")
-        if self.per_request < 1:
-            raise ConfigError(f"--per-request must be >= 1 (got {self.per_request})")
-        if self.batch_size < 1:
-            raise ConfigError(f"--batch-size must be >= 1 (got {self.batch_size})")
-        if self.max_requests is not None and self.max_requests < 1:
-            raise ConfigError(f"--max-requests must be >= 1 (got {self.max_requests})")
-        if self.temperature < 0 or not 0 < self.top_p <= 1 or self.max_new_tokens < 1:
-            raise ConfigError("--temperature must be >= 0, --top-p in (0, 1] and --max-new-tokens >= 1")
+        """A bad value is a `FieldError` naming the field (the CLI names the flag)."""
+        for name, low in (("num", 1), ("shots", 1), ("per_request", 1), ("batch_size", 1), ("max_new_tokens", 1)):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < low:
+                raise FieldError(f"`{name}` must be an integer >= {low} (got {value!r})")
+        if self.max_requests is not None and (not isinstance(self.max_requests, int) or self.max_requests < 1):
+            raise FieldError(f"`max_requests` must be >= 1 (got {self.max_requests!r})")
+        if self.temperature < 0:
+            raise FieldError(f"`temperature` must be >= 0 (got {self.temperature})")
+        if not 0 < self.top_p <= 1:
+            raise FieldError(f"`top_p` must be in (0, 1] (got {self.top_p})")
+        if self.backend not in ("auto", "vllm", "hf", "openai"):
+            raise FieldError(f"`backend` must be auto, vllm, hf or openai (got {self.backend!r})")
         if self.resume and self.overwrite:
-            raise ConfigError("--resume and --overwrite exclude each other")
+            raise FieldError("`resume` and `overwrite` exclude each other")
         self.filters.validate()
 
     @property

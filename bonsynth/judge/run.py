@@ -17,14 +17,15 @@ import json
 import math
 import time
 from collections.abc import Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from bonsynth.errors import ConfigError, InputError
+from bonsynth.errors import InputError
 from bonsynth.generate import outputs
 from bonsynth.judge import estimator
+from bonsynth.settings import PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP, FieldError, comma_list, setting
 
 JUDGE_JSON = "judge.json"
 JUDGE_MD = "judge.md"
@@ -32,26 +33,45 @@ JUDGE_PNG = "judge.png"
 SCORE_CHUNK = 8192  # candidates per scoring call: bounded memory, whole prompts per chunk (prefix sharing)
 
 
+_JUDGE_HELP = ("Judge: a reward model directory (not the RM that selected; repeat for several), or openai:MODEL for an "
+               "LLM judge on an OpenAI-compatible server.")
+
+
 @dataclass
 class JudgeConfig:
-    run_dir: str
-    judges: list[str]
-    judge_weights: list[float] | None = None
-    out: str | None = None  # default: run_dir
-    device: str = "auto"
-    dtype: str = "auto"
-    prefix_sharing: str | bool = "auto"
-    trust_remote_code: bool = False
-    allow_unsafe_weights: bool = False
-    bootstrap: int = 2000
-    seed: int = 0
+    """What `bonsynth judge` (and `generate --judge`, and a loop's gold judge) runs with, checked when built.
+    Its fields are the command's options (`bonsynth.settings`); a bad value is a `FieldError` naming the field
+    (the CLI names the flag)."""
+
+    run_dir: str = setting(cli=False)  # the command's RUN_DIR argument
+    judges: list[str] = setting(flag="--judge", multiple=True, help=_JUDGE_HELP)
+    judge_weights: list[float] | None = setting(
+        None, parse=comma_list(float, "numbers", "0.7,0.3"),
+        help="Comma-separated weights for several judges, z-normalised as generate's --reward-weights.")
+    out: str | None = setting(None, type=str, metavar="PATH", help="Report directory (default: RUN_DIR).")
+    bootstrap: int = setting(2000, help="Bootstrap resamples for the win-rate CI.")
+    seed: int = setting(0, help="Bootstrap seed.")
+    device: str = setting("auto")
+    dtype: str = setting("auto", help="auto = bf16 on GPU, fp32 on CPU.")
+    prefix_sharing: str | bool = setting("auto", choices=("auto", "on", "off"), help=PREFIX_SHARING_HELP)
+    trust_remote_code: bool = setting(False, negatable=True, help="Run Python code shipped in the judge model directories.")
+    allow_unsafe_weights: bool = setting(False, help=UNSAFE_WEIGHTS_HELP)
     # LLM judges (`openai:MODEL`) only:
-    judge_mode: str = "pointwise"  # pointwise | pairwise
-    judge_prompt: str | None = None  # template file; default: the one shipped for the mode
-    base_url: str | None = None  # default: $BONSYNTH_OPENAI_BASE_URL, $OPENAI_BASE_URL
-    concurrency: int = 8
-    judge_max_tokens: int = 16
-    backend_options: dict = field(default_factory=dict)  # more OpenAIBackend keywords (timeouts, retries)
+    judge_mode: str = setting("pointwise", choices=("pointwise", "pairwise"),
+                              help="openai judge: score each candidate (1-10), or compare the proxy's pick with each "
+                                   "other candidate.")
+    judge_prompt: str | None = setting(None, type=str, metavar="FILE",
+                                       help="openai judge: prompt template file ({prompt} and {response}, or "
+                                            "{response_a} and {response_b} for pairwise); default: the one shipped "
+                                            "with bonsynth.")
+    base_url: str | None = setting(None, type=str, help="openai judge: server (default: $BONSYNTH_OPENAI_BASE_URL or "
+                                                        "$OPENAI_BASE_URL); key from $OPENAI_API_KEY.")
+    concurrency: int = setting(8, help="openai judge: requests in flight.")
+    judge_max_tokens: int = setting(16, help="openai judge: tokens per answer.")
+    backend_options: dict = setting(default_factory=dict, cli=False)  # more OpenAIBackend keywords (timeouts, retries)
+
+    def __post_init__(self) -> None:
+        self.check()
 
     @property
     def llm(self) -> bool:
@@ -59,31 +79,40 @@ class JudgeConfig:
 
         return any(is_llm_judge(j) for j in self.judges)
 
-    def validate(self) -> None:
+    def check(self) -> None:
+        """Every field, checked when the config is built (`FieldError`: the library names the field, the CLI
+        its flag)."""
         if not self.judges:
-            raise ConfigError("at least one --judge is needed")
+            raise FieldError("at least one `judges` model is needed")
         if self.judge_weights is not None:
             if len(self.judges) == 1:
-                raise ConfigError("--judge-weights needs two or more --judge models; drop --judge-weights")
+                raise FieldError("`judge_weights` needs two or more `judges` models; drop `judge_weights`")
             if len(self.judge_weights) != len(self.judges):
-                raise ConfigError(f"--judge-weights has {len(self.judge_weights)} values for {len(self.judges)} "
-                                  "--judge models")
+                raise FieldError(f"`judge_weights` has {len(self.judge_weights)} values for {len(self.judges)} "
+                                 "`judges` models")
             if not all(math.isfinite(w) for w in self.judge_weights):
-                raise ConfigError(f"--judge-weights must be finite numbers (got {self.judge_weights})")
-        if self.bootstrap < 100:
-            raise ConfigError(f"--bootstrap must be >= 100 resamples (got {self.bootstrap})")
-        if self.llm and len(self.judges) > 1:
-            raise ConfigError("an openai:MODEL judge is used on its own: pass it as the only --judge")
-        if not self.llm:
-            given = [flag for flag, v in (("--judge-mode", self.judge_mode != "pointwise"),
-                                          ("--judge-prompt", self.judge_prompt), ("--base-url", self.base_url))
-                     if v]
-            if given:
-                raise ConfigError(f"{', '.join(given)} only apply to an openai:MODEL judge")
+                raise FieldError(f"`judge_weights` must be finite numbers (got {self.judge_weights})")
+        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 100:
+            raise FieldError(f"`bootstrap` must be >= 100 resamples (got {self.bootstrap!r})")
         if self.judge_mode not in ("pointwise", "pairwise"):
-            raise ConfigError(f"--judge-mode must be pointwise or pairwise (got {self.judge_mode!r})")
-        if self.concurrency < 1 or self.judge_max_tokens < 1:
-            raise ConfigError("--concurrency and --judge-max-tokens must be >= 1")
+            raise FieldError(f"`judge_mode` must be pointwise or pairwise (got {self.judge_mode!r})")
+        if not isinstance(self.prefix_sharing, bool) and self.prefix_sharing not in ("auto", "on", "off"):
+            raise FieldError(f"`prefix_sharing` must be auto, on or off (got {self.prefix_sharing!r})")
+        if self.llm and len(self.judges) > 1:
+            raise FieldError("an openai:MODEL judge is used on its own: pass it as the only `judges` model")
+        if not self.llm:
+            given = [f"`{name}`" for name, v in (("judge_mode", self.judge_mode != "pointwise"),
+                                                 ("judge_prompt", self.judge_prompt), ("base_url", self.base_url)) if v]
+            if given:
+                raise FieldError(f"{', '.join(given)} only apply to an openai:MODEL judge")
+        for name in ("concurrency", "judge_max_tokens"):
+            value = getattr(self, name)
+            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+                raise FieldError(f"`{name}` must be an integer >= 1 (got {value!r})")
+
+    def validate(self) -> None:
+        """The checks again, for a config whose fields were changed after it was built."""
+        self.check()
 
 
 def read_run(run_dir: str | Path) -> dict:
