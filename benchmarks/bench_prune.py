@@ -73,6 +73,43 @@ def _rows(out: Path) -> list[dict]:
     return [json.loads(x) for x in (out / "candidates.jsonl").read_text(encoding="utf-8").splitlines() if x.strip()]
 
 
+def _selected(rows: list[dict], k: int | None = None) -> dict[str, float]:
+    """Per prompt id, the best finished candidate's reward (the first `k` candidates only, when given)."""
+    out = {}
+    for r in rows:
+        cands = [c for c in r["candidates"][:k] if c.get("pruned_at") is None and c.get("reward") is not None]
+        if cands:
+            out[r["id"]] = max(c["reward"] for c in cands)
+    return out
+
+
+def _paired_ci(plain_rows: list[dict], pruned_rows: list[dict], k: int, reps: int = 10_000) -> tuple:
+    """Bootstrap over prompts (seed 0): the pruned run's share of plain BoN's gain, and its selected reward minus
+    best-of-k's at the same budget, each as (estimate, low, high) of a 95% interval."""
+    import random
+
+    best, bok, pruned = _selected(plain_rows), _selected(plain_rows, k), _selected(pruned_rows)
+    mean = {r["id"]: statistics.fmean(c["reward"] for c in r["candidates"] if c.get("reward") is not None)
+            for r in plain_rows if r["candidates"]}
+    ids = sorted(set(best) & set(pruned))
+    gain = [pruned[i] - mean[i] for i in ids]
+    full = [best[i] - mean[i] for i in ids]
+    diff = [pruned[i] - bok[i] for i in ids]
+    rng = random.Random(0)
+    shares, diffs = [], []
+    for _ in range(reps):
+        idx = [rng.randrange(len(ids)) for _ in ids]
+        total = sum(full[j] for j in idx)
+        shares.append(sum(gain[j] for j in idx) / total if total else float("nan"))
+        diffs.append(statistics.fmean(diff[j] for j in idx))
+
+    def interval(est: float, xs: list[float]) -> tuple[float, float, float]:
+        xs = sorted(x for x in xs if x == x)
+        return est, xs[int(0.025 * len(xs))], xs[int(0.975 * len(xs)) - 1]
+
+    return interval(sum(gain) / sum(full), shares), interval(statistics.fmean(diff), diffs)
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--quick", action="store_true", help="2 prompts, N=4, 32 tokens; prints only")
@@ -135,7 +172,8 @@ def main() -> None:
     for spec in args.schedules.split(";"):
         points, keep = _schedule(spec)
         label = f"pruned at {','.join(map(str, points)) if points else 'auto'}, keep {keep:g}"
-        m, wall = run(f"pruned-{len(results)}", prune_at=points, prune_keep=keep)
+        pruned_name = f"pruned-{len(results)}"
+        m, wall = run(pruned_name, prune_at=points, prune_keep=keep)
         s = m["summary"]
         tokens = s["generated_tokens"]
         results.append((label, tokens, wall, s["mean_reward_selected"],
@@ -148,7 +186,9 @@ def main() -> None:
         assert abs(bok["summary"]["mean_reward_selected"] - bok_sel) < 1e-3, "best-of-k run differs from the plain run's first k"
         results.append((f"plain best-of-{k} (same budget)", bok_tokens, bok_wall, bok_sel, ""))
         gain_share = (s["mean_reward_selected"] - base_mean) / plain_gain if plain_gain else float("nan")
-        checks.append((label, plain_tokens / tokens, plain_wall / wall, gain_share, s["mean_reward_selected"] > bok_sel, k))
+        cis = _paired_ci(plain_rows, _rows(root / pruned_name), k)
+        checks.append((label, plain_tokens / tokens, plain_wall / wall, gain_share, s["mean_reward_selected"] > bok_sel, k,
+                       cis))
     loads.append(C.load_avg())
 
     table = C.table(
@@ -156,13 +196,15 @@ def main() -> None:
         [[name, tok, f"{wall:.1f}", f"{sel:+.4f}", f"{sel - base_mean:+.4f}", note]
          for name, tok, wall, sel, note in results])
     verdicts = []
-    for label, tok_x, wall_x, share, beats, k in checks:
+    for label, tok_x, wall_x, share, beats, k, (share_ci, diff_ci) in checks:
         met = [tok_x >= 3, wall_x >= 2, share >= 0.95, beats]
         verdicts.append(
             f"- {label}: {tok_x:.2f}x fewer tokens ({'met' if met[0] else 'missed'}, target 3x), {wall_x:.2f}x less wall "
             f"({'met' if met[1] else 'missed'}, target 2x), {share:.0%} of plain BoN's gain ({'met' if met[2] else 'missed'}, "
             f"target 95%), {'beats' if beats else 'does not beat'} best-of-{k} at the same budget "
-            f"({'met' if met[3] else 'missed'})")
+            f"({'met' if met[3] else 'missed'}); bootstrap over prompts (95%): share of the gain {share_ci[0]:.3f} "
+            f"[{share_ci[1]:.3f}, {share_ci[2]:.3f}], selected reward minus best-of-{k}'s {diff_ci[0]:+.3f} "
+            f"[{diff_ci[1]:+.3f}, {diff_ci[2]:+.3f}]")
     block = [
         f"### {args.backend}, N = {args.n}, {args.prompts} prompts × {args.max_new_tokens} tokens ({C.today()}"
         f"{', quick' if args.quick else ''})",
