@@ -161,6 +161,21 @@ def number(text: str, flag: str) -> float:
 
 
 
+def int_at_least(name: str, value: Any, low: int) -> None:
+    """The one check for a whole-number field: a bool or a float is not one, a value below `low` is refused."""
+    if isinstance(value, bool) or not isinstance(value, int) or value < low:
+        raise FieldError(f"`{name}` must be an integer >= {low} (got {value!r})")
+
+
+PREFIX_SHARING_MODES = ("auto", "on", "off")
+
+
+def check_prefix_sharing(value: Any) -> None:
+    """`prefix_sharing` as the scorers take it: a mode name, or True/False from the library."""
+    if not isinstance(value, bool) and value not in PREFIX_SHARING_MODES:
+        raise FieldError(f"`prefix_sharing` must be auto, on or off (got {value!r})")
+
+
 # Help texts that several configs share (generate, judge, rm score, serve), written once.
 UNSAFE_WEIGHTS_HELP = ("Also load pickle .bin/.pt weights, which can run code on load (default: safetensors only). "
                        "Use only for files you trust.")

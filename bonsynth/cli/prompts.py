@@ -33,8 +33,9 @@ def synth(**kw) -> None:
     """
     from bonsynth.generate.synth import output_paths, run_synth
 
-    backend_options = {key: kw.pop(opt) for opt, key in (("gen_batch_size", "batch_size"), ("base_url", "base_url"),
-                                                        ("concurrency", "concurrency")) if kw[opt] is not None}
+    knobs = {key: kw.pop(opt) for opt, key in (("gen_batch_size", "batch_size"), ("base_url", "base_url"),
+                                              ("concurrency", "concurrency"))}
+    backend_options = {key: value for key, value in knobs.items() if value is not None}
     filters = build_config(FilterSettings, **config_kwargs(FilterSettings, kw))
     cfg = build_config(SynthConfig, **config_kwargs(SynthConfig, kw), filters=filters, backend_options=backend_options)
     manifest = run_synth(cfg)

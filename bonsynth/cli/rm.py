@@ -9,10 +9,10 @@ import click
 from bonsynth.cli.common import echo_json
 from bonsynth.cli.options import build_config, config_kwargs, config_options
 from bonsynth.rm.train import SKIP_INVALID_HELP, RMTrainConfig
-from bonsynth.settings import PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP
+from bonsynth.settings import PREFIX_SHARING_HELP, PREFIX_SHARING_MODES, UNSAFE_WEIGHTS_HELP
 
 FORMATS = click.Choice(["auto", "pairwise", "binary", "ranked", "prompts"])
-PREFIX_SHARING = click.Choice(["auto", "on", "off"])
+PREFIX_SHARING = click.Choice(list(PREFIX_SHARING_MODES))
 
 
 @click.group()

@@ -30,8 +30,10 @@ from bonsynth.redact import redact
 from bonsynth.select.selection import SelectionConfig, parse_select
 from bonsynth.settings import (
     PREFIX_SHARING_HELP,
+    PREFIX_SHARING_MODES,
     UNSAFE_WEIGHTS_HELP,
     FieldError,
+    check_prefix_sharing,
     comma_list,
     described,
     fingerprint_view,
@@ -43,7 +45,6 @@ from bonsynth.settings import (
 )
 
 _DTYPES = ("auto", "float32", "fp32", "float", "bfloat16", "bf16", "float16", "fp16", "half")  # as RewardModel reads them
-_PREFIX_MODES = ("auto", "on", "off")
 _LOADING = "Applies to the policy and the RMs."
 # the parts of a generate run; each field names its part, and `--help` lists the options part by part
 _run, _sampling, _selection, _reward, _backend = (in_group(g) for g in ("run", "sampling", "selection", "reward",
@@ -102,7 +103,7 @@ class GenerateConfig:
                                        help="dtype of the reward models (default: --dtype), e.g. bfloat16 RMs beside a "
                                             "float32 policy.")
     # rewards change only by float rounding with prefix sharing, so a resume may switch it
-    prefix_sharing: str | bool = _reward("auto", fingerprint=False, choices=_PREFIX_MODES, help=PREFIX_SHARING_HELP)
+    prefix_sharing: str | bool = _reward("auto", fingerprint=False, choices=PREFIX_SHARING_MODES, help=PREFIX_SHARING_HELP)
     trust_remote_code: bool = _backend(False, fingerprint=False, negatable=True,
                                       help="Run model code from the model directories (policy and RMs).")
     allow_unsafe_weights: bool = _backend(False, fingerprint=False, help=f"{UNSAFE_WEIGHTS_HELP} {_LOADING}")
@@ -199,8 +200,7 @@ class GenerateConfig:
                              "`rewards` models")
         if self.reward_dtype is not None and str(self.reward_dtype).lower().removeprefix("torch.") not in _DTYPES:
             raise FieldError(f"`reward_dtype` must be auto, float32, bfloat16 or float16 (got {self.reward_dtype!r})")
-        if not isinstance(self.prefix_sharing, bool) and self.prefix_sharing not in _PREFIX_MODES:
-            raise FieldError(f"`prefix_sharing` must be auto, on or off (got {self.prefix_sharing!r})")
+        check_prefix_sharing(self.prefix_sharing)
         max_len = self.max_model_len
         if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
             raise FieldError(f"`max_model_len` must be a positive number of tokens (got {self.max_model_len!r})")

@@ -44,7 +44,7 @@ from bonsynth.data.writers import (
 from bonsynth.errors import ConfigError, io_errors
 from bonsynth.generate.backends.base import GenerationBackend, SamplingConfig
 from bonsynth.generate.seeding import prompt_seed
-from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, setting
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, int_at_least, setting
 
 
 @dataclass
@@ -87,12 +87,10 @@ class SynthConfig:
 
     def validate(self) -> None:
         """A bad value is a `FieldError` naming the field (the CLI names the flag)."""
-        for name, low in (("num", 1), ("shots", 1), ("per_request", 1), ("batch_size", 1), ("max_new_tokens", 1)):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise FieldError(f"`{name}` must be an integer >= {low} (got {value!r})")
-        if self.max_requests is not None and (not isinstance(self.max_requests, int) or self.max_requests < 1):
-            raise FieldError(f"`max_requests` must be >= 1 (got {self.max_requests!r})")
+        for name in ("num", "shots", "per_request", "batch_size", "max_new_tokens"):
+            int_at_least(name, getattr(self, name), 1)
+        if self.max_requests is not None:
+            int_at_least("max_requests", self.max_requests, 1)
         if self.temperature < 0:
             raise FieldError(f"`temperature` must be >= 0 (got {self.temperature})")
         if not 0 < self.top_p <= 1:

@@ -25,7 +25,16 @@ import numpy as np
 from bonsynth.errors import InputError
 from bonsynth.generate import outputs
 from bonsynth.judge import estimator
-from bonsynth.settings import PREFIX_SHARING_HELP, UNSAFE_WEIGHTS_HELP, FieldError, comma_list, setting
+from bonsynth.settings import (
+    PREFIX_SHARING_HELP,
+    PREFIX_SHARING_MODES,
+    UNSAFE_WEIGHTS_HELP,
+    FieldError,
+    check_prefix_sharing,
+    comma_list,
+    int_at_least,
+    setting,
+)
 
 JUDGE_JSON = "judge.json"
 JUDGE_MD = "judge.md"
@@ -53,7 +62,7 @@ class JudgeConfig:
     seed: int = setting(0, help="Bootstrap seed.")
     device: str = setting("auto")
     dtype: str = setting("auto", help="auto = bf16 on GPU, fp32 on CPU.")
-    prefix_sharing: str | bool = setting("auto", choices=("auto", "on", "off"), help=PREFIX_SHARING_HELP)
+    prefix_sharing: str | bool = setting("auto", choices=PREFIX_SHARING_MODES, help=PREFIX_SHARING_HELP)
     trust_remote_code: bool = setting(False, negatable=True, help="Run Python code shipped in the judge model directories.")
     allow_unsafe_weights: bool = setting(False, help=UNSAFE_WEIGHTS_HELP)
     # LLM judges (`openai:MODEL`) only:
@@ -92,12 +101,10 @@ class JudgeConfig:
                                  "`judges` models")
             if not all(math.isfinite(w) for w in self.judge_weights):
                 raise FieldError(f"`judge_weights` must be finite numbers (got {self.judge_weights})")
-        if isinstance(self.bootstrap, bool) or not isinstance(self.bootstrap, int) or self.bootstrap < 100:
-            raise FieldError(f"`bootstrap` must be >= 100 resamples (got {self.bootstrap!r})")
+        int_at_least("bootstrap", self.bootstrap, 100)
         if self.judge_mode not in ("pointwise", "pairwise"):
             raise FieldError(f"`judge_mode` must be pointwise or pairwise (got {self.judge_mode!r})")
-        if not isinstance(self.prefix_sharing, bool) and self.prefix_sharing not in ("auto", "on", "off"):
-            raise FieldError(f"`prefix_sharing` must be auto, on or off (got {self.prefix_sharing!r})")
+        check_prefix_sharing(self.prefix_sharing)
         if self.llm and len(self.judges) > 1:
             raise FieldError("an openai:MODEL judge is used on its own: pass it as the only `judges` model")
         if not self.llm:
@@ -105,10 +112,8 @@ class JudgeConfig:
                                                  ("judge_prompt", self.judge_prompt), ("base_url", self.base_url)) if v]
             if given:
                 raise FieldError(f"{', '.join(given)} only apply to an openai:MODEL judge")
-        for name in ("concurrency", "judge_max_tokens"):
-            value = getattr(self, name)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise FieldError(f"`{name}` must be an integer >= 1 (got {value!r})")
+        int_at_least("concurrency", self.concurrency, 1)
+        int_at_least("judge_max_tokens", self.judge_max_tokens, 1)
 
     def validate(self) -> None:
         """The checks again, for a config whose fields were changed after it was built."""
