@@ -127,13 +127,11 @@ class FieldError(ConfigError):
     def render(self, name: Callable[[str], str]) -> str:
         return _NAME.sub(lambda m: name(m.group(1)), self.template)
 
-    def for_flags(self, cls: type, aliases: dict[str, str] | None = None) -> ConfigError:
-        """The same error naming `cls`'s flags (`aliases`: another config's field names, e.g. max_new_tokens ->
-        max_tokens); a name that is not a field of `cls` stays as it is."""
+    def for_flags(self, cls: type) -> ConfigError:
+        """The same error naming `cls`'s flags; a name that is not a field of `cls` stays as it is."""
         fields = {f.name for f in dataclasses.fields(cls)}
 
         def flag(name: str) -> str:
-            name = (aliases or {}).get(name, name)
             return flag_of(cls, name) if name in fields else name
 
         return ConfigError(self.render(flag))

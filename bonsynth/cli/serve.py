@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import click
 
-from bonsynth.cli.options import config_kwargs, config_options
+from bonsynth.cli.options import build_config, config_kwargs, config_options
 from bonsynth.errors import ConfigError
 from bonsynth.serve.config import ServeConfig
 
@@ -38,7 +38,7 @@ def serve(**kw) -> None:
     from bonsynth.serve import API_KEY_ENV, create_app
 
     log_level = kw.pop("log_level")
-    config = ServeConfig(**config_kwargs(ServeConfig, kw))
+    config = build_config(ServeConfig, **config_kwargs(ServeConfig, kw))
     logging.basicConfig(level=log_level.upper(), format="%(levelname)s: %(name)s: %(message)s")
     log = logging.getLogger("bonsynth.serve")
     if config.host not in LOOPBACK and not os.environ.get(API_KEY_ENV):

@@ -1,7 +1,7 @@
 """`ServeConfig`: what `bonsynth serve` and `create_app` run with, checked when it is built.
 
-Every bad value raises `ConfigError` naming the flag (the CLI prints it as one line, exit code 2), so a server
-never starts half-configured. Secrets are not part of it: the API key is read from the environment variable
+Every bad value raises a `FieldError` naming the field (`bonsynth serve` prints it with its flags, as one line,
+exit code 2), so a server never starts half-configured. Secrets are not part of it: the API key is read from the environment variable
 `api_key_env` names, when the app is built.
 """
 
@@ -10,8 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bonsynth.errors import ConfigError
-from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, comma_list, number, setting
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, comma_list, int_at_least, number, setting
 
 SERVE_BACKENDS = ("hf", "vllm", "openai")
 API_KEY_ENV = "BONSYNTH_SERVE_API_KEY"
@@ -77,70 +76,68 @@ class ServeConfig:
     backend_options: dict = setting(default_factory=dict, cli=False)  # extra backend constructor keywords
 
     def __post_init__(self) -> None:
-        def positive_int(flag: str, value: object, low: int = 1) -> None:
-            if isinstance(value, bool) or not isinstance(value, int) or value < low:
-                raise ConfigError(f"{flag} must be an integer >= {low} (got {value!r})")
-
+        """Every field checked when the config is built: a bad value is a `FieldError` naming the field (the
+        library's words, `max_n`); `bonsynth serve` shows the same message with its flags (`--max-n`)."""
         if self.backend not in SERVE_BACKENDS:
-            raise ConfigError(f"--backend must be one of {', '.join(SERVE_BACKENDS)} (got {self.backend!r})")
+            raise FieldError(f"`backend` must be one of {', '.join(SERVE_BACKENDS)} (got {self.backend!r})")
         if not self.policy:
-            raise ConfigError("--policy is needed (a model path, or the upstream's model name with --backend openai)")
+            raise FieldError("`policy` is needed (a model path, or the upstream's model name with `backend` openai)")
         if not self.rewards:
-            raise ConfigError("at least one --reward model is needed")
+            raise FieldError("at least one `rewards` model is needed")
         if self.reward_weights is not None:
             if len(self.rewards) == 1:
-                raise ConfigError("--reward-weights needs two or more --reward models; drop --reward-weights")
+                raise FieldError("`reward_weights` needs two or more `rewards` models; drop `reward_weights`")
             if len(self.reward_weights) != len(self.rewards):
-                raise ConfigError(f"--reward-weights has {len(self.reward_weights)} values for "
-                                  f"{len(self.rewards)} --reward models")
+                raise FieldError(f"`reward_weights` has {len(self.reward_weights)} values for "
+                                 f"{len(self.rewards)} `rewards` models")
             if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in self.reward_weights):
-                raise ConfigError(f"--reward-weights must be finite numbers (got {self.reward_weights})")
-        positive_int("--n", self.n)
-        positive_int("--max-n", self.max_n)
+                raise FieldError(f"`reward_weights` must be finite numbers (got {self.reward_weights})")
+        int_at_least("n", self.n, 1)
+        int_at_least("max_n", self.max_n, 1)
         if self.n > self.max_n:
-            raise ConfigError(f"--n {self.n} is above --max-n {self.max_n}")
-        positive_int("--port", self.port, 0)
+            raise FieldError(f"`n` {self.n} is above `max_n` {self.max_n}")
+        int_at_least("port", self.port, 0)
         if self.port > 65535:
-            raise ConfigError(f"--port must be at most 65535 (got {self.port})")
-        positive_int("--max-tokens", self.max_tokens)
+            raise FieldError(f"`port` must be at most 65535 (got {self.port})")
+        int_at_least("max_tokens", self.max_tokens, 1)
         if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 2):
-            raise ConfigError(f"--temperature must be in [0, 2] (got {self.temperature!r})")
+            raise FieldError(f"`temperature` must be in [0, 2] (got {self.temperature!r})")
         if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise ConfigError(f"--top-p must be in (0, 1] (got {self.top_p!r})")
-        positive_int("--seed", self.seed, 0)
-        positive_int("--max-body-bytes", self.max_body_bytes, 64)
-        positive_int("--max-pending", self.max_pending)
+            raise FieldError(f"`top_p` must be in (0, 1] (got {self.top_p!r})")
+        int_at_least("seed", self.seed, 0)
+        int_at_least("max_body_bytes", self.max_body_bytes, 64)
+        int_at_least("max_pending", self.max_pending, 1)
         if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
-            raise ConfigError(f"--batch-wait-ms must be between 0 and 1000 (got {self.batch_wait_ms!r})")
-        positive_int("--max-batch", self.max_batch_requests)
+            raise FieldError(f"`batch_wait_ms` must be between 0 and 1000 (got {self.batch_wait_ms!r})")
+        int_at_least("max_batch_requests", self.max_batch_requests, 1)
         if self.reward_engine not in ("hf", "vllm"):
-            raise ConfigError(f"--reward-engine must be hf or vllm (got {self.reward_engine!r})")
+            raise FieldError(f"`reward_engine` must be hf or vllm (got {self.reward_engine!r})")
         if self.max_model_len is not None:
-            positive_int("--max-model-len", self.max_model_len)
+            int_at_least("max_model_len", self.max_model_len, 1)
         if (self.max_model_len is not None or self.enforce_eager) and self.backend != "vllm":
-            raise ConfigError("--max-model-len and --enforce-eager only apply to --backend vllm")
+            raise FieldError("`max_model_len` and `enforce_eager` only apply to `backend` vllm")
         if self.base_url is not None and self.backend != "openai":
-            raise ConfigError("--base-url is for --backend openai (a reranking proxy in front of that server)")
+            raise FieldError("`base_url` is for `backend` openai (a reranking proxy in front of that server)")
         if self.backend == "openai" and not self.base_url:
-            raise ConfigError("--backend openai needs --base-url (the OpenAI-compatible server to front)")
+            raise FieldError("`backend` openai needs `base_url` (the OpenAI-compatible server to front)")
         if not (isinstance(self.upstream_timeout, (int, float)) and self.upstream_timeout > 0):
-            raise ConfigError(f"--upstream-timeout must be positive (got {self.upstream_timeout!r})")
-        positive_int("--upstream-retries", self.upstream_retries, 0)
-        positive_int("--upstream-concurrency", self.upstream_concurrency)
+            raise FieldError(f"`upstream_timeout` must be positive (got {self.upstream_timeout!r})")
+        int_at_least("upstream_retries", self.upstream_retries, 0)
+        int_at_least("upstream_concurrency", self.upstream_concurrency, 1)
         if not self.api_key_env:
-            raise ConfigError("api_key_env must name an environment variable")
+            raise FieldError("`api_key_env` must name an environment variable")
         self.prune()
 
     def prune(self, max_tokens: int | None = None):
         """The prune schedule for a request's reply budget (default: --max-tokens), or None (plain best-of-N).
-        A bad schedule is a one-line error naming the flag, when the config is built."""
+        A bad schedule is a `FieldError` naming the field, when the config is built."""
         from bonsynth.generate.prune import PruneConfig
 
         if max_tokens is None:
             try:
                 return PruneConfig.resolve(self.prune_at, self.prune_keep, self.max_tokens)
-            except FieldError as e:  # named as this server's flags (its reply budget is --max-tokens)
-                raise e.for_flags(ServeConfig, {"max_new_tokens": "max_tokens"}) from None
+            except FieldError as e:  # this server's reply budget is `max_tokens`, generate's `max_new_tokens`
+                raise FieldError(e.template.replace("`max_new_tokens`", "`max_tokens`")) from None
         return PruneConfig.for_budget(self.prune_at, self.prune_keep, max_tokens)
 
     @property
