@@ -8,15 +8,22 @@ description, so none keeps its own list of the fields:
 - the fingerprint that `--resume` checks leaves out the fields marked `fingerprint=False` (they do not change
   what a run writes) and, while unset, those marked `"if_set"` (added later: older runs still resume);
 - a `FieldError` names fields in backticks: the library shows the field (`max_model_len`), the CLI the flag
-  (`--max-model-len`), from one message.
+  (`--max-model-len`), from one message;
+- the declared checks (`choices`, bounds `ge`/`gt`/`le`) run when the config is built (`check_declared`), and a
+  loop recipe's sections are the same fields as pydantic fields (`yaml_fields`), so a YAML key, a flag and a
+  library keyword are one declaration with one default and one set of bounds.
 
-It imports only `bonsynth.errors`, so every layer may describe its config with it.
+It imports only `bonsynth.errors` (and pydantic, inside `yaml_fields`), so every layer may describe its config
+with it.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
+import types
+import typing
 from collections.abc import Callable, Iterator
 from typing import Any, Literal
 
@@ -43,7 +50,9 @@ class Setting:
     multiple: bool = False  # a repeatable flag that fills a list
     negatable: bool = False  # --x/--no-x instead of a plain on-switch
     invert: bool = False  # the flag turns the field off (show_progress <- --quiet)
-    range: tuple[float, float] | None = None  # a number within [lo, hi]
+    ge: float | None = None  # bounds of a number: checked by `check_declared`, and by a recipe's YAML schema
+    gt: float | None = None
+    le: float | None = None
     metavar: str | None = None
     group: str | None = None  # the part of the config it belongs to; `--help` lists options by part
 
@@ -76,7 +85,7 @@ def spec_of(cls: type, name: str) -> Setting:
 
 
 def flag_of(cls: type, name: str) -> str:
-    """The command-line flag of a field, e.g. long_prompt -> --long-prompts."""
+    """The command-line flag of a field, e.g. max_new_tokens -> --max-new-tokens (or the one it declares)."""
     flag = spec_of(cls, name).flag
     return flag if flag is not None else "--" + name.replace("_", "-")
 
@@ -163,6 +172,81 @@ def int_at_least(name: str, value: Any, low: int) -> None:
     """The one check for a whole-number field: a bool or a float is not one, a value below `low` is refused."""
     if isinstance(value, bool) or not isinstance(value, int) or value < low:
         raise FieldError(f"`{name}` must be an integer >= {low} (got {value!r})")
+
+
+def _num(x: float) -> str:
+    return f"{x:g}"
+
+
+def bounds_text(spec: Setting) -> str | None:
+    """The declared bounds as a phrase: ">= 1", "in (0, 1]", "in [0, 1]"; None without bounds."""
+    lo = f"({_num(spec.gt)}" if spec.gt is not None else f"[{_num(spec.ge)}" if spec.ge is not None else None
+    if spec.le is not None:
+        return f"in {lo}, {_num(spec.le)}]" if lo else f"<= {_num(spec.le)}"
+    if lo:
+        return f"{'>' if spec.gt is not None else '>='} {lo[1:]}"
+    return None
+
+
+@functools.cache
+def _hints(cls: type) -> dict[str, Any]:
+    return typing.get_type_hints(cls)
+
+
+def _wants_int(hint: Any) -> bool:
+    """An `int` or `int | None` field (a float there is refused; `float` fields take ints)."""
+    args = typing.get_args(hint) if typing.get_origin(hint) in (typing.Union, types.UnionType) else (hint,)
+    return int in args and float not in args
+
+
+def check_declared(obj: Any) -> None:
+    """The checks each field of `obj` declares (`choices`; bounds `ge`, `gt`, `le`, whole numbers for an int
+    field), on every field that is set: a bad value is a `FieldError` naming the field. A config runs its
+    cross-field checks after this."""
+    hints = _hints(type(obj))
+    for f, spec in described(type(obj)):
+        value = getattr(obj, f.name)
+        if value is None:
+            continue
+        if spec.choices is not None and not isinstance(value, bool) and value not in spec.choices:
+            *head, last = spec.choices
+            raise FieldError(f"`{f.name}` must be {', '.join(head)} or {last} (got {value!r})")
+        text = bounds_text(spec)
+        if text is None:
+            continue
+        if isinstance(value, bool) or not isinstance(value, (int, float)):
+            raise FieldError(f"`{f.name}` must be a number {text} (got {value!r})")
+        if isinstance(value, float) and _wants_int(hints[f.name]):
+            raise FieldError(f"`{f.name}` must be a whole number {text} (got {value!r})")
+        if ((spec.ge is not None and not value >= spec.ge) or (spec.gt is not None and not value > spec.gt)
+                or (spec.le is not None and not value <= spec.le)):
+            raise FieldError(f"`{f.name}` must be {text} (got {value!r})")
+
+
+def yaml_fields(cls: type, names: tuple[str, ...]) -> dict[str, Any]:
+    """Fields `names` of the settings dataclass `cls` as pydantic field definitions (for `create_model`): the
+    same type, default, help, bounds, choices (a `Literal`) and fingerprint mark. A YAML section built from them
+    (the loop recipe's `generation`, `selection`, `synth`) declares nothing again."""
+    from pydantic import Field
+
+    hints, fields = _hints(cls), {f.name: (f, spec) for f, spec in described(cls)}
+    out: dict[str, Any] = {}
+    for name in names:
+        f, spec = fields[name]
+        hint = hints[name]
+        if spec.choices is not None:
+            choice = Literal[spec.choices]  # type: ignore[valid-type]
+            hint = choice | None if type(None) in typing.get_args(hint) else choice
+        kw: dict[str, Any] = {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
+        if spec.help:
+            kw["description"] = spec.help
+        if spec.fingerprint is not True:
+            kw["json_schema_extra"] = {"fingerprint": spec.fingerprint}
+        if f.default_factory is not _MISSING:
+            out[name] = (hint, Field(default_factory=f.default_factory, **kw))
+        else:
+            out[name] = (hint, Field(... if f.default is _MISSING else f.default, **kw))
+    return out
 
 
 PREFIX_SHARING_MODES = ("auto", "on", "off")

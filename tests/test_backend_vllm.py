@@ -265,7 +265,7 @@ def test_generate_end_to_end_on_the_vllm_backend(backend, tiny_models, tmp_path)
     for policy in ("truncate", "skip"):
         out = tmp_path / policy
         cfg = GenerateConfig(policy=tiny_models["lm"], rewards=[tiny_models["rm1"]], prompts=str(prompts), out=str(out),
-                             n=3, backend="vllm", max_new_tokens=8, seed=5, select="pairs", long_prompt=policy,
+                             n=3, backend="vllm", max_new_tokens=8, seed=5, select="pairs", long_prompts=policy,
                              show_progress=False)
         manifest = run_generate(cfg, backend=backend, scorer=scorer)
         cands = [json.loads(x) for x in (out / "candidates.jsonl").read_text().splitlines()]

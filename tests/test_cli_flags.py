@@ -230,6 +230,7 @@ def test_fingerprint_keeps_what_changes_outputs():
     # write_pairs: the select modes changed meaning with it, so a run from before must not continue.
     old = {k: v for k, v in asdict(base).items() if k not in NEW_FIELDS and k not in
            {"out", "resume", "batch_size", "device", "backend_options", "show_progress", "write_pairs"}}
+    old["long_prompt"] = old.pop("long_prompts")  # the field's name when those runs were made
     old_fp = hashlib.sha256(json.dumps(old, sort_keys=True, default=str).encode()).hexdigest()[:16]
     assert base.fingerprint() == hashlib.sha256(
         json.dumps(dict(old, write_pairs=False), sort_keys=True, default=str).encode()).hexdigest()[:16] != old_fp
@@ -245,7 +246,7 @@ def test_fingerprint_keeps_what_changes_outputs():
     ({"backend": "openai", "enforce_eager": True}, "--enforce-eager"),
     ({"limit": 0}, "--limit"),  # 0 would be an empty run, a negative one would drop prompts from the end
     ({"limit": -3}, "--limit"),
-    ({"long_prompt": "wrap"}, "--long-prompts"),  # a field whose flag is not its name
+    ({"long_prompts": "wrap"}, "--long-prompts"),
     ({"prune_at": [200], "prune_keep": 0.5}, "--prune-at"),
 ])
 def test_config_validation(kw, flag):
@@ -377,7 +378,7 @@ def test_generate_flags_build_the_config_the_library_would(monkeypatch, tmp_path
     want = GenerateConfig(
         policy="/m/p", rewards=["/m/a", "/m/b"], reward_weights=[0.7, 0.3], prompts="/d/p.jsonl",
         out=str(tmp_path / "o"), n=6, backend="hf", temperature=0.7, top_p=0.9, max_new_tokens=64, seed=5,
-        stop=["###", "\n\nHuman:"], long_prompt="skip", select="top-k:2", write_pairs=True, min_reward=-1.5,
+        stop=["###", "\n\nHuman:"], long_prompts="skip", select="top-k:2", write_pairs=True, min_reward=-1.5,
         min_margin=0.25, dedup=True, length_normalize=True, batch_size=9, resume=True, device="cpu",
         dtype="float32", prompt_format="prompts", limit=7, shard="1/3", show_progress=False,
         reward_dtype="bfloat16", prefix_sharing="off", trust_remote_code=True, allow_unsafe_weights=True,
@@ -442,7 +443,6 @@ def test_generate_config_is_grouped_into_parts_and_help_lists_them():
     assert all(f"--{k.replace('_', '-')}" in sampling for k in ("n", "temperature", "top-p", "prune-keep"))
     fields = {f.name: s.group for f, s in described(GenerateConfig)}
     backend_knobs = {"subprocess", "gen_batch_size", "tensor_parallel_size", "gpu_memory_utilization"}  # backend_options
-    renamed = {"long_prompts": "long_prompt"}  # the recipe key and the flag say long_prompts
-    for key in set(GenerationSection.model_fields) - backend_knobs:
-        assert fields[renamed.get(key, key)] in ("sampling", "reward", "backend", "run"), key
+    for key in set(GenerationSection.model_fields) - backend_knobs:  # one name: field, flag and recipe key
+        assert fields[key] in ("sampling", "reward", "backend", "run"), key
     assert {fields[k] for k in SelectionSection.model_fields} == {"selection"}

@@ -406,7 +406,7 @@ def test_long_prompts_are_truncated_or_skipped_never_dropped(tmp_path, tiny_poli
     assert m["counts"]["prompts_truncated"] == 1
 
     out = tmp_path / "skip"
-    m = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, out, long_prompt="skip"))
+    m = run_generate(_cfg(tiny_policy_dir, tiny_rm_dir, prompts, out, long_prompts="skip"))
     rows = {r["id"]: r for r in _rows(out / "candidates.jsonl")}
     assert rows["long"]["skipped"] == "prompt-too-long" and rows["long"]["candidates"] == []
     assert len(rows["short"]["candidates"]) == 4

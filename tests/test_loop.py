@@ -205,7 +205,7 @@ def test_generation_subprocess_runs_the_same_config(monkeypatch, tmp_path):
     cfg = GenerateConfig(
         policy="/m/policy", rewards=["/m/rm1", "/m/rm2"], reward_weights=[0.7, 0.3], prompts="/d/p.jsonl",
         out=str(tmp_path / "o"), n=6, backend="vllm", temperature=0.7, top_p=0.95, max_new_tokens=99, seed=123,
-        stop=["\n\nHuman:", "###"], long_prompt="skip", reward_engine="vllm", select="top-k:2", write_pairs=True,
+        stop=["\n\nHuman:", "###"], long_prompts="skip", reward_engine="vllm", select="top-k:2", write_pairs=True,
         min_reward=-1.5, min_margin=0.25, dedup=True,
         length_normalize=True, batch_size=17, resume=True, device="cpu", dtype="float32",
         backend_options={"tensor_parallel_size": 2, "gpu_memory_utilization": 0.5}, show_progress=False,

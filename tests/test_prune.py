@@ -172,11 +172,13 @@ def test_same_outputs_whatever_the_batch_size(pruned_run, tmp_path, tiny_policy_
 
 
 # Fingerprint of `GenerateConfig(policy="p", rewards=["r"], prompts="x.jsonl", out="o")` on main before pruning
-# (commit a1507c4): a run made then still resumes.
+# (commit a1507c4): a run made then still resumes. The manifest's config keys are the fields' names: the one
+# field renamed since (long_prompt -> long_prompts, the name of its flag and recipe key) keeps its old name in
+# the fingerprint.
 FINGERPRINT_BEFORE = "8e56d64df44cb061"
 CONFIG_KEYS_BEFORE = {
     "policy", "rewards", "prompts", "out", "n", "reward_weights", "backend", "temperature", "top_p", "max_new_tokens",
-    "seed", "stop", "long_prompt", "select", "write_pairs", "min_reward", "min_margin", "dedup", "length_normalize",
+    "seed", "stop", "long_prompts", "select", "write_pairs", "min_reward", "min_margin", "dedup", "length_normalize",
     "batch_size", "device", "dtype", "prompt_format", "limit", "reward_engine", "shard", "backend_options",
     "reward_dtype", "prefix_sharing", "trust_remote_code", "allow_unsafe_weights", "max_model_len", "enforce_eager",
     "max_nonfinite", "skip_invalid",

@@ -32,7 +32,7 @@ from pathlib import Path
 
 from bonsynth.data.records import Message, PromptRecord
 from bonsynth.errors import ConfigError, InputError, io_errors
-from bonsynth.settings import FieldError, setting
+from bonsynth.settings import FieldError, check_declared, setting
 
 TEMPLATES_DIR = Path(__file__).with_name("synth_prompts")
 DEFAULT_TEMPLATES = {"text": "fewshot.txt", "chat": "fewshot_chat.txt"}
@@ -334,12 +334,12 @@ def dedup_exact(texts: Sequence[str], threshold: float, ngram: int = 2) -> list[
 class FilterSettings:
     """The filters' thresholds (`prompts synth` options, the recipe's `synth` section), checked when built."""
 
-    max_similarity: float = setting(0.7, help="Drop a prompt whose Jaccard similarity (word --ngram sets) with a seed "
+    max_similarity: float = setting(0.7, gt=0, le=1, help="Drop a prompt whose Jaccard similarity (word --ngram sets) with a seed "
                                               "or an earlier kept prompt is >= this.")
-    ngram: int = setting(2, help="Word n-grams for the similarity (2 = word pairs; 1 = word sets).")
-    min_words: int = setting(3, help="Drop prompts with fewer words.")
-    max_words: int = setting(256, help="Drop prompts with more words.")
-    num_perm: int = setting(128, cli=False)  # MinHash permutations
+    ngram: int = setting(2, ge=1, help="Word n-grams for the similarity (2 = word pairs; 1 = word sets).")
+    min_words: int = setting(3, ge=0, help="Drop prompts with fewer words.")
+    max_words: int = setting(256, ge=1, help="Drop prompts with more words.")
+    num_perm: int = setting(128, ge=1, cli=False)  # MinHash permutations
     language_check: bool = setting(True, flag="--no-language-check", invert=True,
                                    help="Keep prompts that fail the cheap same-language-as-the-seeds check.")
 
@@ -348,15 +348,10 @@ class FilterSettings:
 
     def validate(self) -> None:
         """A bad threshold is a `FieldError` naming the field (the CLI names the flag)."""
-        if self.min_words < 0 or self.max_words < 1 or self.min_words > self.max_words:
+        check_declared(self)
+        if self.min_words > self.max_words:
             raise FieldError(f"`min_words`/`max_words` must satisfy 0 <= min <= max, max >= 1 "
                              f"(got {self.min_words} and {self.max_words})")
-        if not 0 < self.max_similarity <= 1:
-            raise FieldError(f"`max_similarity` must be in (0, 1] (got {self.max_similarity})")
-        if self.ngram < 1:
-            raise FieldError(f"`ngram` must be >= 1 (got {self.ngram})")
-        if self.num_perm < 1:
-            raise FieldError(f"`num_perm` must be >= 1 (got {self.num_perm})")
 
 
 @dataclass

@@ -33,7 +33,7 @@ from bonsynth.settings import (
     PREFIX_SHARING_MODES,
     UNSAFE_WEIGHTS_HELP,
     FieldError,
-    check_prefix_sharing,
+    check_declared,
     comma_list,
     described,
     fingerprint_view,
@@ -64,18 +64,18 @@ class GenerateConfig:
                                  help="Reward model directory; repeat for several.")
     prompts: str = _run(metavar="FILE", help="Prompts file (jsonl/json/parquet/save_to_disk folder).")
     out: str = _run(fingerprint=False, metavar="DIR", help="Output directory.")
-    n: int = _sampling(4, help="Candidates per prompt.")
+    n: int = _sampling(4, ge=1, help="Candidates per prompt.")
     reward_weights: list[float] | None = _reward(
         None, parse=comma_list(float, "numbers", "0.7,0.3"), help="Comma-separated weights for several RMs, e.g. 0.7,0.3.")
     backend: str = _backend("auto", choices=("auto", "vllm", "hf", "openai"),
                            help="auto: vllm when installed with a GPU, else hf.")
-    temperature: float = _sampling(1.0)
-    top_p: float = _sampling(1.0)
-    max_new_tokens: int = _sampling(128)
+    temperature: float = _sampling(1.0, ge=0)
+    top_p: float = _sampling(1.0, gt=0, le=1)
+    max_new_tokens: int = _sampling(128, ge=1)
     seed: int = _sampling(0)
     stop: list[str] = _sampling(default_factory=list, multiple=True, help="Stop string; repeatable.")
-    long_prompt: str = _sampling("truncate", flag="--long-prompts", choices=("truncate", "skip"),
-                               help="A prompt longer than the context: left-truncate it, or skip it (reported either way).")
+    long_prompts: str = _sampling("truncate", choices=("truncate", "skip"),
+                                help="A prompt longer than the context: left-truncate it, or skip it (reported either way).")
     select: str = _selection("best", help="best: the best candidate of each prompt as an SFT row (sft.jsonl); top-k:K: the "
                                        "K best; pairs: only a best-vs-worst DPO pair per prompt (dpo.jsonl), no SFT rows.")
     write_pairs: bool = _selection(False, help="With best or top-k:K: also write each prompt's best-vs-worst DPO pair to "
@@ -85,12 +85,12 @@ class GenerateConfig:
                                                               "(needs pairs: --select pairs or --write-pairs).")
     dedup: bool = _selection(False, help="Drop exact and near-duplicate candidates before selecting.")
     length_normalize: bool = _selection(False, help="Rank candidates by reward per token.")
-    batch_size: int = _run(64, fingerprint=False, help="Prompts per durable batch.")
+    batch_size: int = _run(64, ge=1, fingerprint=False, help="Prompts per durable batch.")
     resume: bool = _run(False, fingerprint=False, help="Continue an interrupted run in OUT.")
     device: str = _backend("auto", fingerprint=False, help="Device for the hf backend and the RMs.")
     dtype: str = _backend("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
     prompt_format: str = _run("auto", flag="--format", choices=("auto", "prompts"))
-    limit: int | None = _run(None, type=int, help="Use only the first LIMIT prompts.")
+    limit: int | None = _run(None, type=int, ge=1, help="Use only the first LIMIT prompts.")
     reward_engine: str = _reward("hf", choices=("hf", "vllm"),
                                  help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
     shard: str | None = _run(None, type=str, help="I/K: process only shard I (0-based) of K, for array jobs; merge "
@@ -107,13 +107,13 @@ class GenerateConfig:
     trust_remote_code: bool = _backend(False, fingerprint=False, negatable=True,
                                       help="Run model code from the model directories (policy and RMs).")
     allow_unsafe_weights: bool = _backend(False, fingerprint=False, help=f"{UNSAFE_WEIGHTS_HELP} {_LOADING}")
-    max_model_len: int | None = _backend(None, type=int, fingerprint="if_set",
+    max_model_len: int | None = _backend(None, type=int, ge=1, fingerprint="if_set",
                                         help="vllm backend: context length, prompt plus new tokens (default: the "
                                              "model's).")
     enforce_eager: bool = _backend(False, fingerprint=False,
                                   help="vllm backend: no CUDA graphs (faster start, less GPU memory).")
     # only decides whether a run stops, so a resume may raise it
-    max_nonfinite: float = _reward(0.0, fingerprint=False, range=(0.0, 1.0),
+    max_nonfinite: float = _reward(0.0, fingerprint=False, ge=0, le=1,
                                    help="Share of the run's candidates that may get a NaN/inf reward (never selected, "
                                         "written as null) before the run stops with an error.")
     skip_invalid: bool = _run(False, fingerprint="if_set",
@@ -162,8 +162,7 @@ class GenerateConfig:
     def check(self) -> None:
         """Every field's value, checked when the config is built: a bad one is a `FieldError` naming the field
         (the CLI names its flag)."""
-        if self.n < 1:
-            raise FieldError(f"`n` must be >= 1 (got {self.n})")
+        check_declared(self)  # choices and bounds, as each field declares them
         mode, _ = parse_select(self.select)
         if (mode == "pairs" or self.write_pairs) and self.n < 2:
             raise FieldError(f"{'`select` pairs' if mode == 'pairs' else '`write_pairs`'} needs `n` >= 2")
@@ -172,20 +171,6 @@ class GenerateConfig:
         if self.min_margin is not None and not (mode == "pairs" or self.write_pairs):
             raise FieldError("`min_margin` filters DPO pairs, which this run does not write: use `select` pairs, "
                              "or add `write_pairs`")
-        if self.temperature < 0:
-            raise FieldError("`temperature` must be >= 0")
-        if not 0 < self.top_p <= 1:
-            raise FieldError("`top_p` must be in (0, 1]")
-        if self.max_new_tokens < 1:
-            raise FieldError("`max_new_tokens` must be >= 1")
-        if self.reward_engine not in ("hf", "vllm"):
-            raise FieldError("`reward_engine` must be hf or vllm")
-        if self.long_prompt not in ("truncate", "skip"):
-            raise FieldError("`long_prompt` must be truncate or skip")
-        if self.batch_size < 1:
-            raise FieldError("`batch_size` must be >= 1")
-        if self.limit is not None and self.limit < 1:
-            raise FieldError(f"`limit` must be >= 1 (got {self.limit}); leave it out to use every prompt")
         if self.shard is not None:
             parse_shard(self.shard)
         if self.reward_weights is not None and len(self.rewards) == 1:
@@ -193,17 +178,11 @@ class GenerateConfig:
                              "it is); drop `reward_weights`")
         if self.reward_weights is not None and not all(math.isfinite(w) for w in self.reward_weights):
             raise FieldError(f"`reward_weights` must be finite numbers (got {self.reward_weights})")
-        if not (isinstance(self.max_nonfinite, (int, float)) and 0 <= self.max_nonfinite <= 1):
-            raise FieldError(f"`max_nonfinite` must be a share between 0 and 1 (got {self.max_nonfinite!r})")
         if self.reward_weights is not None and len(self.reward_weights) != len(self.rewards):
             raise FieldError(f"`reward_weights` has {len(self.reward_weights)} values for {len(self.rewards)} "
                              "`rewards` models")
         if self.reward_dtype is not None and str(self.reward_dtype).lower().removeprefix("torch.") not in _DTYPES:
             raise FieldError(f"`reward_dtype` must be auto, float32, bfloat16 or float16 (got {self.reward_dtype!r})")
-        check_prefix_sharing(self.prefix_sharing)
-        max_len = self.max_model_len
-        if max_len is not None and (isinstance(max_len, bool) or not isinstance(max_len, int) or max_len < 1):
-            raise FieldError(f"`max_model_len` must be a positive number of tokens (got {self.max_model_len!r})")
         if self.backend in ("hf", "openai"):
             check_vllm_only(self, self.backend)
         self.prune()
@@ -216,13 +195,13 @@ class GenerateConfig:
             raise FieldError("at least one `rewards` model is needed")
 
     def prune(self) -> PruneConfig | None:
-        """The prune schedule (None: plain best-of-N); a bad value is a one-line error naming the flag."""
+        """The prune schedule (None: plain best-of-N); a bad value is a `FieldError` naming the fields."""
         return PruneConfig.resolve(self.prune_at, self.prune_keep, self.max_new_tokens)
 
     def sampling(self) -> SamplingConfig:
         return SamplingConfig(n=self.n, temperature=self.temperature, top_p=self.top_p,
                               max_new_tokens=self.max_new_tokens, seed=self.seed, stop=tuple(self.stop),
-                              long_prompt=self.long_prompt)
+                              long_prompt=self.long_prompts)
 
     def selection(self) -> SelectionConfig:
         mode, k = parse_select(self.select)
@@ -245,6 +224,7 @@ class GenerateConfig:
         d = fingerprint_view(self)
         if d.get("reward_dtype") == self.dtype:
             d.pop("reward_dtype")  # spelled out or defaulted, the RMs run in the same dtype
+        d["long_prompt"] = d.pop("long_prompts")  # its name before it matched the flag: older runs still resume
         return d
 
     def fingerprint(self) -> str:

@@ -44,7 +44,7 @@ from bonsynth.data.writers import (
 from bonsynth.errors import ConfigError, io_errors
 from bonsynth.generate.backends.base import GenerationBackend, SamplingConfig
 from bonsynth.generate.seeding import prompt_seed
-from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, int_at_least, setting
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, check_declared, setting
 
 
 @dataclass
@@ -55,20 +55,20 @@ class SynthConfig:
     seeds: str = setting(help="Seed prompts (any prompts file `bonsynth generate` reads: prompt or messages).")
     policy: str = setting(help="The model that writes the new prompts: local path or hub id (or the served model name "
                                "for openai).")
-    num: int = setting(type=int, help="How many new prompts to write (K).")
+    num: int = setting(type=int, ge=1, help="How many new prompts to write (K).")
     out: str = setting(metavar="PATH", help="Output prompts JSONL; its manifest goes beside it as NAME.manifest.json.")
     backend: str = setting("auto", choices=("auto", "vllm", "hf", "openai"),
                            help="auto: vllm when installed with a GPU, else hf.")
     template: str | None = setting(None, type=str, help="Request template file with {examples} (and {card} for chat "
                                                         "seeds); default: the one shipped in bonsynth/data/synth_prompts/.")
-    shots: int = setting(3, help="Seed examples shown in each request.")
-    per_request: int = setting(1, help="Completions per request.")
+    shots: int = setting(3, ge=1, help="Seed examples shown in each request.")
+    per_request: int = setting(1, ge=1, help="Completions per request.")
     seed: int = setting(0)
-    temperature: float = setting(1.0)
-    top_p: float = setting(1.0)
-    max_new_tokens: int = setting(128)
-    batch_size: int = setting(32, help="Requests per durable batch.")
-    max_requests: int | None = setting(None, type=int, help="Stop after this many requests even if fewer than --num "
+    temperature: float = setting(1.0, ge=0)
+    top_p: float = setting(1.0, gt=0, le=1)
+    max_new_tokens: int = setting(128, ge=1)
+    batch_size: int = setting(32, ge=1, help="Requests per durable batch.")
+    max_requests: int | None = setting(None, type=int, ge=1, help="Stop after this many requests even if fewer than --num "
                                                             "prompts passed (default 20 x --num).")
     filters: FilterSettings = setting(default_factory=FilterSettings, cli=False)
     skip_invalid: bool = setting(False, help="Drop seed rows that fail validation (listed in the manifest) instead of "
@@ -87,16 +87,7 @@ class SynthConfig:
 
     def validate(self) -> None:
         """A bad value is a `FieldError` naming the field (the CLI names the flag)."""
-        for name in ("num", "shots", "per_request", "batch_size", "max_new_tokens"):
-            int_at_least(name, getattr(self, name), 1)
-        if self.max_requests is not None:
-            int_at_least("max_requests", self.max_requests, 1)
-        if self.temperature < 0:
-            raise FieldError(f"`temperature` must be >= 0 (got {self.temperature})")
-        if not 0 < self.top_p <= 1:
-            raise FieldError(f"`top_p` must be in (0, 1] (got {self.top_p})")
-        if self.backend not in ("auto", "vllm", "hf", "openai"):
-            raise FieldError(f"`backend` must be auto, vllm, hf or openai (got {self.backend!r})")
+        check_declared(self)  # choices and bounds, as each field declares them
         if self.resume and self.overwrite:
             raise FieldError("`resume` and `overwrite` exclude each other")
         self.filters.validate()

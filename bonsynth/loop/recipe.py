@@ -67,11 +67,20 @@ import math
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    create_model,
+    field_validator,
+    model_validator,
+)
 
 from bonsynth.data.yaml_io import load_yaml, short_repr
 from bonsynth.errors import BonsynthError, ConfigError
 from bonsynth.select.selection import parse_select
+from bonsynth.settings import yaml_fields
 
 UPDATE_METHODS = ("sft", "dpo")
 # TRL's DPOConfig.loss_type values (trl 1.x).
@@ -91,56 +100,46 @@ class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
 
-class SynthSection(_Section):
-    """`prompts: - synth: {...}`: fresh synthetic prompts every round (`bonsynth prompts synth`)."""
+# The sections that set a command's config are built from that config's fields (`settings.yaml_fields`): the
+# same names, types, defaults, bounds, choices and fingerprint marks as the flags and the library keywords, so
+# nothing is declared twice. Only the loop's own keys are declared here.
+SYNTH_KEYS = ("seeds", "template", "shots", "per_request", "temperature", "top_p", "max_new_tokens")
+SYNTH_BATCH_KEYS = ("max_requests", "batch_size")
+FILTER_KEYS = ("max_similarity", "ngram", "min_words", "max_words", "language_check")
+GENERATION_KEYS = ("n", "temperature", "top_p", "max_new_tokens", "stop", "backend", "long_prompts", "reward_engine",
+                   "batch_size", "prefix_sharing", "reward_dtype", "max_model_len", "enforce_eager", "prune_at",
+                   "prune_keep")
+SELECTION_KEYS = ("select", "min_reward", "min_margin", "dedup", "length_normalize")
 
-    seeds: str
-    per_round: int = Field(ge=1)
-    model: str = "policy"  # `policy`: the round's current policy; else a fixed model (path, hub id, demo: name)
-    template: str | None = None
-    shots: int = Field(3, ge=1)
-    per_request: int = Field(1, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(128, ge=1)
-    max_similarity: float = Field(0.7, gt=0, le=1)
-    ngram: int = Field(2, ge=1)
-    min_words: int = Field(3, ge=0)
-    max_words: int = Field(256, ge=1)
-    language_check: bool = True
-    max_requests: int | None = Field(None, ge=1)
-    batch_size: int = Field(32, ge=1)
+
+def _section(name: str, base: type[BaseModel], doc: str, **fields: Any) -> type[BaseModel]:
+    return create_model(name, __base__=base, __module__=__name__, __doc__=doc, **fields)
+
+
+def _synth_fields() -> dict[str, Any]:
+    from bonsynth.data.synth import FilterSettings
+    from bonsynth.generate.synth import SynthConfig
+
+    own = yaml_fields(SynthConfig, SYNTH_KEYS)
+    return {"seeds": own.pop("seeds"),
+            "per_round": (int, Field(ge=1)),
+            # `policy`: the round's current policy; else a fixed model (path, hub id, demo: name)
+            "model": (str, Field("policy")),
+            **own, **yaml_fields(FilterSettings, FILTER_KEYS), **yaml_fields(SynthConfig, SYNTH_BATCH_KEYS)}
+
+
+SynthSection = _section("SynthSection", _Section, "`prompts: - synth: {...}`: fresh synthetic prompts every round "
+                        "(`bonsynth prompts synth`); the keys are `SynthConfig`'s and its filters'.", **_synth_fields())
 
 
 class PromptSynthItem(_Section):
-    synth: SynthSection
+    synth: SynthSection  # type: ignore[valid-type]
 
 
-class GenerationSection(_Section):
-    """Sampling for each round's best-of-N (and, unless `eval` overrides it, for the eval samples)."""
+class _GenerationChecks(_Section):
+    """What the loop adds to `GenerateConfig`'s own checks of these keys."""
 
-    n: int = Field(4, ge=1)
-    temperature: float = Field(1.0, ge=0)
-    top_p: float = Field(1.0, gt=0, le=1)
-    max_new_tokens: int = Field(128, ge=1)
-    stop: list[str] = Field(default_factory=list)
-    backend: str = "auto"
-    long_prompts: Literal["truncate", "skip"] = "truncate"  # prompts longer than the policy's context
-    reward_engine: Literal["hf", "vllm"] = "hf"  # score with bonsynth's engine or vLLM's pooling runner
-    batch_size: int = Field(64, ge=1, **NOT_FP)  # prompts per durable (resumable) batch
-    gen_batch_size: int | None = Field(None, ge=1, **NOT_FP)  # hf: prompts per generate() call
-    tensor_parallel_size: int | None = Field(None, ge=1)  # vllm
-    gpu_memory_utilization: float | None = Field(None, gt=0, le=1, **NOT_FP)  # vllm
-    subprocess: bool | None = Field(None, **NOT_FP)  # run generation in a child process; default: only for vllm
-    prefix_sharing: Literal["auto", "on", "off"] = Field("auto", **NOT_FP)  # RM prefix sharing (as `generate --prefix-sharing`)
-    reward_dtype: str | None = Field(None, **IF_SET)  # the RMs' dtype; None: the recipe's `dtype`
-    max_model_len: int | None = Field(None, ge=1, **IF_SET)  # vllm: context length (prompt + new tokens)
-    enforce_eager: bool = Field(False, **NOT_FP)  # vllm: no CUDA graphs (faster start, less GPU memory)
-    # Speculative rejection for each round's best-of-N (as `generate --prune-at/--prune-keep`; never for eval).
-    prune_at: list[int] | None = Field(None, **IF_SET)
-    prune_keep: float | None = Field(None, **IF_SET)
-
-    @field_validator("backend")
+    @field_validator("backend", check_fields=False)
     @classmethod
     def _backend(cls, v: str) -> str:
         if v not in LOOP_BACKENDS:
@@ -148,13 +147,13 @@ class GenerationSection(_Section):
             raise ValueError(f"unknown backend {short_repr(v)}; expected one of {', '.join(LOOP_BACKENDS)}{extra}")
         return v
 
-    @field_validator("prefix_sharing", mode="before")
+    @field_validator("prefix_sharing", mode="before", check_fields=False)
     @classmethod
     def _prefix_sharing(cls, v: Any) -> Any:
         """YAML reads a bare `on`/`off` as a boolean; take it as the mode the user wrote."""
         return ("on" if v else "off") if isinstance(v, bool) else v
 
-    @field_validator("reward_dtype")
+    @field_validator("reward_dtype", check_fields=False)
     @classmethod
     def _reward_dtype(cls, v: str | None) -> str | None:
         from bonsynth.models import dtype_name
@@ -167,7 +166,7 @@ class GenerationSection(_Section):
         return v
 
     @model_validator(mode="after")
-    def _prune(self) -> GenerationSection:
+    def _prune(self) -> Any:
         """The schedule is checked as `generate` checks it (the messages name the fields, this section's keys)."""
         from bonsynth.generate.prune import PruneConfig
 
@@ -178,21 +177,41 @@ class GenerationSection(_Section):
         return self
 
     @model_validator(mode="after")
-    def _vllm_only(self) -> GenerationSection:
+    def _vllm_only(self) -> Any:
         given = [k for k in VLLM_ONLY if getattr(self, k)]
         if given and self.backend == "hf":
             raise ValueError(f"{' and '.join(given)} only apply to the vllm backend (backend is hf)")
         return self
 
+    def generate_settings(self) -> dict[str, Any]:
+        """This section's `GenerateConfig` fields, as keywords for it (copies: the config owns its lists)."""
+        return self.model_dump(include=set(GENERATION_KEYS))
 
-class SelectionSection(_Section):
-    select: str = "best"
-    min_reward: float | None = None
-    min_margin: float | None = None
-    dedup: bool = False
-    length_normalize: bool = False
 
-    @field_validator("select")
+def _generation_fields() -> dict[str, Any]:
+    from bonsynth.generate.pipeline import GenerateConfig
+
+    own = yaml_fields(GenerateConfig, GENERATION_KEYS)
+    own["backend"] = (str, own["backend"][1])  # the loop takes fewer backends than generate (checked above)
+    head = {k: own.pop(k) for k in GENERATION_KEYS[:GENERATION_KEYS.index("batch_size") + 1]}
+    return {**head,
+            # backend knobs (`generate`'s backend flags): how generation runs, not what it writes
+            "gen_batch_size": (int | None, Field(None, ge=1, **NOT_FP)),  # hf: prompts per generate() call
+            "tensor_parallel_size": (int | None, Field(None, ge=1)),  # vllm
+            "gpu_memory_utilization": (float | None, Field(None, gt=0, le=1, **NOT_FP)),  # vllm
+            "subprocess": (bool | None, Field(None, **NOT_FP)),  # generation in a child process; default: vllm only
+            **own}
+
+
+GenerationSection = _section(
+    "GenerationSection", _GenerationChecks,
+    "Sampling for each round's best-of-N (and, unless `eval` overrides it, for the eval samples): `GenerateConfig`'s "
+    "fields of the same names, plus the backend knobs. `prune_at`/`prune_keep` apply to each round's best-of-N, never "
+    "to eval.", **_generation_fields())
+
+
+class _SelectionChecks(_Section):
+    @field_validator("select", check_fields=False)
     @classmethod
     def _select(cls, v: str) -> str:
         try:
@@ -200,6 +219,17 @@ class SelectionSection(_Section):
         except ConfigError:
             raise ValueError(f"unknown selection {short_repr(v)}; expected best, pairs or top-k:K (K >= 1)") from None
         return v
+
+
+def _selection_fields() -> dict[str, Any]:
+    from bonsynth.generate.pipeline import GenerateConfig
+
+    return yaml_fields(GenerateConfig, SELECTION_KEYS)
+
+
+SelectionSection = _section("SelectionSection", _SelectionChecks,
+                            "How each round selects: `GenerateConfig`'s selection fields (`write_pairs` follows "
+                            "`update.method`).", **_selection_fields())
 
 
 class LoraSection(_Section):
@@ -299,8 +329,8 @@ class LoopRecipe(_Section):
     dtype: str = "auto"
     trust_remote_code: bool = Field(False, **NOT_FP)  # every policy/RM load of the loop may run model code from its directory
     allow_unsafe_weights: bool = Field(False, **NOT_FP)  # every policy/RM load may read pickle weights (default: safetensors only)
-    generation: GenerationSection = Field(default_factory=GenerationSection)
-    selection: SelectionSection = Field(default_factory=SelectionSection)
+    generation: GenerationSection = Field(default_factory=GenerationSection)  # type: ignore[valid-type]
+    selection: SelectionSection = Field(default_factory=SelectionSection)  # type: ignore[valid-type]
     update: UpdateSection
     rm_update: RMUpdateSection | None = None
     eval: EvalSection = Field(default_factory=EvalSection)
@@ -378,7 +408,7 @@ class LoopRecipe(_Section):
         return [p for p in self.prompts if isinstance(p, str)]
 
     @property
-    def prompt_synth(self) -> SynthSection | None:
+    def prompt_synth(self) -> SynthSection | None:  # type: ignore[valid-type]
         return next((p.synth for p in self.prompts if isinstance(p, PromptSynthItem)), None)
 
     def fingerprint(self) -> str:

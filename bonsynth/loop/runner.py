@@ -49,7 +49,15 @@ from bonsynth.generate.outputs import write_json_atomic
 from bonsynth.generate.pipeline import GenerateConfig
 from bonsynth.locks import LOCK_FILE, dir_lock
 from bonsynth.loop import gold as gold_mod
-from bonsynth.loop.recipe import VLLM_ONLY, LoopRecipe, fingerprint_view, load_recipe
+from bonsynth.loop.recipe import (
+    FILTER_KEYS,
+    SYNTH_BATCH_KEYS,
+    SYNTH_KEYS,
+    VLLM_ONLY,
+    LoopRecipe,
+    fingerprint_view,
+    load_recipe,
+)
 from bonsynth.loop.report import RoundView, write_report
 from bonsynth.loop.sources import ResolvedSources, derive_seed, resolve_sources, round_prompts, write_prompts
 
@@ -236,16 +244,16 @@ class LoopRunner:
         g = self.recipe.generation
         opts = {k: v for k, v in (("batch_size", g.gen_batch_size), ("tensor_parallel_size", g.tensor_parallel_size),
                                   ("gpu_memory_utilization", g.gpu_memory_utilization)) if v is not None}
+        settings = g.generate_settings()  # the section's own GenerateConfig fields, then this generation's
+        settings.update(n=n, temperature=temperature, top_p=top_p, max_new_tokens=max_new_tokens,
+                        prune_at=settings["prune_at"] if prune else None,
+                        prune_keep=settings["prune_keep"] if prune else None)
         return GenerateConfig(
             policy=policy, rewards=list(rewards), reward_weights=list(weights) if weights is not None else None,
-            prompts=str(prompts), out=str(out), n=n, backend=g.backend, temperature=temperature, top_p=top_p,
-            max_new_tokens=max_new_tokens, seed=seed, stop=list(g.stop), select=select, write_pairs=write_pairs,
-            min_reward=min_reward, min_margin=min_margin, dedup=dedup, length_normalize=length_normalize, batch_size=g.batch_size,
-            long_prompt=g.long_prompts, reward_engine=g.reward_engine, resume=True, device=self.recipe.device,
-            dtype=self.recipe.dtype, backend_options=opts, show_progress=self.show_progress,
-            reward_dtype=g.reward_dtype, prefix_sharing=g.prefix_sharing, max_model_len=g.max_model_len,
-            enforce_eager=g.enforce_eager, prune_at=list(g.prune_at) if prune and g.prune_at else None,
-            prune_keep=g.prune_keep if prune else None, **self._load_options(),
+            prompts=str(prompts), out=str(out), seed=seed, select=select, write_pairs=write_pairs,
+            min_reward=min_reward, min_margin=min_margin, dedup=dedup, length_normalize=length_normalize, resume=True,
+            device=self.recipe.device, dtype=self.recipe.dtype, backend_options=opts, show_progress=self.show_progress,
+            **settings, **self._load_options(),
         )
 
     def _load_options(self) -> dict[str, bool]:
@@ -327,14 +335,12 @@ class LoopRunner:
         syn, g = self.recipe.prompt_synth, self.recipe.generation
         out = self.rdir(r) / "synth" / "prompts.jsonl"
         _, manifest_path, partial = output_paths(out)
+        section = syn.model_dump()
+        own = {k: section[k] for k in SYNTH_KEYS + SYNTH_BATCH_KEYS if k != "seeds"}
         cfg = SynthConfig(
             seeds=self.src.synth_seeds, policy=self.src.synth_model or self.policy_for(r), num=syn.per_round,
-            out=str(out), backend=g.backend, template=syn.template, shots=syn.shots, per_request=syn.per_request,
-            seed=derive_seed(self.recipe.seed, "round", r, "synth"), temperature=syn.temperature, top_p=syn.top_p,
-            max_new_tokens=syn.max_new_tokens, batch_size=syn.batch_size, max_requests=syn.max_requests,
-            filters=FilterSettings(min_words=syn.min_words, max_words=syn.max_words,
-                                   max_similarity=syn.max_similarity, ngram=syn.ngram,
-                                   language_check=syn.language_check),
+            out=str(out), backend=g.backend, seed=derive_seed(self.recipe.seed, "round", r, "synth"),
+            filters=FilterSettings(**{k: section[k] for k in FILTER_KEYS}), **own,
             resume=partial.exists() or out.exists(), device=self.recipe.device, dtype=self.recipe.dtype,
             show_progress=self.show_progress, **self._load_options(),
         )
