@@ -154,3 +154,74 @@ def test_cli_errors_are_one_line_naming_the_flag(tmp_path, args):
     named = {"--bootstrap", "--judge-weights", "--base-url", "--num", "--ngram"} & set(args)
     assert any(flag in err for flag in named), err
     assert not out.exists() and not (tmp_path / "run").exists() and not list(Path(tmp_path).iterdir())
+
+
+# ------------------------------------------------------------------------------------------------ one declaration
+
+
+def test_declared_bounds_and_choices_are_checked_when_built():
+    """`settings.check_declared`: each field's bounds and choices, one message naming the field, checked against
+    the bounds written out here by hand."""
+    from bonsynth.generate.pipeline import GenerateConfig
+    from bonsynth.settings import FieldError
+
+    base = {"policy": "p", "rewards": ["r"], "prompts": "x.jsonl", "out": "o"}
+    for bad, says in [({"n": 0}, "`n` must be >= 1 (got 0)"), ({"n": 2.0}, "`n` must be a whole number >= 1"),
+                      ({"n": True}, "`n` must be a number >= 1"), ({"temperature": -0.1}, "`temperature` must be >= 0"),
+                      ({"top_p": 0}, "`top_p` must be in (0, 1]"), ({"top_p": 1.01}, "`top_p` must be in (0, 1]"),
+                      ({"max_nonfinite": 2}, "`max_nonfinite` must be in [0, 1]"),
+                      ({"max_model_len": 0}, "`max_model_len` must be >= 1"), ({"limit": -3}, "`limit` must be >= 1"),
+                      ({"backend": "tgi"}, "`backend` must be auto, vllm, hf or openai (got 'tgi')"),
+                      ({"long_prompts": "wrap"}, "`long_prompts` must be truncate or skip"),
+                      ({"prefix_sharing": "sometimes"}, "`prefix_sharing` must be auto, on or off")]:
+        with pytest.raises(FieldError) as e:
+            GenerateConfig(**base, **bad)
+        assert e.value.template.startswith(says), (bad, e.value.template)
+    # the edges are in: 0 and 1 where the bound is closed, a float where the field is a float, bools for modes
+    GenerateConfig(**base, temperature=0, top_p=1, max_nonfinite=1, prefix_sharing=True)
+    with pytest.raises(FieldError, match="ngram must be >= 1"):
+        FilterSettings(ngram=0)
+    with pytest.raises(FieldError, match="max_requests must be >= 1"):
+        SynthConfig(seeds="s", policy="p", num=1, out="o", max_requests=0)
+
+
+def test_recipe_sections_are_the_config_fields():
+    """The loop recipe's generation, selection and synth keys are the configs' own fields: the same default,
+    bounds, choices and fingerprint mark, so a value the recipe takes is one the config takes and the reverse."""
+    import typing
+
+    from bonsynth.generate.pipeline import GenerateConfig
+    from bonsynth.loop.recipe import (
+        FILTER_KEYS,
+        GENERATION_KEYS,
+        SELECTION_KEYS,
+        SYNTH_BATCH_KEYS,
+        SYNTH_KEYS,
+        GenerationSection,
+        SelectionSection,
+        SynthSection,
+    )
+    from bonsynth.settings import field_default, spec_of
+
+    def bounds(info) -> dict:
+        return {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
+
+    for section, cls, keys in [(GenerationSection, GenerateConfig, GENERATION_KEYS),
+                               (SelectionSection, GenerateConfig, SELECTION_KEYS),
+                               (SynthSection, SynthConfig, SYNTH_KEYS + SYNTH_BATCH_KEYS),
+                               (SynthSection, FilterSettings, FILTER_KEYS)]:
+        fields = {f.name: f for f in dataclasses.fields(cls)}
+        for key in keys:
+            info, spec = section.model_fields[key], spec_of(cls, key)
+            if not info.is_required():
+                assert info.get_default(call_default_factory=True) == field_default(fields[key]), key
+            assert bounds(info) == {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
+            mark = (info.json_schema_extra or {}).get("fingerprint", True)
+            assert mark == spec.fingerprint, key
+            if spec.choices and key != "backend":  # the loop takes fewer backends (its own check)
+                assert set(spec.choices) <= set(typing.get_args(info.annotation)), key
+    # every recipe key of these sections is either a config field or one of the loop's own few
+    assert set(GenerationSection.model_fields) - set(GENERATION_KEYS) == {
+        "gen_batch_size", "tensor_parallel_size", "gpu_memory_utilization", "subprocess"}
+    assert set(SynthSection.model_fields) - set(SYNTH_KEYS + SYNTH_BATCH_KEYS + FILTER_KEYS) == {"per_round", "model"}
+    assert set(SelectionSection.model_fields) == set(SELECTION_KEYS)
