@@ -77,8 +77,11 @@ from pydantic import (
     model_validator,
 )
 
+from bonsynth.data.synth import FilterSettings
 from bonsynth.data.yaml_io import load_yaml, short_repr
 from bonsynth.errors import BonsynthError, ConfigError
+from bonsynth.generate.pipeline import GenerateConfig
+from bonsynth.generate.synth import SynthConfig
 from bonsynth.select.selection import parse_select
 from bonsynth.settings import yaml_fields
 
@@ -117,9 +120,6 @@ def _section(name: str, base: type[BaseModel], doc: str, **fields: Any) -> type[
 
 
 def _synth_fields() -> dict[str, Any]:
-    from bonsynth.data.synth import FilterSettings
-    from bonsynth.generate.synth import SynthConfig
-
     own = yaml_fields(SynthConfig, SYNTH_KEYS)
     return {"seeds": own.pop("seeds"),
             "per_round": (int, Field(ge=1)),
@@ -189,8 +189,6 @@ class _GenerationChecks(_Section):
 
 
 def _generation_fields() -> dict[str, Any]:
-    from bonsynth.generate.pipeline import GenerateConfig
-
     own = yaml_fields(GenerateConfig, GENERATION_KEYS)
     own["backend"] = (str, own["backend"][1])  # the loop takes fewer backends than generate (checked above)
     head = {k: own.pop(k) for k in GENERATION_KEYS[:GENERATION_KEYS.index("batch_size") + 1]}
@@ -221,15 +219,9 @@ class _SelectionChecks(_Section):
         return v
 
 
-def _selection_fields() -> dict[str, Any]:
-    from bonsynth.generate.pipeline import GenerateConfig
-
-    return yaml_fields(GenerateConfig, SELECTION_KEYS)
-
-
 SelectionSection = _section("SelectionSection", _SelectionChecks,
                             "How each round selects: `GenerateConfig`'s selection fields (`write_pairs` follows "
-                            "`update.method`).", **_selection_fields())
+                            "`update.method`).", **yaml_fields(GenerateConfig, SELECTION_KEYS))
 
 
 class LoraSection(_Section):
