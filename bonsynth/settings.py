@@ -9,7 +9,7 @@ description, so none keeps its own list of the fields:
   what a run writes) and, while unset, those marked `"if_set"` (added later: older runs still resume);
 - a `FieldError` names fields in backticks: the library shows the field (`max_model_len`), the CLI the flag
   (`--max-model-len`), from one message;
-- the declared checks (`choices`, bounds `ge`/`gt`/`le`) run when the config is built (`check_declared`), and a
+- the declared checks (`choices`, bounds `ge`/`gt`/`le`/`lt`) run when the config is built (`check_declared`), and a
   loop recipe's sections are the same fields as pydantic fields (`yaml_fields`), so a YAML key, a flag and a
   library keyword are one declaration with one default and one set of bounds.
 
@@ -53,6 +53,7 @@ class Setting:
     ge: float | None = None  # bounds of a number: checked by `check_declared`, and by a recipe's YAML schema
     gt: float | None = None
     le: float | None = None
+    lt: float | None = None
     metavar: str | None = None
     group: str | None = None  # the part of the config it belongs to; `--help` lists options by part
 
@@ -178,13 +179,19 @@ def _num(x: float) -> str:
     return f"{x:g}"
 
 
+BOUNDS = ("ge", "gt", "le", "lt")
+
+
 def bounds_text(spec: Setting) -> str | None:
-    """The declared bounds as a phrase: ">= 1", "in (0, 1]", "in [0, 1]"; None without bounds."""
-    lo = f"({_num(spec.gt)}" if spec.gt is not None else f"[{_num(spec.ge)}" if spec.ge is not None else None
-    if spec.le is not None:
-        return f"in {lo}, {_num(spec.le)}]" if lo else f"<= {_num(spec.le)}"
+    """The declared bounds as a phrase: ">= 1", "in (0, 1]", "in [0, 1)"; None without bounds."""
+    lo = f"[{_num(spec.ge)}" if spec.ge is not None else f"({_num(spec.gt)}" if spec.gt is not None else None
+    hi = f"{_num(spec.le)}]" if spec.le is not None else f"{_num(spec.lt)})" if spec.lt is not None else None
+    if lo and hi:
+        return f"in {lo}, {hi}"
     if lo:
-        return f"{'>' if spec.gt is not None else '>='} {lo[1:]}"
+        return f"{'>=' if lo[0] == '[' else '>'} {lo[1:]}"
+    if hi:
+        return f"{'<=' if hi[-1] == ']' else '<'} {hi[:-1]}"
     return None
 
 
@@ -200,7 +207,7 @@ def _wants_int(hint: Any) -> bool:
 
 
 def check_declared(obj: Any) -> None:
-    """The checks each field of `obj` declares (`choices`; bounds `ge`, `gt`, `le`, whole numbers for an int
+    """The checks each field of `obj` declares (`choices`; bounds `ge`, `gt`, `le`, `lt`, whole numbers for an int
     field), on every field that is set: a bad value is a `FieldError` naming the field. A config runs its
     cross-field checks after this."""
     hints = _hints(type(obj))
@@ -219,7 +226,7 @@ def check_declared(obj: Any) -> None:
         if isinstance(value, float) and _wants_int(hints[f.name]):
             raise FieldError(f"`{f.name}` must be a whole number {text} (got {value!r})")
         if ((spec.ge is not None and not value >= spec.ge) or (spec.gt is not None and not value > spec.gt)
-                or (spec.le is not None and not value <= spec.le)):
+                or (spec.le is not None and not value <= spec.le) or (spec.lt is not None and not value < spec.lt)):
             raise FieldError(f"`{f.name}` must be {text} (got {value!r})")
 
 
@@ -237,7 +244,7 @@ def yaml_fields(cls: type, names: tuple[str, ...]) -> dict[str, Any]:
         if spec.choices is not None:
             choice = Literal[spec.choices]  # type: ignore[valid-type]
             hint = choice | None if type(None) in typing.get_args(hint) else choice
-        kw: dict[str, Any] = {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
+        kw: dict[str, Any] = {k: getattr(spec, k) for k in BOUNDS if getattr(spec, k) is not None}
         if spec.help:
             kw["description"] = spec.help
         if spec.fingerprint is not True:

@@ -204,7 +204,7 @@ def test_recipe_sections_are_the_config_fields():
     from bonsynth.settings import field_default, spec_of
 
     def bounds(info) -> dict:
-        return {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le") if hasattr(m, k)}
+        return {k: getattr(m, k) for m in info.metadata for k in ("ge", "gt", "le", "lt") if hasattr(m, k)}
 
     for section, cls, keys in [(GenerationSection, GenerateConfig, GENERATION_KEYS),
                                (SelectionSection, GenerateConfig, SELECTION_KEYS),
@@ -215,7 +215,7 @@ def test_recipe_sections_are_the_config_fields():
             info, spec = section.model_fields[key], spec_of(cls, key)
             if not info.is_required():
                 assert info.get_default(call_default_factory=True) == field_default(fields[key]), key
-            assert bounds(info) == {k: getattr(spec, k) for k in ("ge", "gt", "le") if getattr(spec, k) is not None}
+            assert bounds(info) == {k: getattr(spec, k) for k in ("ge", "gt", "le", "lt") if getattr(spec, k) is not None}
             mark = (info.json_schema_extra or {}).get("fingerprint", True)
             assert mark == spec.fingerprint, key
             if spec.choices and key != "backend":  # the loop takes fewer backends (its own check)

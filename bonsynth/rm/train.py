@@ -30,7 +30,7 @@ from bonsynth.errors import ConfigError, InputError
 from bonsynth.modelref import is_hub_id
 from bonsynth.models import checkpointing_args
 from bonsynth.rm.meta import RMMeta, file_sha256
-from bonsynth.settings import FieldError, setting
+from bonsynth.settings import FieldError, check_declared, setting
 
 TRAIN_OBJECTIVES = ("pairwise", "binary", "ranked")
 # transformers' scheduler names that make sense for a short fine-tune (`--lr-scheduler`)
@@ -61,30 +61,30 @@ class RMTrainConfig:
     out: str | Path = setting(metavar="DIR")
     fmt: str = setting("auto", flag="--format", choices=("auto", "pairwise", "binary", "ranked", "prompts"),
                        help="Override kind detection.")
-    epochs: float = setting(1.0)
-    lr: float = setting(5e-5)
-    batch_size: int = setting(8)
-    grad_accum: int = setting(1)
-    max_length: int = setting(512)
-    lora_r: int = setting(0, help="LoRA rank (0 = full fine-tune).")
-    eval_split: float = setting(0.1)
+    epochs: float = setting(1.0, gt=0)
+    lr: float = setting(5e-5, gt=0)
+    batch_size: int = setting(8, ge=1)
+    grad_accum: int = setting(1, ge=1)
+    max_length: int = setting(512, ge=2)
+    lora_r: int = setting(0, ge=0, help="LoRA rank (0 = full fine-tune).")
+    eval_split: float = setting(0.1, ge=0, lt=1)
     seed: int = setting(42)
     report_to: str = setting("none", help="Trainer report_to (none, tensorboard, wandb).")
     trust_remote_code: bool = setting(False, negatable=True)
     # drop rows that fail validation (reported, counted in the summary) instead of failing
     skip_invalid: bool = setting(False, help=SKIP_INVALID_HELP)
     overwrite: bool = setting(False, help="Replace a non-empty --out (once the new model is complete).")
-    warmup_ratio: float = setting(0.0, help="Share of the optimiser steps spent warming the learning rate up from 0.")
+    warmup_ratio: float = setting(0.0, ge=0, lt=1, help="Share of the optimiser steps spent warming the learning rate up from 0.")
     lr_scheduler: str = setting("linear", choices=LR_SCHEDULERS,
                                 help="Learning-rate schedule after the warm-up (transformers' names).")
     center_rewards: float | None = setting(
-        None, type=float, help="TRL's center_rewards_coefficient: adds c * mean((r+ + r-)^2) to the loss, pulling "
+        None, type=float, ge=0, help="TRL's center_rewards_coefficient: adds c * mean((r+ + r-)^2) to the loss, pulling "
                                "rewards towards 0 (pairwise and ranked; TRL suggests 0.01).")
     eval_every: int | str = setting(
         0, type=str, metavar="STEPS|epoch",
         help="Measure the eval split every N optimiser steps or every epoch (and at the end); keep the best "
              "checkpoint by eval accuracy (0 = off: keep the last).")
-    early_stopping: int = setting(0, help="Stop after this many --eval-every evaluations without a better one "
+    early_stopping: int = setting(0, ge=0, help="Stop after this many --eval-every evaluations without a better one "
                                           "(0 = off).")
     seeds: list[int] | None = setting(
         None, type=str, metavar="S1,S2,...",
@@ -99,7 +99,7 @@ class RMTrainConfig:
     lora_dropout: float = setting(0.0, cli=False)
     lora_target_modules: list[str] | str | None = setting(None, cli=False)  # default: peft's choice
     weight_decay: float = setting(0.0, cli=False)
-    logging_steps: int = setting(10, cli=False)
+    logging_steps: int = setting(10, ge=1, cli=False)
     eval_batch_size: int | None = setting(None, cli=False)
     gradient_checkpointing: bool = setting(False, cli=False)
     disable_tqdm: bool | None = setting(None, cli=False)
@@ -114,34 +114,19 @@ class RMTrainConfig:
             self.data = [str(self.data)]
         self.data = [str(d) for d in self.data]
         self.eval_every = _eval_every(self.eval_every)
-        checks = [
-            (self.objective in TRAIN_OBJECTIVES,
-             f"unknown `objective` {self.objective!r}; expected one of {', '.join(TRAIN_OBJECTIVES)}"),
-            (bool(self.data), "no training data: give at least one `data` file"),
-            (self.epochs > 0, f"`epochs` must be positive, got {self.epochs}"),
-            (self.lr > 0, f"`lr` must be positive, got {self.lr}"),
-            (self.batch_size >= 1, f"`batch_size` must be at least 1, got {self.batch_size}"),
-            (self.grad_accum >= 1, f"`grad_accum` must be at least 1, got {self.grad_accum}"),
-            (self.max_length >= 2, f"`max_length` must be at least 2, got {self.max_length}"),
-            (self.lora_r >= 0, f"`lora_r` must be 0 (off) or positive, got {self.lora_r}"),
-            (0 <= self.eval_split < 1, f"`eval_split` must be in [0, 1), got {self.eval_split}"),
-            (self.logging_steps >= 1, f"`logging_steps` must be at least 1, got {self.logging_steps}"),
-            (0 <= self.warmup_ratio < 1, f"`warmup_ratio` must be in [0, 1), got {self.warmup_ratio}"),
-            (self.lr_scheduler in LR_SCHEDULERS,
-             f"`lr_scheduler` {self.lr_scheduler!r} is not one of {', '.join(LR_SCHEDULERS)}"),
-            (self.center_rewards is None or (math.isfinite(self.center_rewards) and self.center_rewards >= 0),
-             f"`center_rewards` must be a coefficient >= 0, got {self.center_rewards}"),
-            (self.center_rewards is None or self.objective != "binary",
-             "`center_rewards` applies to the pairwise and ranked losses, not to `objective` binary"),
-            (self.eval_every == 0 or self.eval_split > 0,
-             "`eval_every` needs an eval split to measure on (`eval_split` > 0)"),
-            (self.early_stopping >= 0, f"`early_stopping` must be 0 (off) or a patience, got {self.early_stopping}"),
-            (self.early_stopping == 0 or self.eval_every != 0,
-             "`early_stopping` counts evaluations: give `eval_every` too"),
-        ]
-        for ok, message in checks:
-            if not ok:
-                raise FieldError(message)
+        if self.objective not in TRAIN_OBJECTIVES:
+            raise FieldError(f"unknown `objective` {self.objective!r}; expected one of {', '.join(TRAIN_OBJECTIVES)}")
+        if not self.data:
+            raise FieldError("no training data: give at least one `data` file")
+        check_declared(self)  # choices and bounds, as each field declares them
+        if self.center_rewards is not None and not math.isfinite(self.center_rewards):
+            raise FieldError(f"`center_rewards` must be a finite coefficient >= 0, got {self.center_rewards}")
+        if self.center_rewards is not None and self.objective == "binary":
+            raise FieldError("`center_rewards` applies to the pairwise and ranked losses, not to `objective` binary")
+        if self.eval_every != 0 and self.eval_split == 0:
+            raise FieldError("`eval_every` needs an eval split to measure on (`eval_split` > 0)")
+        if self.early_stopping != 0 and self.eval_every == 0:
+            raise FieldError("`early_stopping` counts evaluations: give `eval_every` too")
         self._check_members()
 
     def _check_members(self) -> None:
