@@ -169,12 +169,6 @@ def number(text: str, flag: str) -> float:
 
 
 
-def int_at_least(name: str, value: Any, low: int) -> None:
-    """The one check for a whole-number field: a bool or a float is not one, a value below `low` is refused."""
-    if isinstance(value, bool) or not isinstance(value, int) or value < low:
-        raise FieldError(f"`{name}` must be an integer >= {low} (got {value!r})")
-
-
 def _num(x: float) -> str:
     return f"{x:g}"
 
@@ -257,12 +251,6 @@ def yaml_fields(cls: type, names: tuple[str, ...]) -> dict[str, Any]:
 
 
 PREFIX_SHARING_MODES = ("auto", "on", "off")
-
-
-def check_prefix_sharing(value: Any) -> None:
-    """`prefix_sharing` as the scorers take it: a mode name, or True/False from the library."""
-    if not isinstance(value, bool) and value not in PREFIX_SHARING_MODES:
-        raise FieldError(f"`prefix_sharing` must be auto, on or off (got {value!r})")
 
 
 # Help texts that several configs share (generate, judge, rm score, serve), written once.

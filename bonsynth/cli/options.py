@@ -77,8 +77,6 @@ def _option(f, spec, flag: str) -> Callable:
     else:
         if spec.choices is not None:
             kw["type"] = click.Choice(list(spec.choices))
-        elif spec.ge is not None and spec.le is not None:
-            kw["type"] = click.FloatRange(float(spec.ge), float(spec.le))  # a closed range shows in --help
         else:
             kw["type"] = spec.type or (type(default) if default is not None else str)
         kw["default"] = default

@@ -30,9 +30,8 @@ from bonsynth.settings import (
     PREFIX_SHARING_MODES,
     UNSAFE_WEIGHTS_HELP,
     FieldError,
-    check_prefix_sharing,
+    check_declared,
     comma_list,
-    int_at_least,
     setting,
 )
 
@@ -58,7 +57,7 @@ class JudgeConfig:
         None, parse=comma_list(float, "numbers", "0.7,0.3"),
         help="Comma-separated weights for several judges, z-normalised as generate's --reward-weights.")
     out: str | None = setting(None, type=str, metavar="PATH", help="Report directory (default: RUN_DIR).")
-    bootstrap: int = setting(2000, help="Bootstrap resamples for the win-rate CI.")
+    bootstrap: int = setting(2000, ge=100, help="Bootstrap resamples for the win-rate CI.")
     seed: int = setting(0, help="Bootstrap seed.")
     device: str = setting("auto")
     dtype: str = setting("auto", help="auto = bf16 on GPU, fp32 on CPU.")
@@ -75,8 +74,8 @@ class JudgeConfig:
                                             "with bonsynth.")
     base_url: str | None = setting(None, type=str, help="openai judge: server (default: $BONSYNTH_OPENAI_BASE_URL or "
                                                         "$OPENAI_BASE_URL); key from $OPENAI_API_KEY.")
-    concurrency: int = setting(8, help="openai judge: requests in flight.")
-    judge_max_tokens: int = setting(16, help="openai judge: tokens per answer.")
+    concurrency: int = setting(8, ge=1, help="openai judge: requests in flight.")
+    judge_max_tokens: int = setting(16, ge=1, help="openai judge: tokens per answer.")
     backend_options: dict = setting(default_factory=dict, cli=False)  # more OpenAIBackend keywords (timeouts, retries)
 
     def __post_init__(self) -> None:
@@ -101,10 +100,7 @@ class JudgeConfig:
                                  "`judges` models")
             if not all(math.isfinite(w) for w in self.judge_weights):
                 raise FieldError(f"`judge_weights` must be finite numbers (got {self.judge_weights})")
-        int_at_least("bootstrap", self.bootstrap, 100)
-        if self.judge_mode not in ("pointwise", "pairwise"):
-            raise FieldError(f"`judge_mode` must be pointwise or pairwise (got {self.judge_mode!r})")
-        check_prefix_sharing(self.prefix_sharing)
+        check_declared(self)  # choices and bounds, as each field declares them
         if self.llm and len(self.judges) > 1:
             raise FieldError("an openai:MODEL judge is used on its own: pass it as the only `judges` model")
         if not self.llm:
@@ -112,8 +108,6 @@ class JudgeConfig:
                                                  ("judge_prompt", self.judge_prompt), ("base_url", self.base_url)) if v]
             if given:
                 raise FieldError(f"{', '.join(given)} only apply to an openai:MODEL judge")
-        int_at_least("concurrency", self.concurrency, 1)
-        int_at_least("judge_max_tokens", self.judge_max_tokens, 1)
 
     def validate(self) -> None:
         """The checks again, for a config whose fields were changed after it was built."""

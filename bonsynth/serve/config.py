@@ -10,7 +10,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass
 
-from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, comma_list, int_at_least, number, setting
+from bonsynth.settings import UNSAFE_WEIGHTS_HELP, FieldError, check_declared, comma_list, number, setting
 
 SERVE_BACKENDS = ("hf", "vllm", "openai")
 API_KEY_ENV = "BONSYNTH_SERVE_API_KEY"
@@ -26,31 +26,31 @@ class ServeConfig:
     rewards: list[str] = setting(flag="--reward", multiple=True, help="Reward model directory; repeat for several.")
     reward_weights: list[float] | None = setting(None, parse=comma_list(float, "numbers", "0.7,0.3"),
                                                  help="Comma-separated weights for several RMs, e.g. 0.7,0.3.")
-    n: int = setting(4, help="Candidates per request (a request's best_of overrides it, up to --max-n).")
-    max_n: int = setting(16, help="Largest best_of a request may ask for.")
+    n: int = setting(4, ge=1, help="Candidates per request (a request's best_of overrides it, up to --max-n).")
+    max_n: int = setting(16, ge=1, help="Largest best_of a request may ask for.")
     backend: str = setting("hf", choices=SERVE_BACKENDS,
                            help="hf or vllm: the policy runs here; openai: front the OpenAI-compatible server at "
                                 "--base-url (a reranking proxy; the RMs run here).")
     base_url: str | None = setting(None, type=str,
                                    help="openai backend: the upstream server, e.g. http://127.0.0.1:8001/v1.")
     host: str = setting("127.0.0.1", help="Address to listen on (loopback by default).")
-    port: int = setting(8000)
+    port: int = setting(8000, ge=0, le=65535)
     model_name: str | None = setting(None, type=str, help="The model name clients use (default: --policy).")
-    max_tokens: int = setting(128, help="max_tokens of a request that gives none.")
-    temperature: float = setting(1.0, help="Default for requests.")
-    top_p: float = setting(1.0, help="Default for requests.")
-    seed: int = setting(0, help="Server seed, mixed into every request's.")
-    max_body_bytes: int = setting(1 << 20, help="Larger bodies get 413.")
-    max_pending: int = setting(64, help="Requests queued or running at once; more get 503 (a bounded queue).")
-    batch_wait_ms: float = setting(5.0, help="How long a request waits for others to share its generate and RM "
+    max_tokens: int = setting(128, ge=1, help="max_tokens of a request that gives none.")
+    temperature: float = setting(1.0, ge=0, le=2, help="Default for requests.")
+    top_p: float = setting(1.0, gt=0, le=1, help="Default for requests.")
+    seed: int = setting(0, ge=0, help="Server seed, mixed into every request's.")
+    max_body_bytes: int = setting(1 << 20, ge=64, help="Larger bodies get 413.")
+    max_pending: int = setting(64, ge=1, help="Requests queued or running at once; more get 503 (a bounded queue).")
+    batch_wait_ms: float = setting(5.0, ge=0, le=1000, help="How long a request waits for others to share its generate and RM "
                                              "batches (0 = no cross-request batching).")
-    max_batch_requests: int = setting(16, flag="--max-batch", help="Requests per generate call and per RM scoring "
+    max_batch_requests: int = setting(16, ge=1, flag="--max-batch", help="Requests per generate call and per RM scoring "
                                                                    "call (1 = no cross-request batching).")
     device: str = setting("auto", help="Device for the hf backend and the RMs.")
     dtype: str = setting("auto", help="auto = bf16 on a GPU, fp32 on the CPU.")
     reward_engine: str = setting("hf", choices=("hf", "vllm"),
                                  help="Score with bonsynth's engine (hf) or vLLM's pooling runner (vllm).")
-    max_model_len: int | None = setting(None, type=int, help="vllm backend: context length.")
+    max_model_len: int | None = setting(None, type=int, ge=1, help="vllm backend: context length.")
     enforce_eager: bool = setting(False, help="vllm backend: no CUDA graphs / compile (faster start).")
     # Speculative rejection for every request (`bonsynth.generate.prune`): a request's candidates are scored at
     # these token counts and the weakest stopped; points at or past a request's max_tokens are skipped.
@@ -65,10 +65,10 @@ class ServeConfig:
              "once, at max_tokens // 8. A request's n must not exceed the candidates that survive.")
     upstream_api_key_env: str = setting("OPENAI_API_KEY",
                                         help="openai backend: environment variable holding the upstream's API key.")
-    upstream_timeout: float = setting(60.0, help="openai backend, seconds.")
-    upstream_retries: int = setting(2, help="openai backend: retries of a failed upstream call before the request "
+    upstream_timeout: float = setting(60.0, gt=0, help="openai backend, seconds.")
+    upstream_retries: int = setting(2, ge=0, help="openai backend: retries of a failed upstream call before the request "
                                             "gets a 502.")
-    upstream_concurrency: int = setting(8, help="openai backend: upstream requests in flight.")
+    upstream_concurrency: int = setting(8, ge=1, help="openai backend: upstream requests in flight.")
     trust_remote_code: bool = setting(False, negatable=True,
                                       help="Run model code from the model directories (policy and RMs).")
     allow_unsafe_weights: bool = setting(False, help=UNSAFE_WEIGHTS_HELP)
@@ -78,8 +78,7 @@ class ServeConfig:
     def __post_init__(self) -> None:
         """Every field checked when the config is built: a bad value is a `FieldError` naming the field (the
         library's words, `max_n`); `bonsynth serve` shows the same message with its flags (`--max-n`)."""
-        if self.backend not in SERVE_BACKENDS:
-            raise FieldError(f"`backend` must be one of {', '.join(SERVE_BACKENDS)} (got {self.backend!r})")
+        check_declared(self)  # choices and bounds, as each field declares them
         if not self.policy:
             raise FieldError("`policy` is needed (a model path, or the upstream's model name with `backend` openai)")
         if not self.rewards:
@@ -92,38 +91,14 @@ class ServeConfig:
                                  f"{len(self.rewards)} `rewards` models")
             if not all(isinstance(w, (int, float)) and math.isfinite(w) for w in self.reward_weights):
                 raise FieldError(f"`reward_weights` must be finite numbers (got {self.reward_weights})")
-        int_at_least("n", self.n, 1)
-        int_at_least("max_n", self.max_n, 1)
         if self.n > self.max_n:
             raise FieldError(f"`n` {self.n} is above `max_n` {self.max_n}")
-        int_at_least("port", self.port, 0)
-        if self.port > 65535:
-            raise FieldError(f"`port` must be at most 65535 (got {self.port})")
-        int_at_least("max_tokens", self.max_tokens, 1)
-        if not (isinstance(self.temperature, (int, float)) and 0 <= self.temperature <= 2):
-            raise FieldError(f"`temperature` must be in [0, 2] (got {self.temperature!r})")
-        if not (isinstance(self.top_p, (int, float)) and 0 < self.top_p <= 1):
-            raise FieldError(f"`top_p` must be in (0, 1] (got {self.top_p!r})")
-        int_at_least("seed", self.seed, 0)
-        int_at_least("max_body_bytes", self.max_body_bytes, 64)
-        int_at_least("max_pending", self.max_pending, 1)
-        if not (isinstance(self.batch_wait_ms, (int, float)) and 0 <= self.batch_wait_ms <= 1000):
-            raise FieldError(f"`batch_wait_ms` must be between 0 and 1000 (got {self.batch_wait_ms!r})")
-        int_at_least("max_batch_requests", self.max_batch_requests, 1)
-        if self.reward_engine not in ("hf", "vllm"):
-            raise FieldError(f"`reward_engine` must be hf or vllm (got {self.reward_engine!r})")
-        if self.max_model_len is not None:
-            int_at_least("max_model_len", self.max_model_len, 1)
         if (self.max_model_len is not None or self.enforce_eager) and self.backend != "vllm":
             raise FieldError("`max_model_len` and `enforce_eager` only apply to `backend` vllm")
         if self.base_url is not None and self.backend != "openai":
             raise FieldError("`base_url` is for `backend` openai (a reranking proxy in front of that server)")
         if self.backend == "openai" and not self.base_url:
             raise FieldError("`backend` openai needs `base_url` (the OpenAI-compatible server to front)")
-        if not (isinstance(self.upstream_timeout, (int, float)) and self.upstream_timeout > 0):
-            raise FieldError(f"`upstream_timeout` must be positive (got {self.upstream_timeout!r})")
-        int_at_least("upstream_retries", self.upstream_retries, 0)
-        int_at_least("upstream_concurrency", self.upstream_concurrency, 1)
         if not self.api_key_env:
             raise FieldError("`api_key_env` must name an environment variable")
         self.prune()
